@@ -1,0 +1,132 @@
+"""A model ready to sample: the UNet, its noise schedule and the sampling defaults of its scheduler config."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .samplers import SamplerOptions, Step, get_sampler
+from .schedule import NoiseSchedule
+from .unet import UNet
+
+# diffusers' DDPMScheduler defaults: what a scheduler config means when it leaves a key out.
+SCHEDULER_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "variance_type": "fixed_small",
+    "clip_sample": True,
+    "clip_sample_range": 1.0,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+    "steps_offset": 0,
+}
+# Variance types diffusers computes in log space: the same distribution as their plain forms.
+_VARIANCE_ALIASES = {"fixed_small_log": "fixed_small", "fixed_large_log": "fixed_large"}
+
+
+def parse_scheduler_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill in diffusers' defaults and reject what the samplers cannot honour, with the reason."""
+    cfg = {**SCHEDULER_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    for k in config.get("_use_default_values", []):
+        if k in SCHEDULER_DEFAULTS:
+            cfg[k] = SCHEDULER_DEFAULTS[k]
+    cfg["variance_type"] = _VARIANCE_ALIASES.get(cfg["variance_type"], cfg["variance_type"])
+    if cfg["variance_type"] in ("learned", "learned_range"):
+        raise ValueError("This model predicts its own variance (variance_type='learned*'), which these samplers do not support.")
+    if cfg.get("thresholding"):
+        raise ValueError("Dynamic thresholding (thresholding=true in the scheduler config) is not supported.")
+    if cfg.get("rescale_betas_zero_snr"):
+        raise ValueError("rescale_betas_zero_snr=true in the scheduler config is not supported.")
+    return cfg
+
+
+@dataclass
+class DiffusionPipeline:
+    """Sample a UNet with any registered sampler; ``scheduler_config`` is a diffusers scheduler config."""
+
+    unet: UNet
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # where it was loaded from, for messages and model cards
+
+    def __post_init__(self) -> None:
+        self.config = parse_scheduler_config(self.scheduler_config)
+        c = self.config
+        self.schedule = NoiseSchedule.from_config(c["beta_schedule"], c["num_train_timesteps"], c["beta_start"], c["beta_end"], c["trained_betas"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        cfg = self.unet.config
+        return (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+
+    def to(self, device: str | torch.device) -> "DiffusionPipeline":
+        self.unet.to(device)
+        return self
+
+    def sampler_options(self, sampler: str, **overrides: Any) -> SamplerOptions:
+        """The sampler's options: the diffusers defaults, then this checkpoint's scheduler config
+        (prediction type, clipping, spacing, variance...), then ``overrides``."""
+        spec = get_sampler(sampler)
+        names = {f.name for f in dataclasses.fields(spec.options)}
+        from_config = {k: v for k, v in self.config.items() if k in names}
+        if "set_alpha_to_one" in names and "set_alpha_to_one" in self.scheduler_config:
+            from_config["set_alpha_to_one"] = self.scheduler_config["set_alpha_to_one"]
+        return spec.make_options(**{**from_config, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def initial_noise(self, n: int, seed: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_T ~ N(0, I) drawn as diffusers' pipelines draw it: on a CPU generator seeded with ``seed``."""
+        if n < 1:
+            raise ValueError(f"The number of images must be at least 1, got {n}.")
+        generator = generator or torch.Generator("cpu").manual_seed(seed)
+        return torch.randn((n, *self.image_shape), generator=generator).to(self.device, self.unet.dtype)
+
+    def model_fn(self) -> Any:
+        unet = self.unet
+
+        def model(x: torch.Tensor, t: int) -> torch.Tensor:
+            with torch.no_grad():
+                return unet(x, torch.tensor(t, device=x.device))
+
+        return model
+
+    def denoise(self, sampler: str = "ddim", n: int = 1, seed: int = 0, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, **options: Any) -> Iterator[Step]:
+        """Yield every step of ``sampler`` from the seed's x_T (or ``noise``). The same generator
+        draws x_T and the per-step noise, so results equal diffusers' pipelines for the same seed."""
+        opts = options.pop("options", None) or self.sampler_options(sampler, **options)
+        generator = generator or torch.Generator("cpu").manual_seed(seed)
+        x = self.initial_noise(n, seed, generator) if noise is None else noise.to(self.device, self.unet.dtype)
+        self.unet.eval()
+        yield from get_sampler(sampler).fn(self.model_fn(), x, self.schedule, opts, generator)
+
+    def sample(self, sampler: str = "ddim", n: int = 1, seed: int = 0, **options: Any) -> torch.Tensor:
+        """Images in [0, 1], shape (n, C, H, W): the last step of :meth:`denoise`."""
+        step = None
+        for step in self.denoise(sampler, n, seed, **options):
+            pass
+        return to_unit(step.x_prev)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] to image space [0, 1], as diffusers' pipelines finish."""
+    return (x / 2 + 0.5).clamp(0, 1)

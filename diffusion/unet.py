@@ -1,0 +1,380 @@
+"""The DDPM UNet of Ho et al. 2020 ("Denoising Diffusion Probabilistic Models", Appendix B).
+
+One readable file. Module names, state-dict keys and forward semantics are those of diffusers'
+``UNet2DModel`` for the block types ``DownBlock2D``, ``AttnDownBlock2D``, ``UpBlock2D``,
+``AttnUpBlock2D`` and ``UNetMidBlock2D``, so the weights of ``google/ddpm-*`` and of models trained
+with diffusers load without renaming (old attention names are mapped by :func:`convert_state_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DownBlockType = Literal["DownBlock2D", "AttnDownBlock2D"]
+UpBlockType = Literal["UpBlock2D", "AttnUpBlock2D"]
+DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D")
+UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D")
+
+
+@dataclass
+class UNetConfig:
+    """The architecture; field names and defaults are those of diffusers' ``UNet2DModel`` config."""
+
+    sample_size: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    block_out_channels: tuple[int, ...] = (224, 448, 672, 896)
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")
+    layers_per_block: int = 2
+    attention_head_dim: int | None = 8  # None: one head as wide as the block ("google" configs)
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    flip_sin_to_cos: bool = True
+    freq_shift: float = 0
+    downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    center_input_sample: bool = False
+    dropout: float = 0.0
+    act_fn: Literal["silu", "swish"] = "silu"
+    # Values of UNet2DModel options this implementation supports only in their default form.
+    time_embedding_type: Literal["positional"] = "positional"
+    resnet_time_scale_shift: Literal["default"] = "default"
+    add_attention: bool = True
+    attn_norm_num_groups: int | None = None
+    downsample_type: Literal["conv"] = "conv"
+    upsample_type: Literal["conv"] = "conv"
+    mid_block_type: Literal["UNetMidBlock2D"] = "UNetMidBlock2D"
+    time_embedding_dim: int | None = None
+    class_embed_type: None = None
+    num_class_embeds: None = None
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        self.down_block_types = tuple(self.down_block_types)
+        self.up_block_types = tuple(self.up_block_types)
+        if isinstance(self.sample_size, (list, tuple)):
+            if len(set(self.sample_size)) != 1:
+                raise ValueError(f"Only square images are supported, got sample_size={list(self.sample_size)}.")
+            self.sample_size = int(self.sample_size[0])
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option this UNet cannot build."""
+        levels = len(self.block_out_channels)
+        for name, types, allowed in (
+            ("down_block_types", self.down_block_types, DOWN_BLOCK_TYPES),
+            ("up_block_types", self.up_block_types, UP_BLOCK_TYPES),
+        ):
+            if len(types) != levels:
+                raise ValueError(f"{name} has {len(types)} entries but block_out_channels has {levels}; give one per level.")
+            for t in types:
+                if t not in allowed:
+                    raise ValueError(f"Unsupported block type {t!r} in {name}; this UNet supports {', '.join(allowed)}.")
+        unsupported = {
+            "time_embedding_type": (self.time_embedding_type, "positional"),
+            "resnet_time_scale_shift": (self.resnet_time_scale_shift, "default"),
+            "downsample_type": (self.downsample_type, "conv"),
+            "upsample_type": (self.upsample_type, "conv"),
+            "mid_block_type": (self.mid_block_type, "UNetMidBlock2D"),
+            "class_embed_type": (self.class_embed_type, None),
+            "num_class_embeds": (self.num_class_embeds, None),
+            "add_attention": (self.add_attention, True),
+        }
+        for key, (value, supported) in unsupported.items():
+            if value != supported:
+                raise ValueError(f"Unsupported UNet option {key}={value!r}; only {supported!r} is implemented.")
+        if self.act_fn not in ("silu", "swish"):
+            raise ValueError(f"Unsupported act_fn {self.act_fn!r}; only 'silu' is implemented.")
+        if self.in_channels < 1 or self.out_channels < 1 or self.layers_per_block < 1:
+            raise ValueError("in_channels, out_channels and layers_per_block must be positive.")
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ValueError(f"block_out_channels {list(self.block_out_channels)} must be multiples of norm_num_groups={self.norm_num_groups}.")
+            if self.attention_head_dim is not None and c % self.attention_head_dim:
+                raise ValueError(f"block width {c} is not a multiple of attention_head_dim={self.attention_head_dim}.")
+        factor = 2 ** (levels - 1)
+        if self.sample_size % factor:
+            raise ValueError(
+                f"sample_size {self.sample_size} is not divisible by {factor}, the downsampling of {levels} levels; "
+                f"use a size that is a multiple of {factor} or fewer levels."
+            )
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.time_embedding_dim or 4 * self.block_out_channels[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as diffusers writes it (``_class_name`` included), JSON-ready."""
+        d = {"_class_name": "UNet2DModel", **dataclasses.asdict(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "UNetConfig":
+        """Parse a diffusers ``config.json``: ``_``-keys are metadata, keys in ``_use_default_values``
+        take the default, unknown keys are ignored with a warning."""
+        use_default = set(config.get("_use_default_values", []))
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs, unknown = {}, []
+        for key, value in config.items():
+            if key.startswith("_") or key in use_default:
+                continue
+            if key in names:
+                kwargs[key] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            warnings.warn(f"Ignoring unknown UNet config keys: {', '.join(sorted(unknown))}", stacklevel=2)
+        if kwargs.get("sample_size") is None:
+            kwargs.pop("sample_size", None)
+        return cls(**kwargs)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> torch.Tensor:
+    """Sinusoidal embedding of Vaswani et al. 2017 (Sec. 3.5), as DDPM uses for t."""
+    half = dim // 2
+    exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    emb = t[:, None].float() * torch.exp(exponent)[None, :]
+    emb = torch.cat([emb.cos(), emb.sin()] if flip_sin_to_cos else [emb.sin(), emb.cos()], dim=-1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class ResnetBlock(nn.Module):
+    """Wide-ResNet block with the time embedding added after the first conv (DDPM, App. B)."""
+
+    def __init__(self, cin: int, cout: int, temb: int, groups: int, eps: float, dropout: float, scale: float = 1.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb, cout)
+        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+        self.output_scale_factor = scale
+
+    def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(temb_act)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        out = skip + h
+        return out if self.output_scale_factor == 1.0 else out / self.output_scale_factor
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the pixels with a residual connection (DDPM at 16x16; Vaswani et al. 2017)."""
+
+    def __init__(self, channels: int, head_dim: int | None, groups: int, eps: float, scale: float = 1.0):
+        super().__init__()
+        self.heads = channels // (head_dim or channels)
+        self.group_norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+        self.rescale_output_factor = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = (proj(h).view(b, -1, self.heads, c // self.heads).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
+        h = self.to_out[0](h.transpose(1, 2).reshape(b, -1, c))
+        out = h.transpose(1, 2).reshape(b, c, hgt, wid) + x
+        return out if self.rescale_output_factor == 1.0 else out / self.rescale_output_factor
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int, padding: int):
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))  # asymmetric, as in the TensorFlow original
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class DownBlock(nn.Module):
+    """``DownBlock2D`` / ``AttnDownBlock2D``: resnets (each optionally followed by attention), then a
+    stride-2 conv unless it is the last level. Returns every intermediate output for the skips."""
+
+    def __init__(self, cfg: UNetConfig, cin: int, cout: int, attention: bool, last: bool):
+        super().__init__()
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        self.resnets = nn.ModuleList(
+            ResnetBlock(cin if i == 0 else cout, cout, cfg.time_embed_dim, g, eps, cfg.dropout) for i in range(cfg.layers_per_block)
+        )
+        if attention:
+            self.attentions = nn.ModuleList(AttentionBlock(cout, cfg.attention_head_dim, g, eps) for _ in range(cfg.layers_per_block))
+        self.downsamplers = None if last else nn.ModuleList([Downsample(cout, cfg.downsample_padding)])
+
+    def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []
+        attentions = getattr(self, "attentions", None)
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, temb_act)
+            if attentions is not None:
+                x = attentions[i](x)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x, skips
+
+
+class UpBlock(nn.Module):
+    """``UpBlock2D`` / ``AttnUpBlock2D``: one more resnet than a down block, each taking a skip."""
+
+    def __init__(self, cfg: UNetConfig, prev: int, cout: int, skip_in: int, attention: bool, last: bool):
+        super().__init__()
+        g, eps, n = cfg.norm_num_groups, cfg.norm_eps, cfg.layers_per_block + 1
+        self.resnets = nn.ModuleList(
+            ResnetBlock((prev if i == 0 else cout) + (skip_in if i == n - 1 else cout), cout, cfg.time_embed_dim, g, eps, cfg.dropout)
+            for i in range(n)
+        )
+        if attention:
+            self.attentions = nn.ModuleList(AttentionBlock(cout, cfg.attention_head_dim, g, eps) for _ in range(n))
+        self.upsamplers = None if last else nn.ModuleList([Upsample(cout)])
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor], temb_act: torch.Tensor) -> torch.Tensor:
+        attentions = getattr(self, "attentions", None)
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(torch.cat([x, skips.pop()], dim=1), temb_act)
+            if attentions is not None:
+                x = attentions[i](x)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x)
+        return x
+
+
+class MidBlock(nn.Module):
+    """``UNetMidBlock2D``: resnet, attention, resnet at the lowest resolution."""
+
+    def __init__(self, cfg: UNetConfig, channels: int):
+        super().__init__()
+        g, eps, s = cfg.norm_num_groups, cfg.norm_eps, cfg.mid_block_scale_factor
+        head_dim = cfg.attention_head_dim or channels
+        groups = cfg.attn_norm_num_groups or g
+        self.resnets = nn.ModuleList(ResnetBlock(channels, channels, cfg.time_embed_dim, g, eps, cfg.dropout, s) for _ in range(2))
+        self.attentions = nn.ModuleList([AttentionBlock(channels, head_dim, groups, eps, s)])
+
+    def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+        x = self.resnets[0](x, temb_act)
+        return self.resnets[1](self.attentions[0](x), temb_act)
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t) of DDPM (Ho et al. 2020, Sec. 4 and App. B); also predicts x0 or v when trained so."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        config.validate()
+        self.config = cfg = config
+        ch = cfg.block_out_channels
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.time_embedding = TimestepEmbedding(ch[0], cfg.time_embed_dim)
+        self.down_blocks = nn.ModuleList(
+            DownBlock(cfg, ch[max(i - 1, 0)], ch[i], kind == "AttnDownBlock2D", last=i == len(ch) - 1)
+            for i, kind in enumerate(cfg.down_block_types)
+        )
+        self.mid_block = MidBlock(cfg, ch[-1])
+        rev = ch[::-1]
+        self.up_blocks = nn.ModuleList(
+            UpBlock(cfg, rev[max(i - 1, 0)], rev[i], rev[min(i + 1, len(ch) - 1)], kind == "AttnUpBlock2D", last=i == len(ch) - 1)
+            for i, kind in enumerate(cfg.up_block_types)
+        )
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        cfg = self.config
+        t = torch.as_tensor(t, device=x.device)
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
+        if cfg.center_input_sample:
+            x = 2 * x - 1.0
+        temb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift).to(x.dtype)
+        # Every resnet applies SiLU to the embedding before its projection: do it once here.
+        temb_act = F.silu(self.time_embedding(temb))
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down_blocks:
+            h, block_skips = block(h, temb_act)
+            skips.extend(block_skips)
+        h = self.mid_block(h, temb_act)
+        for block in self.up_blocks:
+            h = block(h, skips, temb_act)
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+
+_OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the attention names of old diffusers checkpoints (``query``, ``key``, ``value``,
+    ``proj_attn``: the google/ddpm-* repos) to the current ones."""
+    out = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if len(parts) >= 3 and parts[-2] in _OLD_ATTENTION_NAMES and "attentions" in parts:
+            key = ".".join(parts[:-2] + [_OLD_ATTENTION_NAMES[parts[-2]], parts[-1]])
+        out[key] = value
+    return out
+
+
+def load_state_dict_strict(model: UNet, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load weights, raising one clear error that lists missing, unexpected and mis-shaped keys."""
+    state_dict = convert_state_dict(state_dict)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def head(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (and {len(items) - 5} more)" if len(items) > 5 else "")
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys: {head(missing)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys: {head(unexpected)}")
+        if shapes:
+            problems.append(f"{len(shapes)} shape mismatches: {head(shapes)}")
+        raise ValueError("The weights do not fit the UNet config: " + "; ".join(problems) + ". Check that config.json belongs to these weights.")
+    model.load_state_dict(state_dict, strict=True)
