@@ -1,0 +1,78 @@
+"""Pictures of samples and of the denoising process: grids, frame strips, GIF and MP4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from .hub import atomic_write
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[0, 1] images (N, C, H, W) to uint8 (N, H, W, C)."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """[0, 1] images tiled into one (C, H, W) image, ``nrow`` per row (default: square)."""
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
+    return make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=padding, pad_value=1.0)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """One [0, 1] image (C, H, W) as a PIL image (L for one channel, RGB for three)."""
+    arr = to_uint8(image[None])[0]
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> torch.Tensor:
+    """Save a PNG grid atomically; returns the grid tensor."""
+    g = grid(images, nrow)
+    atomic_write(Path(path), lambda p: to_pil(g).save(p, format="PNG"))
+    return g
+
+
+def upscale(images: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Nearest-neighbour upscaling by an integer factor so small images (28 px) stay crisp when shown."""
+    factor = max(1, -(-min_size // images.shape[-1]))
+    return images.repeat_interleave(factor, -1).repeat_interleave(factor, -2) if factor > 1 else images
+
+
+def save_animation(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -> Path:
+    """uint8 frames (H, W, C) as a looping GIF or an H.264 MP4, by the path's suffix."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    frames = [f if f.shape[-1] == 3 else np.repeat(f, 3, axis=-1) for f in frames]
+    if path.suffix == ".gif":
+        atomic_write(path, lambda p: iio.imwrite(p, frames, extension=".gif", duration=1000 / fps, loop=0))
+    elif path.suffix == ".mp4":
+        # H.264 wants even sizes
+        h, w = frames[0].shape[:2]
+        frames = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in frames]
+        atomic_write(path, lambda p: iio.imwrite(p, frames, extension=".mp4", fps=fps, codec="libx264", plugin="pyav")
+                     if _has_pyav() else _ffmpeg_write(p, frames, fps))
+    else:
+        raise ValueError(f"Unsupported animation format {path.suffix!r}; use .gif or .mp4.")
+    return path
+
+
+def _has_pyav() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ffmpeg_write(path: Path, frames: Sequence[np.ndarray], fps: int) -> None:
+    import imageio.v2 as iio2
+
+    with iio2.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1) as w:
+        for f in frames:
+            w.append_data(f)

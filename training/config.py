@@ -1,0 +1,148 @@
+"""The training configuration: one dataclass, JSON config files, and ``--key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from diffusion.schedule import BETA_SCHEDULES, PREDICTIONS, ALIASES
+from diffusion.unet import UNetConfig
+
+from .data import DATASETS
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "fashion-mnist"  # mnist | fashion-mnist | cifar10 | folder
+    data_root: str = "data"  # torchvision's root, or the image folder for dataset=folder
+    download: bool = False  # let torchvision download the dataset (needs the internet)
+    image_size: int = 28
+    channels: int = 1
+    random_flip: bool = False  # horizontal flips (DDPM's CIFAR-10 setting)
+    # model: UNetConfig fields; sample_size and channels come from the data settings
+    unet: dict[str, Any] = field(default_factory=dict)
+    dropout: float = 0.1
+    # diffusion
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    # optimisation
+    steps: int = 10_000
+    batch_size: int = 128  # global: split over the processes of torchrun
+    lr: float = 2e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)), so early EMA is usable
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA and CPU; no fp16 (NaNs)
+    compile: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bit-identical resume on GPU)
+    # outputs
+    run_dir: str = "runs/fashion-mnist"
+    log_every: int = 50
+    sample_every: int = 1000  # DDIM sample grid into TensorBoard and run_dir/samples (0: never)
+    sample_steps: int = 50
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    export_dir: str = ""  # default: run_dir/export
+    push_to_hub: str = ""  # Hub repo id to upload the exported EMA model to
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(**{**self.unet, "sample_size": self.image_size, "in_channels": self.channels,
+                             "out_channels": self.channels, "dropout": self.dropout})
+
+    def scheduler_config(self) -> dict[str, Any]:
+        """What the exported model's scheduler_config.json says (diffusers' DDPMScheduler keys)."""
+        return {"_class_name": "DDPMScheduler", "num_train_timesteps": self.num_train_timesteps,
+                "beta_schedule": ALIASES.get(self.beta_schedule, self.beta_schedule), "beta_start": self.beta_start,
+                "beta_end": self.beta_end, "prediction_type": self.prediction_type, "variance_type": "fixed_small",
+                "clip_sample": True, "timestep_spacing": "leading", "steps_offset": 0}
+
+    def validate(self) -> None:
+        """Every problem found before any work starts, each with what to change."""
+        problems = []
+        if self.dataset not in DATASETS:
+            problems.append(f"dataset={self.dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
+        if ALIASES.get(self.beta_schedule, self.beta_schedule) not in BETA_SCHEDULES:
+            problems.append(f"beta_schedule={self.beta_schedule!r} is unknown; choose one of {', '.join(BETA_SCHEDULES)}")
+        if self.prediction_type not in PREDICTIONS:
+            problems.append(f"prediction_type={self.prediction_type!r} is unknown; choose one of {', '.join(PREDICTIONS)}")
+        if self.precision not in ("fp32", "bf16"):
+            problems.append(f"precision={self.precision!r}: use fp32 or bf16 (fp16 overflows in diffusion training)")
+        for name in ("lr", "steps", "batch_size", "image_size", "channels", "num_train_timesteps", "ckpt_every", "log_every", "keep_checkpoints", "sample_steps"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "sample_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            problems.append(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        try:
+            self.unet_config()
+        except (TypeError, ValueError) as e:
+            problems.append(f"the UNet cannot be built: {e}")
+        if problems:
+            raise ValueError("Invalid training config:\n  - " + "\n  - ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def resolve_config(config_file: str | None, overrides: list[str]) -> TrainConfig:
+    """Defaults, then the JSON config file (a path or a name in training/configs), then ``--key=value``
+    overrides (values parsed as JSON when they parse; ``--unet.layers_per_block=1`` sets a UNet field)."""
+    values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            path = CONFIG_DIR / f"{config_file.removesuffix('.json')}.json"
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+            raise FileNotFoundError(f"No config file {config_file!r}; give a path or one of: {names}.")
+        values = json.loads(path.read_text())
+    for item in overrides:
+        if not item.startswith("--") or "=" not in item:
+            raise ValueError(f"Cannot read {item!r}: overrides look like --key=value, e.g. --lr=1e-4.")
+        key, text = item[2:].split("=", 1)
+        key = key.replace("-", "_")
+        if key.startswith("unet."):
+            values.setdefault("unet", {})
+            values["unet"] = {**values["unet"], key[5:]: _parse_value(text)}
+        else:
+            values[key] = _parse_value(text)
+    names = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"Unknown config keys {', '.join(unknown)}; valid keys: {', '.join(names)}.")
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in values.items():  # "--lr=1" parses as int, "--run_dir=3" as int: coerce to the field's type
+        if hints[key] is float and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif hints[key] is str and not isinstance(value, str):
+            values[key] = str(value)
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,99 @@
+"""Training images as one uint8 tensor (N, C, H, W) in memory, from torchvision, Debian's
+Fashion-MNIST files, or any folder of images."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+DATASETS = (*TORCHVISION, "folder")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def read_idx_images(path: Path) -> torch.Tensor:
+    """An IDX3 file (gzip or raw), the MNIST family's format: magic 2051, N, rows, cols, then bytes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, n, rows, cols = np.frombuffer(data[:16], dtype=">i4")
+    if magic != 2051 or len(data) != 16 + n * rows * cols:
+        raise ValueError(f"{path} is not a complete IDX image file.")
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, 1, rows, cols).copy())
+
+
+def _debian_fashion_mnist(split: str) -> torch.Tensor | None:
+    prefix = "train" if split == "train" else "t10k"
+    path = DEBIAN_FASHION_MNIST / f"{prefix}-images-idx3-ubyte.gz"
+    return read_idx_images(path) if path.is_file() else None
+
+
+def _torchvision(name: str, root: str, split: str, download: bool) -> torch.Tensor:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, TORCHVISION[name])
+    try:
+        ds = cls(root=root, train=split == "train", download=download)
+    except (RuntimeError, OSError) as e:
+        how = (f"`apt-get install dataset-fashion-mnist` puts it in {DEBIAN_FASHION_MNIST}; " if name == "fashion-mnist" else "")
+        raise FileNotFoundError(
+            f"{name} is not in {root} and could not be downloaded ({e}). {how}With internet access, pass --download=true "
+            f"(torchvision fetches it into --data_root), or put the files there yourself."
+        ) from None
+    data = torch.as_tensor(np.asarray(ds.data))
+    return data.permute(0, 3, 1, 2).contiguous() if data.ndim == 4 else data[:, None]
+
+
+def _folder(root: str, image_size: int, channels: int) -> torch.Tensor:
+    """Every image under ``root``: shorter side resized to ``image_size``, centre-cropped."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; point --data_root at a folder of images.")
+    out = torch.empty((len(files), channels, image_size, image_size), dtype=torch.uint8)
+    for i, p in enumerate(tqdm(files, desc=f"loading {root}", unit="img")):
+        with Image.open(p) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            im = TF.center_crop(TF.resize(im, image_size, antialias=True), image_size)
+            out[i] = TF.pil_to_tensor(im)
+    return out
+
+
+def load_images(name: str, root: str, split: str = "train", image_size: int | None = None, channels: int = 1,
+                download: bool = False) -> torch.Tensor:
+    """The whole split as uint8 (N, C, H, W)."""
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+    if name == "folder":
+        if not root or not Path(root).is_dir():
+            raise FileNotFoundError(f"dataset=folder needs --data_root pointing at a folder of images; {root!r} is not a folder.")
+        return _folder(root, image_size or 32, channels)
+    if name == "fashion-mnist" and not download:
+        local = _debian_fashion_mnist(split)
+        if local is not None:
+            return local
+    return _torchvision(name, root, split, download)
+
+
+def batches(n: int, batch_size: int, seed: int, start_step: int, rank: int = 0, world: int = 1):
+    """Endless (step, indices) of a seeded shuffle per epoch, sharded by rank: resuming at
+    ``start_step`` continues the exact sequence an uninterrupted run would have drawn."""
+    per_epoch = n // (batch_size * world)
+    if per_epoch < 1:
+        raise ValueError(f"The dataset has {n} images, fewer than one batch of {batch_size} x {world} processes.")
+    step = start_step
+    while True:
+        epoch, i = divmod(step, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        shard = perm[rank::world]
+        while i < per_epoch:
+            yield step, shard[i * batch_size:(i + 1) * batch_size]
+            i += 1
+            step += 1
