@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -54,6 +54,7 @@ class UNetConfig:
     upsample_type: Literal["conv"] = "conv"
     mid_block_type: Literal["UNetMidBlock2D"] = "UNetMidBlock2D"
     time_embedding_dim: int | None = None
+    num_train_timesteps: int | None = None  # used by diffusers only for "learned" time embeddings
     class_embed_type: None = None
     num_class_embeds: None = None
 
