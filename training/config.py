@@ -111,6 +111,16 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a JSON object"}
+
+
+def _field_type(hint: Any) -> type:
+    """The plain type a field's value must have: str for ``Literal["a", "b"]``, dict for ``dict[str, Any]``."""
+    if typing.get_origin(hint) is Literal:
+        return type(typing.get_args(hint)[0])
+    return typing.get_origin(hint) or hint
+
+
 def resolve_config(config_file: str | None, overrides: list[str]) -> TrainConfig:
     """Defaults, then the JSON config file (a path or a name in training/configs), then ``--key=value``
     overrides (values parsed as JSON when they parse; ``--unet.layers_per_block=1`` sets a UNet field)."""
@@ -138,11 +148,17 @@ def resolve_config(config_file: str | None, overrides: list[str]) -> TrainConfig
     if unknown:
         raise ValueError(f"Unknown config keys {', '.join(unknown)}; valid keys: {', '.join(names)}.")
     hints = typing.get_type_hints(TrainConfig)
+    wrong = []
     for key, value in values.items():  # "--lr=1" parses as int, "--run_dir=3" as int: coerce to the field's type
-        if hints[key] is float and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = float(value)
-        elif hints[key] is str and not isinstance(value, str):
-            values[key] = str(value)
+        want = _field_type(hints[key])
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = value = float(value)
+        elif want is str and not isinstance(value, str):
+            values[key] = value = str(value)
+        if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
+            wrong.append(f"{key} must be {TYPE_NAMES.get(want, want.__name__)}, got {value!r}")
+    if wrong:  # "--lr=abc" or "--download=yes": say so, rather than fail later comparing a str with 0
+        raise ValueError("Invalid training config:\n  - " + "\n  - ".join(wrong))
     cfg = TrainConfig(**values)
     cfg.validate()
     return cfg

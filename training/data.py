@@ -86,14 +86,18 @@ def batches(n: int, batch_size: int, seed: int, start_step: int, rank: int = 0, 
     """Endless (step, indices) of a seeded shuffle per epoch, sharded by rank: resuming at
     ``start_step`` continues the exact sequence an uninterrupted run would have drawn."""
     per_epoch = n // (batch_size * world)
-    if per_epoch < 1:
+    if per_epoch < 1:  # raised here, not at the first next(): before the run folder is made
         raise ValueError(f"The dataset has {n} images, fewer than one batch of {batch_size} x {world} processes.")
-    step = start_step
-    while True:
-        epoch, i = divmod(step, per_epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        shard = perm[rank::world]
-        while i < per_epoch:
-            yield step, shard[i * batch_size:(i + 1) * batch_size]
-            i += 1
-            step += 1
+
+    def generate():
+        step = start_step
+        while True:
+            epoch, i = divmod(step, per_epoch)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+            shard = perm[rank::world]
+            while i < per_epoch:
+                yield step, shard[i * batch_size:(i + 1) * batch_size]
+                i += 1
+                step += 1
+
+    return generate()

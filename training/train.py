@@ -68,7 +68,8 @@ def newest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None
 def write_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     path = run_dir / "checkpoints" / f"step-{state['step']:08d}.pt"
     atomic_write(path, lambda p: torch.save(state, p))
-    for old in checkpoint_paths(run_dir)[keep:]:
+    # prune the oldest; never the one just written, even when a newer (damaged, skipped) file sorts first
+    for old in [p for p in checkpoint_paths(run_dir) if p.name < path.name][keep - 1:]:
         old.unlink(missing_ok=True)
     return path
 
@@ -168,6 +169,8 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     writer = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")]:  # a run killed mid-write
+            stale.unlink(missing_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         from torch.utils.tensorboard import SummaryWriter
 

@@ -1,0 +1,357 @@
+"""training/train.py on tiny synthetic images: the loss goes down, an interrupted run (stopped, or
+killed) resumes bit-identically, torchrun trains on CPU (gloo), damaged checkpoints are skipped and
+nothing is left half-written, bad configs fail before any work, and the export loads in diffusion
+and in diffusers.
+
+Kept small for 2 CPU cores: a 16x16 UNet with 16 channels, 8 images a batch, one thread.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion.hub import atomic_write
+from diffusion.unet import UNet
+from training.config import resolve_config
+from training.data import load_images
+from training.train import main, newest_valid_checkpoint, read_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_UNET = {"block_out_channels": [16, 16], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+             "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1, "norm_num_groups": 8}
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """64 grayscale PNGs of white discs and squares on black; a few 20x24 ones to be resized and cropped."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    for i in range(64):
+        h, w = (24, 20) if i % 16 == 0 else (16, 16)
+        yy, xx = np.mgrid[:h, :w]
+        r = int(rng.integers(3, 7))
+        cy, cx = int(rng.integers(r, h - r)), int(rng.integers(r, w - r))
+        shape = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r if i % 2 else (abs(yy - cy) < r) & (abs(xx - cx) < r)
+        folder = root / ("discs" if i % 2 else "squares")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray((shape * 255).astype(np.uint8), mode="L").save(folder / f"{i:03d}.png")
+    return root
+
+
+def settings(images: Path, run_dir: Path, **overrides) -> dict:
+    """A tiny run that exercises every source of randomness (dropout, flips, t, noise)."""
+    return {"dataset": "folder", "data_root": str(images), "image_size": 16, "channels": 1, "unet": TINY_UNET,
+            "dropout": 0.1, "random_flip": True, "steps": 6, "batch_size": 8, "lr": 2e-3, "warmup_steps": 2,
+            "ema_decay": 0.9, "log_every": 1, "sample_every": 0, "ckpt_every": 2, "keep_checkpoints": 10,
+            "deterministic": True, "run_dir": str(run_dir), **overrides}
+
+
+def as_args(values: dict) -> list[str]:
+    return [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()]
+
+
+def tiny_config(images: Path, run_dir: Path, **overrides):
+    return resolve_config(None, as_args(settings(images, run_dir, **overrides)))
+
+
+def ckpt(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:08d}.pt"
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    with (run_dir / "log.csv").open() as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def assert_identical(a, b, where: str = "checkpoint") -> None:
+    """Bit-identical nested state (tensors, dicts, lists, numbers)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where} keys differ"
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{where} lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    for key in ("step", "model", "ema", "optimizer", "scheduler", "rng"):
+        assert_identical(a[key], b[key], key)
+
+
+def no_temp_files(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One thread (the same as the subprocesses: bit-identity across them) and no leaked global state."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # train() sets it for deterministic runs
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(False)
+
+
+# ----------------------------------------------------------------------------- learning
+
+def test_a_few_steps_reduce_the_loss(images, tmp_path):
+    cfg = tiny_config(images, tmp_path / "run", steps=40, dropout=0.0, random_flip=False, warmup_steps=0,
+                      log_every=5, ckpt_every=40, deterministic=False)
+    # the same weights train() starts from, and a fixed evaluation batch: every image at 4 noise levels
+    torch.manual_seed(cfg.seed)
+    initial = UNet(cfg.unet_config()).eval()
+    x0 = load_images("folder", str(images), image_size=16, channels=1).float() / 127.5 - 1
+    x0 = x0.repeat(4, 1, 1, 1)
+    t = torch.tensor([50, 250, 500, 750]).repeat_interleave(len(x0) // 4)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+
+    def eval_loss(model) -> float:
+        from diffusion.schedule import NoiseSchedule
+
+        schedule = NoiseSchedule.from_config(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(model.eval()(schedule.q_sample(x0, t, noise), t), noise).item()
+
+    out = train(cfg)
+    before, after, ema_after = eval_loss(initial), eval_loss(out["model"]), eval_loss(out["ema"])
+    assert after < 0.5 * before, (before, after)
+    assert ema_after < 0.8 * before, (before, ema_after)
+    logged = losses(tmp_path / "run")
+    assert [s for s, _ in logged] == list(range(5, 41, 5))
+    assert all(math.isfinite(v) for _, v in logged)
+    assert np.mean([v for _, v in logged[-3:]]) < 0.6 * logged[0][1], logged
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_stopped_and_resumed_run_is_bit_identical(images, tmp_path, capsys):
+    straight = train(tiny_config(images, tmp_path / "straight", steps=6))
+    train(tiny_config(images, tmp_path / "resumed", steps=3))  # checkpoints at 2 and 3 (the last step)
+    capsys.readouterr()
+    resumed = train(tiny_config(images, tmp_path / "resumed", steps=6))
+    assert f"resumed from {ckpt(tmp_path / 'resumed', 3)} at step 3" in capsys.readouterr().out
+
+    assert_same_training_state(read_checkpoint(ckpt(tmp_path / "straight", 6)), read_checkpoint(ckpt(tmp_path / "resumed", 6)))
+    assert_identical(straight["model"].state_dict(), resumed["model"].state_dict(), "model")
+    assert_identical(straight["ema"].state_dict(), resumed["ema"].state_dict(), "ema")
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")  # the log is continued, not restarted
+    assert len(losses(tmp_path / "resumed")) == 6
+
+
+def test_killed_cli_run_resumes_from_its_newest_checkpoint(images, tmp_path, capsys):
+    """SIGKILL a real `python training/train.py CONFIG` mid-run, resume, and match an uninterrupted run."""
+    killed = tmp_path / "killed"
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text(json.dumps(settings(images, killed, steps=10_000)))
+    with (tmp_path / "out.txt").open("w") as out:
+        proc = subprocess.Popen([sys.executable, "training/train.py", str(config_file)], cwd=ROOT,
+                                env=SUBPROCESS_ENV, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not ckpt(killed, 2).exists():
+                assert proc.poll() is None, (tmp_path / "out.txt").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint after 120 s"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    newest = int(max(killed.glob("checkpoints/step-*.pt")).stem.split("-")[1])
+    # what a kill during torch.save leaves behind; atomic_write never lets it become a step-*.pt
+    (killed / "checkpoints" / f".step-{newest + 2:08d}.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+
+    steps = newest + 3
+    capsys.readouterr()
+    train(tiny_config(images, killed, steps=steps))
+    assert f"resumed from {ckpt(killed, newest)} at step {newest}" in capsys.readouterr().out
+    train(tiny_config(images, tmp_path / "straight", steps=steps))
+    assert_same_training_state(read_checkpoint(ckpt(tmp_path / "straight", steps)), read_checkpoint(ckpt(killed, steps)))
+    assert losses(tmp_path / "straight") == losses(killed)
+    assert no_temp_files(killed) == []
+
+
+def torchrun(images: Path, run_dir: Path, steps: int) -> str:
+    """`torchrun --nproc_per_node=2 training/train.py ...` on CPU (gloo); its stdout."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "training/train.py", *as_args(settings(images, run_dir, steps=steps, deterministic=False))]
+    proc = subprocess.run(cmd, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_torchrun_two_cpu_processes_train_and_checkpoint(images, tmp_path, capsys):
+    run_dir = tmp_path / "ddp"
+    torchrun(images, run_dir, steps=4)
+    state = read_checkpoint(ckpt(run_dir, 4))
+    assert ckpt(run_dir, 2).exists() and state["step"] == 4
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])  # one per rank
+    assert state["config"] == resolve_config(None, as_args(settings(images, run_dir, steps=4, deterministic=False))).to_dict()
+    assert [s for s, _ in losses(run_dir)] == [1, 2, 3, 4] and all(math.isfinite(v) for _, v in losses(run_dir))
+    assert (run_dir / "export" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert no_temp_files(run_dir) == []
+
+    # a single process picks up where the two left off (rank 0's random state)
+    capsys.readouterr()
+    train(tiny_config(images, run_dir, steps=6, deterministic=False))
+    assert f"resumed from {ckpt(run_dir, 4)} at step 4" in capsys.readouterr().out
+    assert read_checkpoint(ckpt(run_dir, 6))["step"] == 6
+
+
+@pytest.mark.skipif(not os.environ.get("SLOW_TESTS"), reason="two torchrun launches, ~70 s on 2 busy cores; set SLOW_TESTS=1")
+def test_torchrun_resumes_under_torchrun(images, tmp_path):
+    run_dir = tmp_path / "ddp"
+    torchrun(images, run_dir, steps=2)
+    out = torchrun(images, run_dir, steps=4)
+    assert f"resumed from {ckpt(run_dir, 2)} at step 2" in out
+    state = read_checkpoint(ckpt(run_dir, 4))
+    assert state["step"] == 4 and len(state["rng"]) == 2
+    assert [s for s, _ in losses(run_dir)] == [1, 2, 3, 4]
+    assert no_temp_files(run_dir) == []
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints, atomic writes
+
+def test_a_damaged_newest_checkpoint_is_skipped(images, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(tiny_config(images, run_dir, steps=4))
+    good = read_checkpoint(ckpt(run_dir, 4))
+    data = ckpt(run_dir, 4).read_bytes()
+
+    for damage in (data[: len(data) // 2], b"", b"\x00garbage" * 100):
+        ckpt(run_dir, 4).write_bytes(damage)
+        with pytest.warns(UserWarning, match="Skipping damaged checkpoint .*step-00000004.pt"):
+            path, state = newest_valid_checkpoint(run_dir)
+        assert path == ckpt(run_dir, 2) and state["step"] == 2
+    torch.save({"model": {}, "step": 4}, ckpt(run_dir, 4))  # loads, but is not a training checkpoint
+    with pytest.warns(UserWarning, match="lacks config, ema, optimizer, rng, scheduler"):
+        assert newest_valid_checkpoint(run_dir)[0] == ckpt(run_dir, 2)
+
+    # training resumes from step 2 and writes step 4 again, as the first time
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="Skipping damaged checkpoint"):
+        train(tiny_config(images, run_dir, steps=4))
+    assert f"resumed from {ckpt(run_dir, 2)} at step 2" in capsys.readouterr().out
+    assert_same_training_state(good, read_checkpoint(ckpt(run_dir, 4)))
+    assert no_temp_files(run_dir) == []
+
+    # a damaged checkpoint newer than the run's end never makes it prune the checkpoint it just wrote
+    ckpt(run_dir, 8).write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="Skipping damaged checkpoint .*step-00000008.pt"):
+        train(tiny_config(images, run_dir, steps=6, keep_checkpoints=1))
+    assert read_checkpoint(ckpt(run_dir, 6))["step"] == 6
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000006.pt", "step-00000008.pt"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path, error):
+    target = tmp_path / "checkpoints" / "step-00000002.pt"
+    atomic_write(target, lambda p: p.write_bytes(b"old, complete"))
+
+    def half_then_fail(p: Path) -> None:
+        p.write_bytes(b"new, half")
+        raise error("disk full")
+
+    with pytest.raises(error):
+        atomic_write(target, half_then_fail)
+    assert target.read_bytes() == b"old, complete"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+# ----------------------------------------------------------------------------- config errors
+
+BAD_CONFIGS = {
+    "unknown dataset": (["--dataset=imagenet"], "dataset='imagenet' is unknown; choose one of mnist, fashion-mnist, cifar10, folder"),
+    "negative lr": (["--lr=-1e-4"], "lr must be positive, got -0.0001"),
+    "lr not a number": (["--lr=fast"], "lr must be a number, got 'fast'"),
+    "steps not an integer": (["--steps=1.5"], "steps must be an integer, got 1.5"),
+    "bool not true/false": (["--random_flip=yes"], "random_flip must be true or false, got 'yes'"),
+    "size the UNet cannot halve": (["--image_size=15"], "sample_size 15 is not divisible by 2, the downsampling of 2 levels"),
+    "unknown key": (["--learning_rate=1e-4"], "Unknown config keys learning_rate"),
+    "unknown UNet key": (["--unet.widths=[8]"], "unexpected keyword argument 'widths'"),
+    "no value": (["--lr"], "Cannot read '--lr': overrides look like --key=value"),
+    "no dashes": (["lr=1e-4"], "Cannot read 'lr=1e-4'"),
+    "several problems at once": (["--lr=0", "--beta_end=2", "--ema_decay=1"],
+                                 "lr must be positive, got 0.0\n  - ema_decay must be in [0, 1), got 1.0\n  - need 0 < beta_start"),
+    "batch larger than the data": (["--batch_size=128"], "The dataset has 64 images, fewer than one batch of 128 x 1 processes"),
+    "missing image folder": (["--data_root=/nonexistent/images"], "dataset=folder needs --data_root pointing at a folder of images"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS, ids=list(BAD_CONFIGS))
+def test_bad_configs_fail_clearly_before_any_work(images, tmp_path, case):
+    overrides, message = BAD_CONFIGS[case]
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text(json.dumps(settings(images, tmp_path / "run")))
+    with pytest.raises(SystemExit) as e:
+        main([str(config_file), *overrides])
+    assert str(e.value).startswith("error: ") and message in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_config_file_lists_the_known_ones():
+    with pytest.raises(SystemExit, match="No config file 'fashion_mnist'; give a path or one of: cifar10, fashion-mnist, mnist"):
+        main(["fashion_mnist"])
+
+
+def test_shipped_configs_resolve():
+    for name in ("fashion-mnist", "mnist", "cifar10"):
+        cfg = resolve_config(name, ["--steps=5", "--unet.layers_per_block=1", "--lr=1"])
+        assert (cfg.dataset, cfg.steps, cfg.unet["layers_per_block"], cfg.lr) == (name, 5, 1, 1.0)
+        cfg.unet_config()
+
+
+# ----------------------------------------------------------------------------- export
+
+def test_export_loads_in_diffusion_and_diffusers(images, tmp_path):
+    from diffusers import DDPMPipeline, UNet2DModel
+
+    import diffusion
+
+    cfg = tiny_config(images, tmp_path / "run", steps=4)
+    out = train(cfg)
+    export = tmp_path / "run" / "export"
+    assert json.loads((export / "training_config.json").read_text()) == {**cfg.to_dict(), "trained_steps": 4}
+    for step in (2, 4):  # every checkpoint carries the whole resolved config
+        assert read_checkpoint(ckpt(tmp_path / "run", step))["config"] == cfg.to_dict()
+
+    ours = diffusion.load(export).unet.eval()
+    assert_identical(ours.state_dict(), out["ema"].state_dict(), "exported EMA weights")
+    theirs = UNet2DModel.from_pretrained(export, subfolder="unet").eval()
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 421, 999])
+    with torch.no_grad():
+        assert (ours(x, t) - theirs(x, t).sample).abs().max().item() <= 1e-5
+    pipe = DDPMPipeline.from_pretrained(export)
+    assert pipe.scheduler.config.num_train_timesteps == cfg.num_train_timesteps
+    assert pipe.scheduler.config.prediction_type == cfg.prediction_type
+    assert_identical(pipe.unet.state_dict(), theirs.state_dict(), "DDPMPipeline's UNet")
+
+    # --export alone re-exports the newest checkpoint's EMA, elsewhere, without training
+    again = tmp_path / "again"
+    main([*as_args(settings(images, tmp_path / "run", steps=4)), "--export", f"--export_dir={again}"])
+    assert_identical(diffusion.load(again).unet.state_dict(), ours.state_dict(), "--export weights")
+    assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3, 4]
