@@ -1,0 +1,137 @@
+"""The studio in a real browser: Python Playwright driving Debian's Chromium (``playwright install``
+cannot download browsers here). Opens the page, generates, checks the images, runs Compare and
+looks at both panels, then the Denoising tab.
+
+Also the script that takes the README screenshots::
+
+    python tests/test_browser.py --model checkpoints/fashion-mnist --out docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 180_000  # generous: the test machine's CPU is shared with training runs
+
+
+def launch_studio(model: str):
+    """Build and serve the app in this process; returns (demo, url)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import app
+
+    demo = app.build_app(model)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1", **app.launch_kwargs())
+    return demo, url
+
+
+def open_browser(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def slider_value(page, elem_id: str, value: int) -> None:
+    """Type a value into a slider's number box (as a user would) and commit it."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+@pytest.fixture(scope="module")
+def studio_url(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    import torch
+
+    from test_app import write_tiny_model
+
+    torch.set_num_threads(1)
+    demo, url = launch_studio(str(write_tiny_model(tmp_path_factory.mktemp("browser") / "tiny")))
+    yield url
+    demo.close()
+
+
+def test_generate_compare_and_denoising_in_chromium(studio_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = open_browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            # A deep link pre-fills the Sample tab: 4 images, 5 steps, seed 7.
+            page.goto(f"{studio_url}?seed=7&steps=5&n=4")
+            expect(page.locator("#s_steps input[type=number]")).to_have_value("5", timeout=TIMEOUT_MS)
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#preview img")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.locator("#gallery img")).to_have_count(4, timeout=TIMEOUT_MS)
+            expect(page.get_by_text("5 model evaluations")).to_be_visible(timeout=TIMEOUT_MS)
+
+            page.get_by_role("tab", name="Compare").click()
+            expect(page.get_by_label("Panel A sampler")).to_be_visible()
+            expect(page.get_by_label("Panel B sampler")).to_be_visible()
+            slider_value(page, "a_steps", 20)  # DDPM 1000 would be slow on a busy CPU
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.locator("#compare-a img")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.locator("#compare-b img")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.get_by_text("Speed-up")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.locator("#diff-map img")).to_be_visible()
+
+            page.get_by_role("tab", name="Denoising").click()
+            expect(page.locator("#frame-xt img")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.locator("#frame-x0 img")).to_be_visible()
+            expect(page.get_by_text("Frame 6 / 6")).to_be_visible()
+        finally:
+            browser.close()
+
+
+def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
+    """Screenshots of the three tabs with the app's defaults (16 images DDIM 50; DDPM 1000 vs DDIM 50)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    demo, url = launch_studio(model)
+    paths = [out / "studio-sample.png", out / "studio-compare.png", out / "studio-denoising.png"]
+    try:
+        with sync_playwright() as p:
+            browser = open_browser(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(15 * 60_000)
+            page.goto(url)
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#gallery img").first).to_be_visible(timeout=15 * 60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=paths[0], full_page=True)
+            page.get_by_role("tab", name="Denoising").click()
+            expect(page.get_by_text("Downloads: GIF")).to_be_visible()
+            expect(page.locator("a", has_text="trajectory.npz")).to_be_visible(timeout=15 * 60_000)
+            page.locator("#d_frame input[type=number]").fill("20")
+            page.locator("#d_frame input[type=number]").press("Enter")
+            page.wait_for_timeout(2000)
+            page.screenshot(path=paths[2], full_page=True)
+            page.get_by_role("tab", name="Compare").click()
+            slider_value(page, "c_n", compare_images)
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.get_by_text("Speed-up")).to_be_visible(timeout=15 * 60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=paths[1], full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    return paths
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Take the README screenshots of the studio with Chromium.")
+    parser.add_argument("--model", default=os.environ.get("DEFAULT_MODEL", "checkpoints/fashion-mnist"))
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--compare-images", type=int, default=4)
+    args = parser.parse_args()
+    for path in screenshots(args.model, args.out, args.compare_images):
+        print(path)
