@@ -108,26 +108,29 @@ def _load_folder(root: Path) -> DiffusionPipeline:
     return build_pipeline(read_json(config), read_weights(weights), scheduler_config, str(root))
 
 
-def _hub_errors() -> tuple[type, ...]:
-    from huggingface_hub.errors import EntryNotFoundError
+def _download_first(repo_id: str, candidates: list[str], kw: dict[str, Any]) -> str | None:
+    """The local path of the first candidate file the repo has, or None if it has none.
 
-    return (EntryNotFoundError,)
-
-
-def _download_first(repo_id: str, candidates: list[str], **kw: Any) -> str | None:
-    """The local path of the first candidate file the repo has, or None if it has none."""
+    When the Hub cannot be reached, ``kw`` switches to ``local_files_only`` so that the remaining
+    files come from the cache at once instead of each waiting through huggingface_hub's retries."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    offline_misses = 0
+    misses = 0
     for name in candidates:
         try:
             return hf_hub_download(repo_id, name, **kw)
         except LocalEntryNotFoundError:
-            offline_misses += 1
-        except _hub_errors():
+            if not kw["local_files_only"]:  # unreachable: every later look-up is a cache look-up
+                kw["local_files_only"] = True
+                try:
+                    return hf_hub_download(repo_id, name, **kw)
+                except LocalEntryNotFoundError:
+                    pass
+            misses += 1
+        except EntryNotFoundError:  # the Hub answered: no such file
             continue
-    if offline_misses == len(candidates):
+    if misses == len(candidates):
         raise LocalEntryNotFoundError(", ".join(candidates))
     return None
 
@@ -138,15 +141,15 @@ def _load_hub(repo_id: str, revision: str | None, cache_dir: str | None, local_f
 
     kw = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     try:
-        config = _download_first(repo_id, ["unet/config.json", "config.json"], **kw)
+        config = _download_first(repo_id, ["unet/config.json", "config.json"], kw)
         if config is None:
             raise CheckpointError(f"The Hub repo {repo_id!r} has no unet/config.json or config.json: it is not a diffusers UNet model.")
         sub = "unet/" if config.replace(os.sep, "/").endswith("unet/config.json") else ""
-        weights = _download_first(repo_id, [sub + w for w in WEIGHTS], **kw)
+        weights = _download_first(repo_id, [sub + w for w in WEIGHTS], kw)
         if weights is None:
             raise CheckpointError(f"The Hub repo {repo_id!r} has {sub}config.json but no {sub}{WEIGHTS[0]} or {sub}{WEIGHTS[1]}.")
         try:
-            sched = _download_first(repo_id, ["scheduler/scheduler_config.json", "scheduler_config.json"], **kw)
+            sched = _download_first(repo_id, ["scheduler/scheduler_config.json", "scheduler_config.json"], kw)
         except LocalEntryNotFoundError:
             sched = None
     except GatedRepoError:
@@ -158,7 +161,8 @@ def _load_hub(repo_id: str, revision: str | None, cache_dir: str | None, local_f
     except HFValidationError as e:
         raise CheckpointError(f"{repo_id!r} is neither a local folder nor a valid Hub repo id ({e}).") from None
     except LocalEntryNotFoundError:
-        why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE or local_files_only else "the Hugging Face Hub could not be reached"
+        why = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only)" if constants.HF_HUB_OFFLINE or local_files_only
+               else "the Hugging Face Hub could not be reached")
         raise CheckpointError(
             f"Cannot load {repo_id!r}: {why} and the repo is not in the local cache ({cache_dir or constants.HF_HUB_CACHE}). "
             "Connect to the internet once to download it, or pass a local model folder."

@@ -8,8 +8,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
-
 from .hub import atomic_write
 
 
@@ -20,6 +18,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
     """[0, 1] images tiled into one (C, H, W) image, ``nrow`` per row (default: square)."""
+    from torchvision.utils import make_grid  # imported here: torchvision adds seconds to every start
+
     nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
     return make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=padding, pad_value=1.0)
 

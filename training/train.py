@@ -118,7 +118,7 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     main = rank == 0
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world} processes.")
-    torch.manual_seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank, so the EMA copies agree
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -127,6 +127,8 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     # -- model, EMA, optimiser, warmup
     model = UNet(cfg.unet_config()).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    if rank:
+        torch.manual_seed(cfg.seed + rank)  # each rank draws its own timesteps and noise
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -135,16 +137,29 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
 
     # -- resume: --resume PATH, else the newest valid checkpoint in the run folder
     step = 0
-    found = (Path(resume), read_checkpoint(Path(resume))) if resume else newest_valid_checkpoint(run_dir)
+    if resume:
+        try:
+            found = (Path(resume), read_checkpoint(Path(resume)))
+        except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
+            raise ValueError(f"Cannot resume from {resume}: {e}") from None
+    else:
+        found = newest_valid_checkpoint(run_dir)
     if found:
         path, state = found
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"{path} was written for another model than this config describes; "
+                             f"resume with its own config (saved in the checkpoint) or use a new run_dir. ({str(e).splitlines()[0]})") from None
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
-        rngs = state["rng"]
-        set_rng_state(rngs[rank] if isinstance(rngs, list) and rank < len(rngs) else rngs[0] if isinstance(rngs, list) else rngs)
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if rank < len(rngs):
+            set_rng_state(rngs[rank])
+        else:  # resumed with more processes than saved the checkpoint: a distinct stream per rank
+            torch.manual_seed(cfg.seed + rank + 1_000_003 * step)
         if main:
             print(f"resumed from {path} at step {step}")
     if export_only:
@@ -171,7 +186,7 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")]:  # a run killed mid-write
             stale.unlink(missing_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write(run_dir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n"))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
@@ -203,7 +218,7 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
         optimizer.step()
         scheduler.step()
         step += 1
-        # (5) EMA of the weights; identical on every rank because the weights are
+        # (5) EMA of the weights; identical on every rank, as the weights are
         decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1.0 - decay)

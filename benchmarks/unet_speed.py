@@ -1,0 +1,98 @@
+"""UNet speed: ours against diffusers' UNet2DModel holding the same weights, in one run.
+
+    python benchmarks/unet_speed.py                 # CPU fp32 at batch 1 and 16, plus bf16 autocast
+    python benchmarks/unet_speed.py --device cuda
+
+The google CIFAR-10 architecture (35.7 M parameters, random weights). Measurements alternate
+between the two models so a noisy machine slows both alike; the median of the rounds is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from diffusion.unet import UNet, UNetConfig
+
+CIFAR10 = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
+               down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+               up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), layers_per_block=2,
+               attention_head_dim=None, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, norm_eps=1e-6)
+
+
+def timed(fn, x, t, reps: int, device: str) -> float:
+    """Seconds per call, the median of ``reps``."""
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(x, t)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batches", default="1,16")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
+    p.add_argument("--reps", type=int, default=3, help="calls per model per round")
+    p.add_argument("--no-bf16", action="store_true")
+    args = p.parse_args()
+
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    ref = UNet2DModel(**CIFAR10).eval().to(args.device)
+    with torch.no_grad():
+        for prm in ref.parameters():
+            prm.normal_(0, 0.02)
+    ours = UNet(UNetConfig(**CIFAR10)).eval().to(args.device)
+    ours.load_state_dict(ref.state_dict())
+    n_params = sum(p.numel() for p in ours.parameters()) / 1e6
+    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {n_params:.1f} M parameters")
+
+    def run_ref(x, t):
+        with torch.inference_mode():
+            return ref(x, t).sample
+
+    def run_ours(x, t):
+        with torch.inference_mode():
+            return ours(x, t)
+
+    def run_ours_bf16(x, t):
+        with torch.inference_mode(), torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16):
+            return ours(x, t)
+
+    for batch in (int(b) for b in args.batches.split(",")):
+        x = torch.randn(batch, 3, 32, 32, device=args.device)
+        t = torch.randint(0, 1000, (batch,), device=args.device)
+        diff = (run_ours(x, t) - run_ref(x, t)).abs().max().item()
+        for fn in (run_ref, run_ours):  # warm-up
+            fn(x, t)
+        ref_s, our_s = [], []
+        for _ in range(args.rounds):
+            ref_s.append(timed(run_ref, x, t, args.reps, args.device))
+            our_s.append(timed(run_ours, x, t, args.reps, args.device))
+        r, o = batch / statistics.median(ref_s), batch / statistics.median(our_s)
+        print(f"batch {batch:3d} fp32: diffusers {r:7.2f} image-steps/s | ours {o:7.2f} image-steps/s | ratio {o / r:.2f} | max |diff| {diff:.1e}")
+        if not args.no_bf16:
+            bf16_out = run_ours_bf16(x, t).float()
+            dev = (bf16_out - run_ours(x, t)).abs().max().item()
+            run_ours_bf16(x, t)
+            b = batch / statistics.median([timed(run_ours_bf16, x, t, args.reps, args.device) for _ in range(max(1, args.rounds // 2))])
+            print(f"batch {batch:3d} bf16 autocast (ours): {b:7.2f} image-steps/s, {b / o:.2f}x fp32, max |bf16 - fp32| {dev:.1e}")
+
+
+if __name__ == "__main__":
+    main()
