@@ -26,6 +26,7 @@ import threading
 import time
 import typing
 import uuid
+import weakref
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -58,10 +59,11 @@ HUB_PRESETS = ("google/ddpm-cifar10-32", "google/ddpm-ema-church-256", "google/d
                "anton-l/ddpm-butterflies-128")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 
-# Limits. Work is counted in pixel-steps (images x pixels x steps); the CPU budget is for a model of
-# up to REFERENCE_PARAMS parameters and shrinks in proportion for bigger ones (their steps cost more).
+# Limits. Work is counted in pixel-steps (images x pixels x steps). The CPU budget is for a model that
+# costs up to REFERENCE_FLOPS per pixel and step (the bundled Fashion-MNIST UNet: 0.71 MFLOP) and
+# shrinks in proportion for costlier ones (google/ddpm-cifar10-32: 12 MFLOP, so 17x fewer pixel-steps).
 WORK_BUDGET = int(float(os.environ.get("MAX_WORK", 16_000_000)))
-REFERENCE_PARAMS = 2_000_000
+REFERENCE_FLOPS = 710_000
 GPU_BUDGET_FACTOR = 50
 MAX_IMAGES = 64
 MAX_SEED = 2**63 - 1
@@ -194,11 +196,35 @@ def parameter_count(pipe: diffusion.DiffusionPipeline) -> int:
     return sum(p.numel() for p in pipe.unet.parameters())
 
 
+_FLOPS: weakref.WeakKeyDictionary[torch.nn.Module, float] = weakref.WeakKeyDictionary()
+
+
+def flops_per_pixel(pipe: diffusion.DiffusionPipeline) -> float:
+    """FLOPs of one model evaluation per pixel, counted on a copy of the UNet on the meta device
+    (shapes only: no memory, no compute). Cached per model."""
+    if pipe.unet not in _FLOPS:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        cfg = pipe.unet.config
+        try:
+            with torch.device("meta"):
+                unet = diffusion.UNet(cfg)
+                x = torch.empty(1, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+                with FlopCounterMode(display=False) as counter, torch.no_grad():
+                    unet(x, torch.tensor(500))
+            flops = counter.get_total_flops() / cfg.sample_size**2
+        except Exception:  # noqa: BLE001 - an estimate is enough: 2 FLOPs per parameter and pixel
+            flops = 2.0 * parameter_count(pipe)
+        _FLOPS[pipe.unet] = float(flops)
+    return _FLOPS[pipe.unet]
+
+
 def work_budget(pipe: diffusion.DiffusionPipeline, on_gpu: bool | None = None) -> int:
     """The most pixel-steps (images x pixels x steps) one request may ask of this model: ``MAX_WORK``
-    for models up to 2M parameters, less in proportion for bigger ones, 50x more on a GPU."""
+    for models costing up to the bundled one's FLOPs per pixel, less in proportion for costlier ones,
+    50x more on a GPU."""
     on_gpu = device() == "cuda" if on_gpu is None else on_gpu
-    scale = min(1.0, REFERENCE_PARAMS / max(1, parameter_count(pipe)))
+    scale = min(1.0, REFERENCE_FLOPS / max(1.0, flops_per_pixel(pipe)))
     budget = WORK_BUDGET * scale * (GPU_BUDGET_FACTOR if on_gpu else 1)
     return max(1000, int(budget // 1000 * 1000))
 
@@ -209,7 +235,8 @@ def describe_model(pipe: diffusion.DiffusionPipeline, name: str) -> str:
     cfg = pipe.config
     budget = work_budget(pipe)
     px = h * w
-    return (f"**{name}** · {c}×{h}×{w} · {parameter_count(pipe) / 1e6:.1f}M parameters · T = {pipe.schedule.num_train_timesteps} "
+    return (f"**{name}** · {c}×{h}×{w} · {parameter_count(pipe) / 1e6:.1f}M parameters · "
+            f"{flops_per_pixel(pipe) / 1e6:.2f} MFLOP per pixel-step · T = {pipe.schedule.num_train_timesteps} "
             f"· {cfg['beta_schedule']} betas · predicts {cfg['prediction_type']} · {device().upper()}  \n"
             f"Budget per request: images × pixels × steps ≤ **{budget:,}** (e.g. {max(1, budget // (px * 1000))} images × 1000 steps "
             f"or {max(1, min(MAX_IMAGES, budget // (px * 50)))} images × 50 steps at {h}×{w}).")
@@ -764,7 +791,6 @@ class Studio:
         seed = check_seed(seed)
         pipe = self.store.get(model)
         opts = {p: make_options(pipe, samplers[p] or "", _split_options(panels, f"{p}_")) for p in "ab"}
-        _, h, w = pipe.image_shape
         total_steps = sum(o.num_inference_steps for o in opts.values())
         check_work(pipe, n, total_steps, model_name(model, self.default_model))
         runs: dict[str, Run] = {}
@@ -833,7 +859,7 @@ class Studio:
         if traj is None or playing:
             return gr.skip(), gr.Timer(active=False), gr.update(value="▶ Play"), False
         start = 0 if int(index or 0) >= len(traj) - 1 else gr.skip()
-        return start, gr.Timer(active=True), gr.update(value="⏸ Pause"), True
+        return start, gr.Timer(active=True), gr.update(value="Pause"), True
 
     def schedule_preview(self, model: str, sampler: str, **options: Any) -> Any:
         """The schedule plot for the current Sample settings, before anything runs."""
@@ -980,7 +1006,7 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
                         s_info = gr.Markdown("Press **Generate**: predicted-x0 previews stream in while it samples.")
                         s_preview = gr.Image(label="Preview / result grid", format="png", elem_id="preview",
                                              interactive=False, height=420, buttons=["download", "fullscreen"])
-                        s_gallery = gr.Gallery(label="Samples", format="png", columns=8, height="auto", interactive=False,
+                        s_gallery = gr.Gallery(label="Samples", format="png", columns=6, height="auto", interactive=False,
                                                elem_id="gallery")
                         s_grid = gr.File(label="PNG grid", interactive=False)
                 traj = gr.State(None, time_to_live=STATE_TTL_S)
@@ -1025,8 +1051,9 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
                 d_timer = gr.Timer(0.2, active=False)
                 d_playing = gr.State(False)
                 with gr.Row():
-                    d_plot = gr.Plot(label="Noise schedule", value=studio.schedule_preview(
-                        studio.default_model, "ddim", **{k: c.value for k, c in s_opts.kwargs().items()}))
+                    initial = {k: c.value for k, c in s_opts.kwargs().items()}
+                    d_plot = gr.Plot(label="Noise schedule",
+                                     value=studio.schedule_preview(studio.default_model, "ddim", **initial) if pipe else None)
                     with gr.Column():
                         d_gif = gr.Image(label="Animation (GIF)", interactive=False, type="filepath")
                         d_mp4 = gr.Video(label="Animation (MP4)", format="mp4", interactive=False)
