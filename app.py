@@ -974,7 +974,7 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
         pipe = studio.store.get(studio.default_model)
         status = describe_model(pipe, Path(studio.default_model).name)
     except gr.Error as e:
-        pipe, status = None, f"⚠️ The default model could not be loaded: {e.message}"
+        pipe, status = None, f"**The default model could not be loaded**: {e.message}"
         print(f"[studio] {status}")
     model_event = dict(concurrency_id="model", concurrency_limit=1)
     private = dict(api_visibility="private")
@@ -1004,6 +1004,7 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
                             s_stop = gr.Button("Stop", variant="stop")
                     with gr.Column(scale=2):
                         s_info = gr.Markdown("Press **Generate**: predicted-x0 previews stream in while it samples.")
+                        s_progress = gr.Markdown("", elem_id="s-progress", min_height=44)  # the progress bar shows here
                         s_preview = gr.Image(label="Preview / result grid", format="png", elem_id="preview",
                                              interactive=False, height=420, buttons=["download", "fullscreen"])
                         s_gallery = gr.Gallery(label="Samples", format="png", columns=6, height="auto", interactive=False,
@@ -1029,6 +1030,7 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
                     with gr.Column():
                         b_opts = OptionControls(studio, pipe, "ddim", "b_", "Panel B sampler")
                         c_img_b = gr.Image(label="Panel B", format="png", interactive=False, elem_id="compare-b", height=360)
+                c_progress = gr.Markdown("", elem_id="c-progress", min_height=44)  # the progress bar shows here
                 c_md = gr.Markdown("Press **Compare**.")
                 with gr.Row():
                     c_slider = gr.ImageSlider(label="A ↔ B", format="png", interactive=False, height=400)
@@ -1070,8 +1072,9 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
             try:
                 new = studio.store.get(choice)
             except gr.Error as e:
-                gr.Warning(f"{e.message} Still using {cur}.", title=e.title or "Cannot load this model")
-                return [gr.update(value=cur), cur, f"❌ **{choice}**: {e.message}  \nStill using **{cur}**."] + [gr.skip()] * n_out
+                name = model_name(cur, studio.default_model)
+                gr.Warning(f"{e.message} Still using {name}.", title=e.title or "Cannot load this model")
+                return [gr.update(value=cur), cur, f"**Could not load {choice}**: {e.message}  \nStill using **{name}**."] + [gr.skip()] * n_out
             return ([gr.update(value=choice), choice, describe_model(new, model_name(choice, studio.default_model))]
                     + s_opts.updates(new, ss, only_model_fields=True) + a_opts.updates(new, sa, only_model_fields=True)
                     + b_opts.updates(new, sb, only_model_fields=True))
@@ -1094,7 +1097,7 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
         sample_event = s_go.click(
             gpu_task(studio.sample), None, [s_preview, s_gallery, s_grid, s_info, traj],
             inputs_kwargs=dict(model=model, sampler=s_opts.sampler, seed=s_seed, num_images=s_n, **s_opts.kwargs()),
-            api_name="sample", show_progress_on=[s_info], **model_event)
+            api_name="sample", show_progress_on=[s_progress], **model_event)
         sample_event.success(studio.show_trajectory, [traj], [d_frame, d_xt, d_x0, d_readout, d_plot, d_gif, d_mp4, d_files],
                              concurrency_id="media", concurrency_limit=1, show_progress="minimal", **private)
         s_stop.click(None, None, None, cancels=[sample_event], **private)
@@ -1103,7 +1106,7 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
             gpu_task(studio.compare), None, [c_img_a, c_img_b, c_slider, c_diff, c_md, c_json],
             inputs_kwargs=dict(model=model, seed=c_seed, num_images=c_n, a_sampler=a_opts.sampler, **a_opts.kwargs(),
                                b_sampler=b_opts.sampler, **b_opts.kwargs()),
-            api_name="compare", show_progress_on=[c_md], **model_event)
+            api_name="compare", show_progress_on=[c_progress], **model_event)
         c_stop.click(None, None, None, cancels=[compare_event], **private)
 
         d_frame.change(studio.show_frame, [d_frame, traj], [d_xt, d_x0, d_readout], queue=False, show_progress="hidden",
@@ -1141,6 +1144,20 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
     return demo
 
 
+def launch(demo: gr.Blocks, attempts: int = 3, **kwargs: Any) -> tuple[Any, str, str]:
+    """``demo.launch`` with :func:`launch_kwargs`, retried when Gradio's start-up check of its own page
+    times out (it allows 3 s, which a loaded CPU can exceed on the first render)."""
+    for attempt in range(attempts):
+        try:
+            return demo.launch(**{**launch_kwargs(), **kwargs})
+        except ValueError as e:
+            if "localhost is not accessible" not in str(e) or attempt == attempts - 1:
+                raise
+            demo.close()
+            print(f"[studio] the server did not answer its start-up check in time; retrying ({attempt + 2}/{attempts})")
+    raise AssertionError("unreachable")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="DDPM / DDIM Studio (Gradio).")
     parser.add_argument("--model", default=None, help=f"default model folder or Hub id (env DEFAULT_MODEL; default {BUNDLED_MODEL})")
@@ -1151,7 +1168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     threads = configure_torch()
     print(f"[studio] torch uses {threads} thread(s) on {device()}; CPU budget {WORK_BUDGET:,} pixel-steps")
     demo = build_app(args.model, args.allow_local or None)
-    demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    launch(demo, server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

@@ -341,7 +341,7 @@ def served(tiny_model):
     from gradio_client import Client
 
     demo = app.build_app(tiny_model)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1", **app.launch_kwargs())
+    _, url, _ = app.launch(demo, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
     client = Client(url, verbose=False)
     yield client, url, demo
     client.close()

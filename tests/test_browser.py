@@ -28,7 +28,7 @@ def launch_studio(model: str):
     import app
 
     demo = app.build_app(model)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1", **app.launch_kwargs())
+    _, url, _ = app.launch(demo, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
     return demo, url
 
 
