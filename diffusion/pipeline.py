@@ -116,10 +116,10 @@ class DiffusionPipeline:
             pass
         return to_unit(step.x_prev)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
         from .hub import save_pretrained
 
-        return save_pretrained(self, directory)
+        return save_pretrained(self, directory, extra_files)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         from .hub import push_to_hub

@@ -22,14 +22,14 @@ from diffusion.hub import atomic_write
 from diffusion.images import save_grid
 
 
-def loss_curve(log_csv: Path, out_png: Path) -> None:
+def loss_curve(log_csv: Path, out_png: Path, upto: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with log_csv.open() as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
     steps = [int(r["step"]) for r in rows]
     loss = [float(r["loss"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
@@ -48,19 +48,20 @@ def main() -> None:
     p.add_argument("--run", required=True, help="the run folder (holds export/, log.csv)")
     p.add_argument("--out", required=True)
     p.add_argument("--command", required=True, help="the command that trained it, for the card")
+    p.add_argument("--note", default="", help="a sentence about the run for the card (e.g. what else shared the machine)")
     args = p.parse_args()
     run, out = Path(args.run), Path(args.out)
     export = run / "export"
     pipe = diffusion.load(export)
     train_cfg = json.loads((export / "training_config.json").read_text())
     pipe.save_pretrained(out, {"training_config.json": (export / "training_config.json").read_text()})
-    loss_curve(run / "log.csv", out / "loss.png")
+    loss_curve(run / "log.csv", out / "loss.png", train_cfg["trained_steps"])
     start = time.perf_counter()
     images = pipe.sample("ddim", n=64, seed=0, num_inference_steps=50)
     sample_s = time.perf_counter() - start
     save_grid(images, out / "samples-ddim50-seed0.png", nrow=8)
     with (run / "log.csv").open() as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= train_cfg["trained_steps"]]
     last = rows[-1]
     final_loss = sum(float(r["loss"]) for r in rows[-10:]) / min(10, len(rows))
     n_params = sum(t.numel() for t in pipe.unet.parameters())
@@ -94,6 +95,8 @@ The offline default model of Repro-Diffusion-Models: a DDPM UNet (Ho et al. 2020
 | UNet | block_out_channels {train_cfg["unet"]["block_out_channels"]}, attention at 7x7, {train_cfg["unet"]["layers_per_block"]} resnets per level, dropout {train_cfg["dropout"]} |
 | diffusion | T = {train_cfg["num_train_timesteps"]}, {train_cfg["beta_schedule"]} betas {train_cfg["beta_start"]} to {train_cfg["beta_end"]}, predicts {train_cfg["prediction_type"]} |
 | optimiser | AdamW lr {train_cfg["lr"]} ({train_cfg["warmup_steps"]} warmup steps), grad clip {train_cfg["grad_clip"]}, EMA {train_cfg["ema_decay"]} with warmup |
+
+{args.note}
 
 The whole resolved configuration is in `training_config.json`.
 
