@@ -3,7 +3,8 @@
     python benchmarks/unet_speed.py                 # CPU fp32 at batch 1 and 16, plus bf16 autocast
     python benchmarks/unet_speed.py --device cuda
 
-The google CIFAR-10 architecture (35.7 M parameters, random weights). Measurements alternate
+The google CIFAR-10 architecture (35.7 M parameters, random weights). Ours runs as the pipeline runs
+it (channels-last convolution weights); diffusers as ``UNet2DModel`` runs by default. Measurements alternate
 between the two models so a noisy machine slows both alike; the median of the rounds is reported.
 """
 
@@ -48,6 +49,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
     p.add_argument("--reps", type=int, default=3, help="calls per model per round")
     p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--channels-last-diffusers", action="store_true", help="also time diffusers with channels-last weights")
     args = p.parse_args()
 
     from diffusers import UNet2DModel
@@ -57,14 +59,23 @@ def main() -> None:
     with torch.no_grad():
         for prm in ref.parameters():
             prm.normal_(0, 0.02)
-    ours = UNet(UNetConfig(**CIFAR10)).eval().to(args.device)
+    ours = UNet(UNetConfig(**CIFAR10)).eval()
     ours.load_state_dict(ref.state_dict())
+    # as DiffusionPipeline.to() places it: channels-last convolution weights
+    ours.to(args.device, memory_format=torch.channels_last)
+    ref_cl = UNet2DModel(**CIFAR10).eval()
+    ref_cl.load_state_dict(ref.state_dict())
+    ref_cl.to(args.device, memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in ours.parameters()) / 1e6
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {n_params:.1f} M parameters")
 
     def run_ref(x, t):
         with torch.inference_mode():
             return ref(x, t).sample
+
+    def run_ref_cl(x, t):
+        with torch.inference_mode():
+            return ref_cl(x.contiguous(memory_format=torch.channels_last), t).sample
 
     def run_ours(x, t):
         with torch.inference_mode():
@@ -86,6 +97,9 @@ def main() -> None:
             our_s.append(timed(run_ours, x, t, args.reps, args.device))
         r, o = batch / statistics.median(ref_s), batch / statistics.median(our_s)
         print(f"batch {batch:3d} fp32: diffusers {r:7.2f} image-steps/s | ours {o:7.2f} image-steps/s | ratio {o / r:.2f} | max |diff| {diff:.1e}")
+        if args.channels_last_diffusers:
+            c = batch / statistics.median([timed(run_ref_cl, x, t, args.reps, args.device) for _ in range(args.rounds)])
+            print(f"batch {batch:3d} fp32: diffusers moved to channels-last by hand {c:7.2f} image-steps/s (ours / that: {o / c:.2f})")
         if not args.no_bf16:
             bf16_out = run_ours_bf16(x, t).float()
             dev = (bf16_out - run_ours(x, t)).abs().max().item()

@@ -327,6 +327,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         cfg = self.config
+        if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last) and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # the layout oneDNN convolutions run fastest in
         t = torch.as_tensor(t, device=x.device)
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
         if cfg.center_input_sample:
@@ -342,7 +344,7 @@ class UNet(nn.Module):
         h = self.mid_block(h, temb_act)
         for block in self.up_blocks:
             h = block(h, skips, temb_act)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        return self.conv_out(F.silu(self.conv_norm_out(h))).contiguous()
 
 
 _OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
