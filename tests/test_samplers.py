@@ -128,7 +128,8 @@ def test_pipeline_equals_diffusers_pipelines(diffusers_checkpoint):
 
 
 def test_quad_spacing_is_the_ddim_papers():
-    assert select_timesteps(1000, 10, "quad") == [799, 632, 484, 355, 246, 157, 88, 39, 9, 0]
+    # floor(i^2 * 800 / 81) for i = 9..0: the DDIM code's int((linspace(0, sqrt(0.8 T), 10))^2)
+    assert select_timesteps(1000, 10, "quad") == [800, 632, 483, 355, 246, 158, 88, 39, 9, 0]
     with pytest.raises(ValueError, match="use at most"):
         select_timesteps(1000, 100, "quad")
 
