@@ -152,8 +152,11 @@ class ModelStore:
         if choice == self.default:
             path = Path(choice).expanduser()
             return str(path if path.is_absolute() or not (APP_DIR / path).exists() else APP_DIR / path)
-        if self.allow_local and Path(choice).expanduser().is_dir():
-            return str(Path(choice).expanduser().resolve())
+        if Path(choice).expanduser().exists():
+            if self.allow_local and Path(choice).expanduser().is_dir():
+                return str(Path(choice).expanduser().resolve())
+            raise gr.Error(f"{choice!r} is a local path; this app loads only its bundled model and Hub repos "
+                           "(start it with --allow-local to load local folders).", title="Local folders are off")
         if not HUB_ID.match(choice):
             raise gr.Error(f"{choice!r} is not a Hub repo id. Type one as owner/name, e.g. google/ddpm-cifar10-32, "
                            "or pick a model from the list.", title="Unknown model")
@@ -467,7 +470,7 @@ class Trajectory:
         t = self.timesteps[i]
         text = (f"t={t}  abar={self.abar[i]:.4f}  sigma={self.sigma(i):.3f}" if t >= 0 else f"sample after {self.num_steps} steps")
         ImageDraw.Draw(strip).text((4, 3), f"x_t | predicted x0    {text}", fill="black")
-        return np.concatenate([np.asarray(strip), body], axis=0)
+        return np.concatenate([body, np.asarray(strip)], axis=0)
 
     def save_npz(self, path: Path) -> Path:
         np.savez_compressed(
@@ -590,10 +593,9 @@ def difference_map(a: torch.Tensor, b: torch.Tensor, min_size: int = DISPLAY_PX)
              "psnr_db": round(10 * math.log10(1 / mse), 3) if mse > 0 else math.inf}
     from matplotlib import colormaps
 
-    g = dimages.grid(diff / peak if peak > 0 else diff)[0]  # padding is 1: shown as the hottest colour
-    g = dimages.upscale(g[None], min_size)[0].numpy()
-    heat = (colormaps["magma"](g)[..., :3] * 255).round().astype(np.uint8)
-    return heat, stats
+    scaled = (diff / peak if peak > 0 else diff)[:, 0].numpy()  # (N, H, W) in [0, 1]
+    coloured = torch.from_numpy(colormaps["magma"](scaled)[..., :3]).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+    return picture(coloured, min_size), stats  # tiled like the images, white between them
 
 
 def compare_metrics(a: dict[str, Any], b: dict[str, Any], difference: dict[str, float]) -> dict[str, Any]:
@@ -1033,9 +1035,9 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
                 c_progress = gr.Markdown("", elem_id="c-progress", min_height=44)  # the progress bar shows here
                 c_md = gr.Markdown("Press **Compare**.")
                 with gr.Row():
-                    c_slider = gr.ImageSlider(label="A ↔ B", format="png", interactive=False, height=400)
+                    c_slider = gr.ImageSlider(label="A ↔ B", format="png", interactive=False, max_height=600)
                     c_diff = gr.Image(label="|A − B| (scaled to its maximum)", format="png", interactive=False,
-                                      elem_id="diff-map", height=400)
+                                      elem_id="diff-map")
                 with gr.Accordion("Metrics as JSON", open=False):
                     c_json = gr.JSON(label="Metrics")
 
@@ -1059,7 +1061,7 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
                     with gr.Column():
                         d_gif = gr.Image(label="Animation (GIF)", interactive=False, type="filepath")
                         d_mp4 = gr.Video(label="Animation (MP4)", format="mp4", interactive=False)
-                d_files = gr.File(label="Downloads: GIF, MP4, frames (ZIP of PNGs), trajectory (.npz)", file_count="multiple",
+                d_files = gr.File(elem_id="d_files", label="Downloads: GIF, MP4, frames (ZIP of PNGs), trajectory (.npz)", file_count="multiple",
                                   interactive=False)
 
         # ---------------------------------------------------------------- Events

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -150,7 +154,7 @@ def test_model_store_errors_keep_the_current_model(studio, tiny_model):
         studio.store.get("nobody/no-such-ddpm")
     with pytest.raises(gr.Error, match="not a Hub repo id"):
         studio.store.get("not a repo id!")
-    with pytest.raises(gr.Error, match="not a Hub repo id"):  # other local folders: only with allow_local
+    with pytest.raises(gr.Error, match="is a local path"):  # other local folders: only with allow_local
         studio.store.get(str(Path(tiny_model).parent))
     assert studio.store.get(tiny_model) is current and studio.store.peek(tiny_model) is current
 
@@ -421,3 +425,47 @@ def test_client_cancel_stops_a_long_run(served, monkeypatch):
         time.sleep(1.0)
     assert taken[0] == last < 1000  # stopped early, and stays stopped
     assert "2 steps" in client.predict(steps=2, num_images=1, api_name="/sample")[3]  # the queue is free again
+
+
+def test_hub_models_download_on_demand_and_a_failure_keeps_the_current_model(tiny_model, tmp_path):
+    """``python app.py`` against a loopback Hub (HF_ENDPOINT): a repo id downloads when first asked
+    for, an unknown one gives a clear error, and the default model keeps serving."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+    from hub_server import HubServer
+
+    root = Path(__file__).resolve().parents[1]
+    with HubServer() as hub:
+        hub.add_folder("someone/tiny-ddpm", Path(tiny_model))
+        with socket.socket() as sock:  # a free port
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+               "CPU_CORES": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        log = open(tmp_path / "app.log", "w")
+        proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--model", tiny_model, "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            deadline = time.time() + 180
+            while True:
+                assert proc.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
+                try:
+                    urllib.request.urlopen(url + "gradio_api/info", timeout=2)
+                    break
+                except OSError:
+                    assert time.time() < deadline, "the app did not start"
+                    time.sleep(0.3)
+            client = Client(url, verbose=False)
+            info = client.predict(model="someone/tiny-ddpm", steps=3, num_images=2, api_name="/sample")[3]
+            assert "2 images" in info and "3 steps" in info
+            fetched = {path.split("/resolve/main/")[-1] for method, path in hub.requests if method == "GET"}
+            assert {"unet/config.json", "unet/diffusion_pytorch_model.safetensors"} <= fetched
+            with pytest.raises(AppError, match="No Hub repo named 'nobody/missing'"):
+                client.predict(model="nobody/missing", steps=3, num_images=1, api_name="/sample")
+            assert "1 image" in client.predict(steps=2, num_images=1, api_name="/sample")[3]
+            client.close()
+        finally:
+            proc.terminate()
+            proc.wait(20)
+            log.close()

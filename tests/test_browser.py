@@ -20,11 +20,11 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 180_000  # generous: the test machine's CPU is shared with training runs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app.py sits at the repository root
 
 
 def launch_studio(model: str):
     """Build and serve the app in this process; returns (demo, url)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import app
 
     demo = app.build_app(model)
@@ -87,6 +87,8 @@ def test_generate_compare_and_denoising_in_chromium(studio_url):
             expect(page.locator("#frame-xt img")).to_be_visible(timeout=TIMEOUT_MS)
             expect(page.locator("#frame-x0 img")).to_be_visible()
             expect(page.get_by_text("Frame 6 / 6")).to_be_visible()
+            expect(page.locator("#d_files [aria-label$='.gif']")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.locator("#d_files [aria-label$='trajectory.npz']")).to_be_visible()
         finally:
             browser.close()
 
@@ -96,6 +98,9 @@ def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
     from playwright.sync_api import expect, sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
+    import app
+
+    app.configure_torch()  # CPU_CORES, or the cores this process may use
     demo, url = launch_studio(model)
     paths = [out / "studio-sample.png", out / "studio-compare.png", out / "studio-denoising.png"]
     try:
@@ -110,7 +115,7 @@ def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
             page.screenshot(path=paths[0], full_page=True)
             page.get_by_role("tab", name="Denoising").click()
             expect(page.get_by_text("Downloads: GIF")).to_be_visible()
-            expect(page.locator("a", has_text="trajectory.npz")).to_be_visible(timeout=15 * 60_000)
+            expect(page.locator("#d_files [aria-label$='trajectory.npz']")).to_be_visible(timeout=15 * 60_000)
             page.locator("#d_frame input[type=number]").fill("20")
             page.locator("#d_frame input[type=number]").press("Enter")
             page.wait_for_timeout(2000)
