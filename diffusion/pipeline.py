@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .samplers import SamplerOptions, Step, get_sampler
+from .samplers import SamplerOptions, Step, get_sampler, select_timesteps
 from .schedule import NoiseSchedule
 from .unet import UNet
 
@@ -83,7 +83,10 @@ class DiffusionPipeline:
         from_config = {k: v for k, v in self.config.items() if k in names}
         if "set_alpha_to_one" in names and "set_alpha_to_one" in self.scheduler_config:
             from_config["set_alpha_to_one"] = self.scheduler_config["set_alpha_to_one"]
-        return spec.make_options(**{**from_config, **{k: v for k, v in overrides.items() if v is not None}})
+        options = spec.make_options(**{**from_config, **{k: v for k, v in overrides.items() if v is not None}})
+        # Check the steps against this model's T now, not at the first step of a sampling loop.
+        select_timesteps(self.schedule.num_train_timesteps, options.num_inference_steps, options.timestep_spacing, options.steps_offset)
+        return options
 
     def initial_noise(self, n: int, seed: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """x_T ~ N(0, I) drawn as diffusers' pipelines draw it: on a CPU generator seeded with ``seed``."""
