@@ -884,8 +884,7 @@ class Studio:
 class OptionControls:
     """One sampler dropdown and a control per registered option, shown for the samplers that take it."""
 
-    def __init__(self, studio: Studio, pipe: diffusion.DiffusionPipeline | None, sampler: str, prefix: str = "",
-                 label: str = "Sampler") -> None:
+    def __init__(self, pipe: diffusion.DiffusionPipeline | None, sampler: str, prefix: str = "", label: str = "Sampler") -> None:
         self.prefix = prefix
         self.fields = all_option_fields()
         T = pipe.schedule.num_train_timesteps if pipe is not None else 1000
@@ -996,7 +995,7 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
             with gr.Tab("Sample", id="sample"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
-                        s_opts = OptionControls(studio, pipe, "ddim")
+                        s_opts = OptionControls(pipe, "ddim")
                         with gr.Row(equal_height=True):
                             s_seed = gr.Number(0, precision=0, label="Seed", scale=3)
                             s_dice = gr.Button("Random seed", scale=1, min_width=60)
@@ -1027,10 +1026,10 @@ def build_app(default_model: str | None = None, allow_local: bool | None = None)
                     c_stop = gr.Button("Stop", variant="stop", scale=1)
                 with gr.Row():
                     with gr.Column():
-                        a_opts = OptionControls(studio, pipe, "ddpm", "a_", "Panel A sampler")
+                        a_opts = OptionControls(pipe, "ddpm", "a_", "Panel A sampler")
                         c_img_a = gr.Image(label="Panel A", format="png", interactive=False, elem_id="compare-a", height=360)
                     with gr.Column():
-                        b_opts = OptionControls(studio, pipe, "ddim", "b_", "Panel B sampler")
+                        b_opts = OptionControls(pipe, "ddim", "b_", "Panel B sampler")
                         c_img_b = gr.Image(label="Panel B", format="png", interactive=False, elem_id="compare-b", height=360)
                 c_progress = gr.Markdown("", elem_id="c-progress", min_height=44)  # the progress bar shows here
                 c_md = gr.Markdown("Press **Compare**.")

@@ -89,7 +89,7 @@ def test_a_newly_registered_sampler_gets_controls_and_options(monkeypatch, pipe)
     opts = app.make_options(pipe, "churny", {"churn": 0.5, "eta": 0.3, "variance_type": "fixed_large"})
     assert opts.churn == 0.5 and opts.order == 2 and opts.num_inference_steps == 7  # other samplers' values ignored
     with gr.Blocks():
-        oc = app.OptionControls(app.Studio(), pipe, "churny")
+        oc = app.OptionControls(pipe, "churny")
     assert isinstance(oc.controls["churn"], gr.Number) and oc.controls["churn"].visible
     assert oc.controls["eta"].visible is False and oc.controls["num_inference_steps"].value == 7
     ups = oc.updates(pipe, "ddim")
