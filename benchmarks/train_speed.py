@@ -26,11 +26,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.nn.functional as F
+
 
 from diffusion.schedule import NoiseSchedule
 from diffusion.unet import UNet
 from training.config import resolve_config
+from training.train import diffusion_loss
 
 
 def make_step(net, forward, cfg, device, precision):
@@ -45,12 +46,7 @@ def make_step(net, forward, cfg, device, precision):
     n = [0]
 
     def step(x0: torch.Tensor) -> float:
-        t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=device)
-        noise = torch.randn_like(x0)
-        x_t = schedule.q_sample(x0, t, noise)
-        with autocast:
-            pred = forward(x_t, t)
-        loss = F.mse_loss(pred.float(), schedule.training_target(cfg.prediction_type, x0, t, noise))
+        loss = diffusion_loss(forward, schedule, cfg, x0, autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))

@@ -102,6 +102,18 @@ def export(cfg: TrainConfig, ema: UNet, out_dir: Path, step: int) -> Path:
 
 # ----------------------------------------------------------------------------- training
 
+def diffusion_loss(forward: Any, schedule: NoiseSchedule, cfg: TrainConfig, x0: torch.Tensor, autocast: Any) -> torch.Tensor:
+    """|| target - model(x_t, t) ||^2 (Ho et al. 2020, Algorithm 1; target eps, x0 or v)."""
+    # (2) t ~ Uniform({1..T}), eps ~ N(0, I); (3) x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+    t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)
+    noise = torch.randn_like(x0)
+    x_t = schedule.q_sample(x0, t, noise)
+    # (4) the regression loss, in fp32 whatever the autocast dtype
+    with autocast:
+        pred = forward(x_t, t)
+    return F.mse_loss(pred.float(), schedule.training_target(cfg.prediction_type, x0, t, noise))
+
+
 def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False) -> dict[str, Any]:
     # -- processes: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -204,14 +216,8 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
             x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        # (2) t ~ Uniform({1..T}), eps ~ N(0, I); (3) x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
-        t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=device)
-        noise = torch.randn_like(x0)
-        x_t = schedule.q_sample(x0, t, noise)
-        # (4) gradient step on || target - model(x_t, t) ||^2 (eps, x0 or v)
-        with autocast:
-            pred = forward(x_t, t)
-        loss = F.mse_loss(pred.float(), schedule.training_target(cfg.prediction_type, x0, t, noise))
+        # (2)-(4) the DDPM loss on this batch, then a gradient step
+        loss = diffusion_loss(forward, schedule, cfg, x0, autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
