@@ -46,8 +46,8 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m diffusion.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
+    """--model, --sampler and the sampler options (shared with ``training.evaluate``)."""
     p.add_argument("--model", required=True, help="a model folder (diffusers layout) or a Hugging Face Hub repo id")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit to pin")
     p.add_argument("--offline", action="store_true", help="use only the local Hub cache")
@@ -60,6 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--clip", dest="clip_sample", action="store_true", default=None, help="clip predicted x0 to [-1, 1]")
     clip.add_argument("--no-clip", dest="clip_sample", action="store_false", help="do not clip predicted x0")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other sampler option, e.g. use_clipped_model_output=true")
+
+
+def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler options given on the command line (None: the checkpoint's or the sampler's default)."""
+    options: dict[str, Any] = {"num_inference_steps": args.steps, "eta": args.eta, "variance_type": args.variance_type,
+                               "timestep_spacing": args.spacing, "clip_sample": args.clip_sample}
+    for item in args.option:
+        if "=" not in item:
+            raise ValueError(f"--option wants KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        options[key.replace("-", "_")] = parse_value(value)
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m diffusion.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-n", "--num-images", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: all)")
@@ -72,15 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options: dict[str, Any] = {"num_inference_steps": args.steps, "eta": args.eta, "variance_type": args.variance_type,
-                               "timestep_spacing": args.spacing, "clip_sample": args.clip_sample}
-    for item in args.option:
-        if "=" not in item:
-            print(f"error: --option wants KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        key, value = item.split("=", 1)
-        options[key.replace("-", "_")] = parse_value(value)
     try:
+        options = sampler_overrides(args)
         if args.num_images < 1:
             raise ValueError("-n must be at least 1.")
         pipe: DiffusionPipeline = load(args.model, args.revision, local_files_only=args.offline, device=args.device)

@@ -1,0 +1,222 @@
+"""Evaluation: the Frechet distance and Inception Score against references we did not write (scipy,
+closed forms, torch-fidelity), the offline classifier metric end to end on tiny data, and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from conftest import DIFFUSERS_TINY, write_diffusers_checkpoint
+from diffusion import load
+from training import classifier as clf
+from training import evaluate as ev
+from training.metrics import feature_statistics, frechet_distance, inception_score
+
+ROOT = Path(__file__).resolve().parent.parent
+# A very small 1x28x28 UNet: the metrics need more samples (> 128 features) than the parity tests.
+SMALL_28 = {**DIFFUSERS_TINY, "sample_size": 28, "block_out_channels": (8, 16), "norm_num_groups": 4,
+            "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
+
+
+def random_spd(d: int, seed: int) -> np.ndarray:
+    a = np.random.default_rng(seed).normal(size=(d, 2 * d))
+    return a @ a.T / (2 * d) + 0.01 * np.eye(d)
+
+
+def scipy_frechet(mu1, s1, mu2, s2) -> float:
+    """The textbook formula with scipy's general matrix square root (as the TTUR/pytorch-fid code)."""
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+@pytest.mark.parametrize("d", [1, 5, 64])
+def test_frechet_distance_matches_scipy(d):
+    rng = np.random.default_rng(d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = random_spd(d, 1), random_spd(d, 2)
+    ours = frechet_distance(torch.tensor(mu1), torch.tensor(s1), torch.tensor(mu2), torch.tensor(s2))
+    assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-8, abs=1e-9)
+
+
+def test_frechet_distance_closed_forms():
+    # Diagonal covariances: d^2 = |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2.
+    a, b = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
+    mu1, mu2 = torch.zeros(3), torch.tensor([1.0, -2.0, 0.0])
+    expected = 5.0 + float(((a.sqrt() - b.sqrt()) ** 2).sum())
+    assert frechet_distance(mu1, torch.diag(a), mu2, torch.diag(b)) == pytest.approx(expected, abs=1e-12)
+    s = torch.tensor(random_spd(8, 3))
+    assert frechet_distance(torch.ones(8), s, torch.ones(8), s) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="Mismatched"):
+        frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(4), torch.eye(4))
+
+
+def test_frechet_distance_of_samples_converges_to_the_gaussians():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(20000, 4, generator=g, dtype=torch.float64) * 2 + 1  # N(1, 4 I): d^2 = 4 + 4 * (2 - 1)^2 = 8
+    assert frechet_distance(*feature_statistics(x), *feature_statistics(y)) == pytest.approx(8.0, rel=0.05)
+
+
+def test_inception_score_limits_and_torch_fidelity():
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    assert inception_score(torch.zeros(100, 10))[0] == pytest.approx(1.0)  # no confidence: IS = 1
+    confident = torch.full((100, 10), -1e4)
+    confident[torch.arange(100), torch.arange(100) % 10] = 0
+    assert inception_score(confident)[0] == pytest.approx(10.0, rel=1e-6)  # confident and diverse: IS = classes
+    logits = torch.randn(1000, 10, generator=torch.Generator().manual_seed(0)) * 3
+    ref = isc_features_to_metric(logits, splits=10, shuffle=False)
+    mean, std = inception_score(logits)
+    assert mean == pytest.approx(ref["inception_score_mean"], rel=1e-9)
+    assert std == pytest.approx(ref["inception_score_std"], rel=1e-6)
+
+
+def test_statistics_refuse_fewer_samples_than_features():
+    with pytest.raises(ValueError, match="more than 8 samples"):
+        feature_statistics(torch.randn(8, 8))
+
+
+# ----------------------------------------------------------------------------------- end to end, tiny data
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random 1x28x28 model and a random classifier with reference statistics of random 'test' images."""
+    root = tmp_path_factory.mktemp("eval")
+    write_diffusers_checkpoint(root / "model", SMALL_28, layout="subfolder")
+    torch.manual_seed(0)
+    model = clf.Classifier().eval()
+    images = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
+    mu, sigma = feature_statistics(clf.extract(model, images)[0])
+    clf.save(model, root / "classifier", {"mu": mu, "sigma": sigma}, {"test_accuracy": 0.1})
+    return root
+
+
+def test_evaluate_cli_end_to_end(tiny, tmp_path):
+    out = tmp_path / "run"
+    rc = ev.main(["--model", str(tiny / "model"), "--sampler", "ddim", "--steps", "3", "-n", "150", "--batch-size", "64",
+                  "--classifier", str(tiny / "classifier"), "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 150 and metrics["seed"] == 0 and metrics["model_evaluations"] == 3
+    assert metrics["reference"] == "fashion-mnist-test" and metrics["classifier_test_accuracy"] == 0.1
+    assert metrics["fd"] > 0 and 1 <= metrics["is"] <= 10
+    samples = np.load(out / "samples.npz")["arr_0"]
+    assert samples.shape == (150, 28, 28, 1) and samples.dtype == np.uint8
+    # Batch b starts from seed + b: batch 0 equals the pipeline's own sample for seed 0 (diffusers' noise).
+    pipe = load(str(tiny / "model"))
+    first = (pipe.sample("ddim", n=64, seed=0, num_inference_steps=3) * 255).round().to(torch.uint8)
+    assert np.array_equal(samples[:64], first.permute(0, 2, 3, 1).numpy())
+    # The score is a function of the images: rescoring the saved samples gives the same numbers.
+    again = ev.Scorer("classifier", "", tiny / "classifier").score(samples)
+    assert again["fd"] == pytest.approx(metrics["fd"], abs=1e-3)
+
+
+def test_sharded_generation_equals_one_process(tiny):
+    pipe = load(str(tiny / "model"))
+    opts = pipe.sampler_options("ddpm", num_inference_steps=2)
+    whole, timing = ev.generate(pipe, "ddpm", opts, 10, 4, seed=5, progress=False)
+    parts = {**ev.generate(pipe, "ddpm", opts, 10, 4, 5, rank=0, world=2, progress=False)[0],
+             **ev.generate(pipe, "ddpm", opts, 10, 4, 5, rank=1, world=2, progress=False)[0]}
+    assert sorted(whole) == sorted(parts) == [0, 1, 2]
+    assert all(np.array_equal(whole[b], parts[b]) for b in whole)
+    assert timing["evaluations"] == 2
+
+
+def test_table_rows_and_markdown(tiny, tmp_path):
+    pipe = load(str(tiny / "model"))
+    names = [r.name for r in ev.table_rows()]
+    for expected in ("ddpm-fixed_large-1000", "ddpm-fixed_small-10", "ddim-eta0-50", "ddim-eta1-100"):
+        assert expected in names
+    assert ev.steps_for_evaluations(pipe, "ddim", 10) == 10
+    scorer = ev.Scorer("classifier", "", tiny / "classifier")
+    scorer.check(pipe, 150)
+    rows = ev.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"])
+    assert [r["name"] for r in rows] == ["ddim-eta0-10"] and rows[0]["n"] == 150
+    # Resuming keeps finished rows instead of recomputing them.
+    assert ev.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"]) == rows
+    md = ev.markdown_table(rows)
+    assert "| ddim | eta 0 | 10 | 10 |" in md and "150" in md
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metric", "inception"], "need --reference"),
+    (["-n", "100"], "not more than the feature dimension"),
+    (["--classifier", "/nonexistent"], "holds no classifier"),
+    (["--reference", "nonsense"], "neither fashion-mnist-test"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+])
+def test_evaluate_refuses_unclear_inputs(tiny, tmp_path, capsys, args, message):
+    base = ["--model", str(tiny / "model"), "--classifier", str(tiny / "classifier"), "--out", str(tmp_path / "x"), "--device", "cpu"]
+    assert ev.main(base + args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before sampling anything
+
+
+def test_classifier_metric_refuses_other_image_shapes(tmp_path, capsys):
+    write_diffusers_checkpoint(tmp_path / "rgb", {**SMALL_28, "in_channels": 3, "out_channels": 3})
+    assert ev.main(["--model", str(tmp_path / "rgb"), "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
+    assert "1x28x28" in capsys.readouterr().err
+
+
+def test_inception_path_through_torch_fidelity(tiny, tmp_path):
+    """The torch-fidelity plumbing (dataset wrapping, reference caching, result keys) with a small stand-in
+    feature extractor, since Inception's weights cannot be downloaded here; its FD must equal ours."""
+    import torch_fidelity
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+    class Tiny(FeatureExtractorBase):
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 12, 7, stride=4)
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("12", "logits_unbiased")
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"fid": "12", "isc": "logits_unbiased"}.get(metric, "12")
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return None
+
+        def forward(self, x):
+            f = self.conv(x.float() / 255).mean(dim=(2, 3))
+            return tuple(f for _ in self.features_list)
+
+    if "tiny-test" not in torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor("tiny-test", Tiny)
+    g = np.random.default_rng(0)
+    a = g.integers(0, 256, (200, 28, 28, 1), dtype=np.uint8)
+    ref_dir = tmp_path / "ref"
+    ev.save_samples(g.integers(0, 128, (200, 28, 28, 1), dtype=np.uint8), ref_dir, "png")
+    m = ev.inception_metrics(a, str(ref_dir / "samples"), feature_extractor="tiny-test", cache_root=str(tmp_path / "cache"))
+    assert set(m) == {"fd", "is", "is_std"} and m["fd"] > 0
+    ext = Tiny("tiny-test", ["12"]).eval()
+    with torch.no_grad():
+        fa = ext(torch.from_numpy(a).permute(0, 3, 1, 2).expand(-1, 3, -1, -1))[0]
+        ref = ev._reference_images(str(ref_dir / "samples"))
+        fb = ext(ref.expand(-1, 3, -1, -1))[0]
+    assert m["fd"] == pytest.approx(frechet_distance(*feature_statistics(fa), *feature_statistics(fb)), rel=1e-3)
+
+
+def test_shipped_classifier():
+    """The bundled classifier: under 2 MB, with its test accuracy and reference statistics."""
+    folder = ROOT / "checkpoints" / "fashion-mnist-classifier"
+    assert (folder / "classifier.safetensors").stat().st_size < 2_000_000
+    model, reference, info = clf.load(folder)
+    assert info["test_accuracy"] >= 0.9
+    assert reference["mu"].shape == (clf.FEATURES,) and reference["sigma"].shape == (clf.FEATURES, clf.FEATURES)
+    test_images, labels = clf.load_labelled("test")
+    _, logits = clf.extract(model, test_images[:2000])
+    assert (logits.argmax(1) == labels[:2000]).double().mean() >= 0.88

@@ -1,0 +1,377 @@
+"""Sample a model N times and score the samples: FID and IS with torch-fidelity on Inception-v3, or,
+offline, a Frechet distance (FD) and classifier IS on the features of a small Fashion-MNIST classifier.
+
+    # The seed's CIFAR-10 numbers (needs internet: Inception weights and CIFAR-10 are downloaded once):
+    python -m training.evaluate --model google/ddpm-cifar10-32 --sampler ddpm -n 50000 --batch-size 1000 \\
+        --metric inception --reference cifar10-train --out runs/eval/cifar10-ddpm1000
+    # Offline, the bundled model against the Fashion-MNIST test split:
+    python -m training.evaluate --model checkpoints/fashion-mnist --sampler ddim --steps 50 -n 10000 --out runs/eval/ddim50
+    # The README's table (every sampler row; resumable: rows already in table.json are kept):
+    python -m training.evaluate --table --model checkpoints/fashion-mnist --out runs/eval/table
+    # Several GPUs: each process samples its share of the batches, process 0 scores them.
+    torchrun --nproc_per_node 8 -m training.evaluate --model ... -n 50000 --out ...
+
+Sample i of batch b (``--batch-size`` B) starts from noise drawn by a generator seeded with seed + b on
+the sampling device, so a run is reproducible for a given (seed, B, device type) whatever the number of
+processes, and every table row starts from the same noise. Samples are kept as ``samples.npz`` (uint8
+(N, H, W, C) under ``arr_0``, the layout of guided-diffusion's evaluator) or PNGs; ``metrics.json`` states N,
+the seeds, the weights, the reference and its split next to the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from diffusion.hub import CheckpointError, atomic_write, load
+from diffusion.images import to_uint8
+from diffusion.pipeline import DiffusionPipeline, to_unit
+from diffusion.sample import add_sampler_arguments, sampler_overrides
+from diffusion.samplers import get_sampler
+
+from . import classifier as clf
+from .metrics import feature_statistics, frechet_distance, inception_score
+
+Metric = Literal["classifier", "inception", "none"]
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "checkpoints" / "fashion-mnist-classifier"
+INCEPTION_FEATURES = 2048
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def _dist() -> tuple[int, int]:
+    """(rank, world size) under torchrun, else (0, 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def generate(pipe: DiffusionPipeline, sampler: str, options: Any, n: int, batch_size: int, seed: int,
+             rank: int = 0, world: int = 1, progress: bool = True) -> tuple[dict[int, np.ndarray], dict[str, float]]:
+    """Batches b = rank, rank + world, ... of the n samples as uint8 (B, H, W, C), and timings.
+
+    Returns ({batch index: images}, {"seconds", "evaluations" (model evaluations per sample)})."""
+    batches = [b for b in range(-(-n // batch_size)) if b % world == rank]
+    device = pipe.device
+    out: dict[int, np.ndarray] = {}
+    evaluations = 0
+    spec = get_sampler(sampler)
+    start = time.perf_counter()
+    bar = tqdm(total=len(batches), desc=f"{sampler} {options.num_inference_steps} steps", unit="batch", disable=not progress)
+    for b in batches:
+        size = min(batch_size, n - b * batch_size)
+        generator = torch.Generator(device).manual_seed(seed + b)
+        x = torch.randn((size, *pipe.image_shape), generator=generator, device=device, dtype=pipe.unet.dtype)
+        evaluations = 0
+        step = None
+        pipe.unet.eval()
+        for step in spec.fn(pipe.model_fn(), x, pipe.schedule, options, generator):
+            evaluations += step.evaluations
+        out[b] = to_uint8(to_unit(step.x_prev))
+        bar.update(1)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, {"seconds": time.perf_counter() - start, "evaluations": evaluations}
+
+
+def steps_for_evaluations(pipe: DiffusionPipeline, sampler: str, evaluations: int, **options: Any) -> int:
+    """The most steps whose loop spends at most ``evaluations`` model evaluations (Heun spends 2N - 1,
+    PNDM's Runge-Kutta warm-up more), counted by running the sampler on a stand-in model."""
+    schedule, best = pipe.schedule, 0
+    for steps in range(1, evaluations + 1):
+        try:
+            opts = pipe.sampler_options(sampler, **{**options, "num_inference_steps": steps})
+        except ValueError:
+            continue
+        used = sum(s.evaluations for s in get_sampler(sampler).fn(lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 1, 1), schedule, opts, None))
+        if used <= evaluations:
+            best = steps
+    if not best:
+        raise ValueError(f"{sampler} cannot run on {evaluations} model evaluations.")
+    return best
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+@dataclass
+class Scorer:
+    """What the samples are compared with: the metric, its reference images or statistics, and the features' size."""
+
+    metric: Metric
+    reference: str
+    classifier_dir: Path = DEFAULT_CLASSIFIER
+    device: str = "cpu"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, pipe: DiffusionPipeline, n: int) -> None:
+        """Refuse, before any sampling, what would give a meaningless or failing score."""
+        if self.metric == "none":
+            return
+        if self.metric == "inception":
+            if not self.reference:
+                raise ValueError("Inception FID/IS need --reference: a torch-fidelity dataset (cifar10-train for "
+                                 "google/ddpm-cifar10-32), a dataset split such as fashion-mnist-test, or a folder of images.")
+            try:
+                import torch_fidelity  # noqa: F401
+            except ImportError:
+                raise ValueError("--metric inception needs torch-fidelity: pip install -r requirements.txt") from None
+            dim = INCEPTION_FEATURES
+        else:
+            if pipe.image_shape != (1, 28, 28):
+                raise ValueError(f"The classifier metric scores 1x28x28 Fashion-MNIST-like images; this model makes "
+                                 f"{'x'.join(map(str, pipe.image_shape))}. Use --metric inception with a --reference.")
+            _, _, self.info = clf.load(self.classifier_dir)
+            if self.reference not in ("", "fashion-mnist-test", "fashion-mnist-train") and not Path(self.reference).exists():
+                raise ValueError(f"--reference {self.reference!r} is neither fashion-mnist-test, fashion-mnist-train "
+                                 "nor an existing .npz or folder of images.")
+            dim = clf.FEATURES
+        if n <= dim:
+            raise ValueError(f"-n {n} is not more than the feature dimension ({dim}): the covariance of the samples' "
+                             f"features would be singular and the Frechet distance meaningless. Use -n 2000 or more "
+                             f"(the papers use 50,000).")
+
+    def describe(self) -> dict[str, Any]:
+        if self.metric == "classifier":
+            ref = self.reference or "fashion-mnist-test"
+            return {"metric": "Frechet distance and Inception Score on the features/logits of the Fashion-MNIST classifier "
+                              "(not comparable with Inception FID/IS)", "reference": ref,
+                    "classifier": str(self.classifier_dir), "classifier_test_accuracy": self.info.get("test_accuracy")}
+        if self.metric == "inception":
+            return {"metric": "FID and IS on Inception-v3 (torch-fidelity)", "reference": self.reference}
+        return {"metric": "none"}
+
+    def score(self, images: np.ndarray) -> dict[str, float]:
+        """Scores of uint8 (N, H, W, C) images."""
+        if self.metric == "none":
+            return {}
+        if self.metric == "inception":
+            return inception_metrics(images, self.reference, cuda=self.device.startswith("cuda"))
+        model, reference, _ = clf.load(self.classifier_dir, self.device)
+        if self.reference not in ("", "fashion-mnist-test"):
+            ref_images = _reference_images(self.reference)
+            reference = dict(zip(("mu", "sigma"), feature_statistics(clf.extract(model, ref_images)[0])))
+        feats, logits = clf.extract(model, torch.from_numpy(images).permute(0, 3, 1, 2))
+        mu, sigma = feature_statistics(feats)
+        is_mean, is_std = inception_score(logits)
+        return {"fd": frechet_distance(mu, sigma, reference["mu"], reference["sigma"]), "is": is_mean, "is_std": is_std}
+
+
+def _reference_images(reference: str) -> torch.Tensor:
+    """uint8 (N, C, H, W) images of a dataset split name (``fashion-mnist-test``), an .npz or a folder."""
+    from .data import load_images
+
+    path = Path(reference)
+    if path.suffix == ".npz":
+        return torch.from_numpy(np.load(path)["arr_0"]).permute(0, 3, 1, 2)
+    if path.is_dir():
+        return load_images("folder", str(path), image_size=28, channels=1)
+    name, _, split = reference.rpartition("-")
+    return load_images(name, "data", split)
+
+
+class _Images(torch.utils.data.Dataset):
+    """uint8 (N, H, W, C) images as torch-fidelity wants them: (3, H, W) uint8 tensors."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor) -> None:
+        t = torch.as_tensor(images)
+        self.images = t.permute(0, 3, 1, 2) if t.shape[-1] in (1, 3) else t
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.images[i]
+        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+
+def inception_metrics(images: np.ndarray, reference: str, cuda: bool = False, **kwargs: Any) -> dict[str, float]:
+    """FID and IS of uint8 (N, H, W, C) images with torch-fidelity; ``reference`` is a torch-fidelity
+    input (a registered dataset such as ``cifar10-train``, whose statistics it caches, or a folder) or
+    one of our dataset splits (``fashion-mnist-test``), cached under that name. ``kwargs`` go to
+    ``torch_fidelity.calculate_metrics`` (e.g. another ``feature_extractor``)."""
+    import torch_fidelity
+
+    registered = reference in torch_fidelity.registry.DATASETS_REGISTRY
+    ref: Any = reference if registered or Path(reference).is_dir() else _Images(_reference_images(reference))
+    extra = {} if registered or isinstance(ref, str) else {"cache": True, "input2_cache_name": f"repro-diffusion-{reference}"}
+    m = torch_fidelity.calculate_metrics(input1=_Images(images), input2=ref, cuda=cuda, fid=True, isc=True,
+                                         verbose=False, **extra, **kwargs)
+    return {"fd": m["frechet_inception_distance"], "is": m["inception_score_mean"], "is_std": m["inception_score_std"]}
+
+
+# ------------------------------------------------------------------------------------------------ one run
+def save_samples(images: np.ndarray, out: Path, how: Literal["npz", "png", "none"]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if how == "npz":
+        atomic_write(out / "samples.npz", lambda p: np.savez(open(p, "wb"), arr_0=images))
+    elif how == "png":
+        from PIL import Image
+
+        folder = out / "samples"
+        folder.mkdir(exist_ok=True)
+        for i, im in enumerate(images):
+            Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(folder / f"{i:06d}.png")
+
+
+def evaluate(pipe: DiffusionPipeline, scorer: Scorer, sampler: str, options: Any, n: int, batch_size: int, seed: int,
+             out: Path | None = None, save: str = "npz", progress: bool = True) -> dict[str, Any] | None:
+    """Sample, gather (under torchrun), save and score; the result row on process 0, None elsewhere."""
+    rank, world = _dist()
+    shards, timing = generate(pipe, sampler, options, n, batch_size, seed, rank, world, progress and rank == 0)
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, shards)
+        shards = {b: im for part in gathered for b, im in part.items()}
+        times: list[Any] = [None] * world
+        dist.all_gather_object(times, timing["seconds"])
+        timing["seconds"] = max(times)
+        if rank:
+            return None
+    images = np.concatenate([shards[b] for b in sorted(shards)])
+    if out is not None and save != "none":
+        save_samples(images, out, save)  # type: ignore[arg-type]
+    row = {"sampler": sampler, "options": dataclasses.asdict(options), "n": n, "seed": seed,
+           "batch_size": batch_size, "model_evaluations": timing["evaluations"], "seconds": round(timing["seconds"], 2),
+           "seconds_per_1000": round(1000 * timing["seconds"] / n, 3), "processes": world,
+           "device": torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else "cpu",
+           "weights": pipe.source, **scorer.describe()}
+    row.update({k: round(v, 4) for k, v in scorer.score(images).items()})
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ the table
+@dataclass(frozen=True)
+class Row:
+    name: str
+    sampler: str
+    options: dict[str, Any]
+    long: bool = False  # 1000-step rows: fewer samples (--n-long)
+    evaluations: int | None = None  # NFE-matched rows: the steps are solved for this budget
+
+
+def table_rows() -> list[Row]:
+    """The README table: DDPM (both variances) and DDIM (eta 0, 1) at 1000/100/50/10 steps (Ho et al. 2020,
+    Table 1; Song et al. 2021, Table 1), then the fewer-evaluation samplers at 10, 20 and 50 evaluations."""
+    rows = []
+    for steps in (1000, 100, 50, 10):
+        for var in ("fixed_large", "fixed_small"):
+            rows.append(Row(f"ddpm-{var}-{steps}", "ddpm", {"num_inference_steps": steps, "variance_type": var}, steps == 1000))
+        for eta in (0.0, 1.0):
+            rows.append(Row(f"ddim-eta{eta:g}-{steps}", "ddim", {"num_inference_steps": steps, "eta": eta}, steps == 1000))
+    for sampler in ("dpm-solver++", "pndm", "euler", "heun"):
+        for nfe in (10, 20, 50):
+            rows.append(Row(f"{sampler}-nfe{nfe}", sampler, {}, False, nfe))
+    return rows
+
+
+def run_table(pipe: DiffusionPipeline, scorer: Scorer, out: Path, n_long: int, n_short: int, batch_size: int,
+              seed: int, only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every row of :func:`table_rows` (or those named in ``only``, by row or sampler name), appended to
+    ``out/table.json`` as each finishes; rows already there are kept, so an interrupted run resumes."""
+    path = out / "table.json"
+    done = json.loads(path.read_text()) if path.is_file() else []
+    have = {r["name"] for r in done}
+    rank, _ = _dist()
+    order = {r.name: i for i, r in enumerate(table_rows())}
+    # Cheapest rows first: an interrupted run has the most rows done.
+    for row in sorted(table_rows(), key=lambda r: (n_long if r.long else n_short) * (r.evaluations or r.options["num_inference_steps"])):
+        if row.name in have or (only and row.name not in only and row.sampler not in only):
+            continue
+        options = dict(row.options)
+        if row.evaluations:
+            options["num_inference_steps"] = steps_for_evaluations(pipe, row.sampler, row.evaluations)
+        opts = pipe.sampler_options(row.sampler, **options)
+        n = n_long if row.long else n_short
+        result = evaluate(pipe, scorer, row.sampler, opts, n, batch_size, seed, save="none")
+        if rank == 0 and result is not None:
+            done = sorted([*done, {"name": row.name, **result}], key=lambda r: order.get(r["name"], len(order)))
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda p: p.write_text(json.dumps(done, indent=1) + "\n"))
+            print(f"{row.name}: n={n} NFE={result['model_evaluations']} FD={result.get('fd')} IS={result.get('is')} "
+                  f"({result['seconds']} s)", flush=True)
+    return done
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The table as README markdown: sampler, steps, NFE, FD, IS, N, wall time per 1000 samples."""
+    lines = ["| sampler | setting | steps | NFE | FD (classifier) | IS (classifier) | N | s / 1000 samples |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        o = r["options"]
+        setting = {"ddpm": o.get("variance_type", ""), "ddim": f"eta {o.get('eta', 0):g}"}.get(r["sampler"], "")
+        if r["sampler"] == "pndm":
+            setting = "PLMS" if o.get("skip_prk_steps") else "PRK warm-up + PLMS"
+        lines.append(f"| {r['sampler']} | {setting} | {o['num_inference_steps']} | {r['model_evaluations']} | "
+                     f"{r.get('fd', float('nan')):.2f} | {r.get('is', float('nan')):.2f} | {r['n']:,} | {r['seconds_per_1000']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampler_arguments(p)
+    p.add_argument("-n", "--num-samples", type=int, default=10_000)
+    p.add_argument("--batch-size", type=int, default=500, help="samples per forward pass (part of what fixes the noise)")
+    p.add_argument("--seed", type=int, default=0, help="batch b draws its noise from seed + b")
+    p.add_argument("--metric", choices=["classifier", "inception", "none"], default="classifier")
+    p.add_argument("--reference", default="", help="what samples are compared with: cifar10-train (Inception), "
+                   "fashion-mnist-test (classifier default), fashion-mnist-train, an .npz or a folder of images")
+    p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER), help="the classifier folder (--metric classifier)")
+    p.add_argument("--out", required=True, help="folder for samples and metrics.json (table.json with --table)")
+    p.add_argument("--save", choices=["npz", "png", "none"], default="npz")
+    p.add_argument("--table", action="store_true", help="run every row of the README table instead of one sampler")
+    p.add_argument("--rows", nargs="*", default=None, help="with --table: only these rows (names as in table.json, or sampler names)")
+    p.add_argument("--n-long", type=int, default=2000, help="with --table: samples for the 1000-step rows")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank, world = _dist()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if args.device == "cuda" and world > 1 else args.device
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        if args.batch_size < 1:
+            raise ValueError("--batch-size must be at least 1.")
+        pipe = load(args.model, args.revision, local_files_only=args.offline, device=device)
+        scorer = Scorer(args.metric, args.reference, Path(args.classifier), device)  # type: ignore[arg-type]
+        scorer.check(pipe, min(args.n_long, args.num_samples) if args.table else args.num_samples)
+        out = Path(args.out)
+        if args.table:
+            rows = run_table(pipe, scorer, out, args.n_long, args.num_samples, args.batch_size, args.seed, args.rows)
+            if rank == 0:
+                atomic_write(out / "table.md", lambda p: p.write_text(markdown_table(rows)))
+                print(markdown_table(rows))
+            return 0
+        options = pipe.sampler_options(args.sampler, **sampler_overrides(args))
+        row = evaluate(pipe, scorer, args.sampler, options, args.num_samples, args.batch_size, args.seed, out, args.save)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if row is not None:
+        atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(row, indent=2) + "\n"))
+        print(json.dumps(row, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

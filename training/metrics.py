@@ -1,0 +1,59 @@
+"""Sample-quality metrics: the Frechet distance between feature Gaussians and the Inception Score.
+
+FID (Heusel et al. 2017) and IS (Salimans et al. 2016) are these two formulas on Inception-v3 features;
+``training/evaluate.py`` computes them with torch-fidelity on Inception-v3, or with the functions here on
+the features of the small Fashion-MNIST classifier (``training/classifier.py``) when offline.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) covariance of (N, D) features, in float64."""
+    f = features.double()
+    if f.ndim != 2:
+        raise ValueError(f"Features must be (N, D), got shape {tuple(f.shape)}.")
+    n, d = f.shape
+    if n <= d:
+        raise ValueError(f"{n} samples cannot estimate a {d}x{d} covariance (it would be singular): "
+                         f"use more than {d} samples; published numbers use thousands.")
+    return f.mean(0), torch.cov(f.T)
+
+
+def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
+    """Square root of a symmetric positive semi-definite matrix through its eigendecomposition."""
+    w, v = torch.linalg.eigh((m + m.T) / 2)
+    return (v * w.clamp(min=0).sqrt()) @ v.T
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982; FID, Heusel et al. 2017):
+
+        d^2 = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2)
+
+    (S1^1/2 S2 S1^1/2 is symmetric PSD with the eigenvalues of S1 S2, so its square root is stable.)
+    """
+    mu1, mu2, sigma1, sigma2 = (torch.as_tensor(a, dtype=torch.float64) for a in (mu1, mu2, sigma1, sigma2))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.numel(), mu1.numel()):
+        raise ValueError(f"Mismatched statistics: means {tuple(mu1.shape)} and {tuple(mu2.shape)}, "
+                         f"covariances {tuple(sigma1.shape)} and {tuple(sigma2.shape)}.")
+    root1 = _sqrt_psd(sigma1)
+    cross = torch.linalg.eigvalsh(root1 @ sigma2 @ root1).clamp(min=0).sqrt().sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + sigma1.trace() + sigma2.trace() - 2 * cross)
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016), mean and std over ``splits`` folds
+    of the samples in order, as torch-fidelity and the original code report it."""
+    if len(logits) < splits:
+        raise ValueError(f"The Inception Score over {splits} splits needs at least {splits} samples, got {len(logits)}.")
+    log_p = logits.double().log_softmax(1)
+    scores = []
+    for chunk in log_p.tensor_split(splits):
+        log_py = chunk.exp().mean(0).log()
+        scores.append((chunk.exp() * (chunk - log_py)).sum(1).mean().exp())
+    s = torch.stack(scores)
+    return float(s.mean()), float(s.std(unbiased=False))
