@@ -46,9 +46,9 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
+def add_sampler_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     """--model, --sampler and the sampler options (shared with ``training.evaluate``)."""
-    p.add_argument("--model", required=True, help="a model folder (diffusers layout) or a Hugging Face Hub repo id")
+    p.add_argument("--model", required=model_required, help="a model folder (diffusers layout) or a Hugging Face Hub repo id")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit to pin")
     p.add_argument("--offline", action="store_true", help="use only the local Hub cache")
     p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))

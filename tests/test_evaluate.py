@@ -113,6 +113,9 @@ def test_evaluate_cli_end_to_end(tiny, tmp_path):
     # The score is a function of the images: rescoring the saved samples gives the same numbers.
     again = ev.Scorer("classifier", "", tiny / "classifier").score(samples)
     assert again["fd"] == pytest.approx(metrics["fd"], abs=1e-3)
+    # --score rescores saved images without a model.
+    assert ev.main(["--score", str(out / "samples.npz"), "--classifier", str(tiny / "classifier"), "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["fd"] == pytest.approx(metrics["fd"], abs=1e-3)
 
 
 def test_sharded_generation_equals_one_process(tiny):
@@ -133,7 +136,7 @@ def test_table_rows_and_markdown(tiny, tmp_path):
         assert expected in names
     assert ev.steps_for_evaluations(pipe, "ddim", 10) == 10
     scorer = ev.Scorer("classifier", "", tiny / "classifier")
-    scorer.check(pipe, 150)
+    scorer.check(pipe.image_shape, 150)
     rows = ev.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"])
     assert [r["name"] for r in rows] == ["ddim-eta0-10"] and rows[0]["n"] == 150
     # Resuming keeps finished rows instead of recomputing them.

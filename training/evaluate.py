@@ -117,7 +117,7 @@ class Scorer:
     device: str = "cpu"
     info: dict[str, Any] = field(default_factory=dict)
 
-    def check(self, pipe: DiffusionPipeline, n: int) -> None:
+    def check(self, shape: tuple[int, ...], n: int) -> None:
         """Refuse, before any sampling, what would give a meaningless or failing score."""
         if self.metric == "none":
             return
@@ -131,9 +131,9 @@ class Scorer:
                 raise ValueError("--metric inception needs torch-fidelity: pip install -r requirements.txt") from None
             dim = INCEPTION_FEATURES
         else:
-            if pipe.image_shape != (1, 28, 28):
-                raise ValueError(f"The classifier metric scores 1x28x28 Fashion-MNIST-like images; this model makes "
-                                 f"{'x'.join(map(str, pipe.image_shape))}. Use --metric inception with a --reference.")
+            if tuple(shape) != (1, 28, 28):
+                raise ValueError(f"The classifier metric scores 1x28x28 Fashion-MNIST-like images; these are "
+                                 f"{'x'.join(map(str, shape))}. Use --metric inception with a --reference.")
             _, _, self.info = clf.load(self.classifier_dir)
             if self.reference not in ("", "fashion-mnist-test", "fashion-mnist-train") and not Path(self.reference).exists():
                 raise ValueError(f"--reference {self.reference!r} is neither fashion-mnist-test, fashion-mnist-train "
@@ -318,14 +318,27 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         if r["sampler"] == "pndm":
             setting = "PLMS" if o.get("skip_prk_steps") else "PRK warm-up + PLMS"
         lines.append(f"| {r['sampler']} | {setting} | {o['num_inference_steps']} | {r['model_evaluations']} | "
-                     f"{r.get('fd', float('nan')):.2f} | {r.get('is', float('nan')):.2f} | {r['n']:,} | {r['seconds_per_1000']:.2f} |")
+                     f"{r.get('fd', float('nan')):.3f} | {r.get('is', float('nan')):.2f} | {r['n']:,} | {r['seconds_per_1000']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def score_images(scorer: Scorer, images: str, n: int, out: Path) -> int:
+    """Score existing images (the first ``n``) and write ``out/metrics.json``: e.g. the training split,
+    the floor a perfect model would reach against the test split."""
+    data = _reference_images(images)[:n]
+    scorer.check(tuple(data.shape[1:]), len(data))
+    row = {"name": f"data:{images}", "images": images, "n": len(data), **scorer.describe(),
+           **{k: round(v, 4) for k, v in scorer.score(data.permute(0, 2, 3, 1).numpy()).items()}}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(row, indent=2) + "\n"))
+    print(json.dumps(row, indent=2))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampler_arguments(p)
+    add_sampler_arguments(p, model_required=False)
     p.add_argument("-n", "--num-samples", type=int, default=10_000)
     p.add_argument("--batch-size", type=int, default=500, help="samples per forward pass (part of what fixes the noise)")
     p.add_argument("--seed", type=int, default=0, help="batch b draws its noise from seed + b")
@@ -339,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="*", default=None, help="with --table: only these rows (names as in table.json, or sampler names)")
     p.add_argument("--n-long", type=int, default=2000, help="with --table: samples for the 1000-step rows")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--score", default=None, metavar="IMAGES", help="score these images instead of sampling (--model is "
+                   "then ignored): samples.npz from an earlier run, a folder, or a dataset split such as fashion-mnist-train")
     return p
 
 
@@ -352,10 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise ValueError("--batch-size must be at least 1.")
-        pipe = load(args.model, args.revision, local_files_only=args.offline, device=device)
         scorer = Scorer(args.metric, args.reference, Path(args.classifier), device)  # type: ignore[arg-type]
-        scorer.check(pipe, min(args.n_long, args.num_samples) if args.table else args.num_samples)
         out = Path(args.out)
+        if args.score:
+            return score_images(scorer, args.score, args.num_samples, out)
+        if not args.model:
+            raise ValueError("--model is required (a model folder or Hub repo id), unless --score scores existing images.")
+        pipe = load(args.model, args.revision, local_files_only=args.offline, device=device)
+        scorer.check(pipe.image_shape, min(args.n_long, args.num_samples) if args.table else args.num_samples)
         if args.table:
             rows = run_table(pipe, scorer, out, args.n_long, args.num_samples, args.batch_size, args.seed, args.rows)
             if rank == 0:
