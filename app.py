@@ -38,7 +38,7 @@ import torch
 
 import diffusion
 from diffusion import images as dimages
-from diffusion.samplers import SAMPLERS, SamplerOptions, Step, get_sampler, select_timesteps
+from diffusion.samplers import SAMPLERS, SamplerOptions, Step, get_sampler
 
 try:  # Hugging Face ZeroGPU: the decorator does nothing elsewhere; the package is absent off Spaces.
     import spaces  # type: ignore[import-not-found]
@@ -85,7 +85,8 @@ DELETE_CACHE = (900, 3600)  # every 15 min, delete this app's temp files older t
 # How each sampler option appears in the UI. Options are discovered from the registry (dataclass
 # fields), so a newly registered sampler gets controls without changes here; these only polish them.
 PRIMARY_OPTIONS = ("num_inference_steps", "eta", "variance_type", "timestep_spacing")
-HIDDEN_OPTIONS = {"prediction_type"}  # a property of the trained model: always the checkpoint's value
+HIDDEN_OPTIONS = {"prediction_type",  # a property of the trained model: always the checkpoint's value
+                  "algorithm_type", "interpolation_type"}  # one allowed value: there to refuse configs asking another
 API_NAMES = {"num_inference_steps": "steps"}
 LABELS = {"num_inference_steps": "Steps", "eta": "eta", "variance_type": "Variance type",
           "timestep_spacing": "Timestep selection", "steps_offset": "Steps offset",
@@ -305,8 +306,7 @@ def make_options(pipe: diffusion.DiffusionPipeline, sampler: str, values: dict[s
     try:
         options = pipe.sampler_options(sampler, **chosen)
         # Samplers pick their timesteps lazily; check the choice now so the message comes first.
-        if "timestep_spacing" in fields:
-            select_timesteps(T, options.num_inference_steps, options.timestep_spacing, options.steps_offset)
+        get_sampler(sampler).timesteps(T, options)
     except ValueError as e:
         raise gr.Error(str(e)) from None
     return options
@@ -660,9 +660,9 @@ def schedule_figure(data: dict[str, np.ndarray], title: str = "") -> Any:
 
 
 def planned_timesteps(pipe: diffusion.DiffusionPipeline, options: SamplerOptions) -> list[int]:
-    """The timesteps a sampler will visit (the spacing rule; a run records the exact ones)."""
-    o = options
-    return select_timesteps(pipe.schedule.num_train_timesteps, o.num_inference_steps, o.timestep_spacing, o.steps_offset)
+    """The timesteps the sampler of these options will evaluate the model at, rounded (a run records the exact ones)."""
+    spec = next(s for s in SAMPLERS.values() if type(options) is s.options)
+    return [round(t) for t in spec.timesteps(pipe.schedule.num_train_timesteps, options)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -896,13 +896,13 @@ class OptionControls:
         for name, hint in self.fields.items():
             if name not in PRIMARY_OPTIONS:
                 continue
-            self.controls[name] = self._control(name, hint, self._value(name, sampler, defaults), name in own, T,
+            self.controls[name] = self._control(name, own.get(name, hint), self._value(name, sampler, defaults), name in own, T,
                                                 self._elem_id(name))
         advanced = [k for k in self.fields if k not in PRIMARY_OPTIONS]
         if advanced:
             with gr.Accordion("Advanced sampler options (defaults: the model's scheduler config)", open=False):
                 for name in advanced:
-                    self.controls[name] = self._control(name, self.fields[name], self._value(name, sampler, defaults),
+                    self.controls[name] = self._control(name, own.get(name, self.fields[name]), self._value(name, sampler, defaults),
                                                         name in own, T, self._elem_id(name))
 
     def _elem_id(self, name: str) -> str:
@@ -949,6 +949,8 @@ class OptionControls:
             upd: dict[str, Any] = {"visible": name in own}
             if name in own and (not only_model_fields or name in model_keys):
                 upd["value"] = opts[name]
+            if name in own and typing.get_origin(own[name]) is typing.Literal:  # e.g. no "quad" for DPM-Solver++
+                upd["choices"] = list(typing.get_args(own[name]))
             if name == "num_inference_steps" and pipe is not None:
                 T = pipe.schedule.num_train_timesteps
                 upd.update(maximum=T, info=f"1 to {T} (the model's training timesteps)")

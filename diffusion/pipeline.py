@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .samplers import SamplerOptions, Step, get_sampler, select_timesteps
+from .samplers import BaseOptions, Step, get_sampler
 from .schedule import NoiseSchedule
 from .unet import UNet
 
@@ -75,17 +75,20 @@ class DiffusionPipeline:
         self.unet.to(device, memory_format=torch.channels_last)
         return self
 
-    def sampler_options(self, sampler: str, **overrides: Any) -> SamplerOptions:
-        """The sampler's options: the diffusers defaults, then this checkpoint's scheduler config
-        (prediction type, clipping, spacing, variance...), then ``overrides``."""
+    def sampler_options(self, sampler: str, **overrides: Any) -> BaseOptions:
+        """The sampler's options: its diffusers scheduler's defaults, then the keys this checkpoint's
+        scheduler config sets (prediction type, clipping, spacing, variance...), then ``overrides``.
+
+        As diffusers' ``Scheduler.from_config``: a key the config leaves out (or lists in
+        ``_use_default_values``) keeps the sampler's own default, e.g. DPM-Solver++'s "linspace"
+        spacing, and keys the sampler does not take (``clip_sample`` for Euler) are ignored."""
         spec = get_sampler(sampler)
         names = {f.name for f in dataclasses.fields(spec.options)}
-        from_config = {k: v for k, v in self.config.items() if k in names}
-        if "set_alpha_to_one" in names and "set_alpha_to_one" in self.scheduler_config:
-            from_config["set_alpha_to_one"] = self.scheduler_config["set_alpha_to_one"]
+        given = set(self.scheduler_config) - set(self.scheduler_config.get("_use_default_values", []))
+        from_config = {k: self.config[k] for k in given if k in names}
         options = spec.make_options(**{**from_config, **{k: v for k, v in overrides.items() if v is not None}})
         # Check the steps against this model's T now, not at the first step of a sampling loop.
-        select_timesteps(self.schedule.num_train_timesteps, options.num_inference_steps, options.timestep_spacing, options.steps_offset)
+        spec.timesteps(self.schedule.num_train_timesteps, options)
         return options
 
     def initial_noise(self, n: int, seed: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -96,9 +99,11 @@ class DiffusionPipeline:
         return torch.randn((n, *self.image_shape), generator=generator).to(self.device, self.unet.dtype)
 
     def model_fn(self) -> Any:
+        """(x_t, t) -> UNet output, without gradients; t may be fractional (Euler and Heun evaluate
+        between the trained timesteps, as diffusers' UNet2DModel allows)."""
         unet = self.unet
 
-        def model(x: torch.Tensor, t: int) -> torch.Tensor:
+        def model(x: torch.Tensor, t: float) -> torch.Tensor:
             with torch.no_grad():
                 return unet(x, torch.tensor(t, device=x.device))
 

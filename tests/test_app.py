@@ -96,6 +96,33 @@ def test_a_newly_registered_sampler_gets_controls_and_options(monkeypatch, pipe)
     assert ups[1 + list(oc.controls).index("churn")]["visible"] is False
 
 
+def test_fewer_evaluation_samplers_get_controls_and_run(studio, pipe):
+    """DPM-Solver++, PNDM, Euler and Heun: Literal options as dropdowns (ints too), bools as checkboxes,
+    spacing choices per sampler; runs report the model evaluations, not the steps."""
+    with gr.Blocks():
+        oc = app.OptionControls(pipe, "dpm-solver++")
+    order = oc.controls["solver_order"]
+    assert isinstance(order, gr.Dropdown) and order.value == 2 and order.visible and order.preprocess(3) == 3
+    assert isinstance(oc.controls["skip_prk_steps"], gr.Checkbox) and oc.controls["skip_prk_steps"].visible is False
+    assert [v for _, v in oc.controls["timestep_spacing"].choices] == ["leading", "linspace", "trailing"]
+    assert "algorithm_type" not in oc.controls and "interpolation_type" not in oc.controls  # one allowed value
+    ups = dict(zip(oc.controls, oc.updates(pipe, "pndm")[1:]))
+    assert ups["skip_prk_steps"]["visible"] and ups["skip_prk_steps"]["value"] is False and not ups["solver_order"]["visible"]
+    assert oc.updates(pipe, "ddim")[1 + list(oc.controls).index("timestep_spacing")]["choices"][-1] == "quad"
+    assert app.make_options(pipe, "dpm-solver++", {"solver_order": 3, "eta": 0.5}).solver_order == 3
+    for sampler, values, message in [("euler", {"timestep_spacing": "quad"}, "must be one of leading, linspace, trailing"),
+                                     ("pndm", {"num_inference_steps": 3}, "warm-up"),
+                                     ("dpm-solver++", {"num_inference_steps": 1000, "timestep_spacing": "leading"}, "repeats timesteps")]:
+        with pytest.raises(gr.Error, match=message):
+            app.make_options(pipe, sampler, values)
+    assert app.planned_timesteps(pipe, app.make_options(pipe, "heun", {"num_inference_steps": 3})) == [666, 333, 333, 0, 0]
+    for sampler, extra, evaluations in [("dpm-solver++", {}, 5), ("euler", {}, 5), ("heun", {}, 9), ("pndm", {}, 14),
+                                        ("pndm", {"skip_prk_steps": True}, 6)]:
+        *_, (image, gallery, grid, info, traj) = run_all(studio.sample(studio.default_model, sampler, 0, 2, steps=5, **extra))
+        assert f"5 steps · {evaluations} model evaluations" in info and len(gallery) == 2
+        assert len(traj) == 6 and traj.timesteps[-1] == -1 and all(isinstance(t, int) for t in traj.timesteps)
+
+
 def test_make_options_validates_with_clear_messages(pipe):
     opts = app.make_options(pipe, "ddim", {"num_inference_steps": 20, "eta": 0.5, "variance_type": "fixed_large"})
     assert (opts.num_inference_steps, opts.eta) == (20, 0.5)

@@ -1,8 +1,14 @@
 """Samplers: plain functions over a model, registered by name (see ``base``)."""
 
-from .base import SAMPLERS, SPACINGS, SamplerOptions, SamplerSpec, Step, get_sampler, randn_like, select_timesteps
+from .base import (SAMPLERS, SPACINGS, BaseOptions, SamplerOptions, SamplerSpec, Step, get_sampler, randn_like,
+                   select_timesteps)
 from .ddim import DDIMOptions, ddim
 from .ddpm import DDPMOptions, ddpm
+from .dpm_solver import DPMSolverOptions, dpm_solver
+from .euler import EulerOptions, euler
+from .heun import HeunOptions, heun
+from .pndm import PNDMOptions, pndm
 
-__all__ = ["SAMPLERS", "SPACINGS", "SamplerOptions", "SamplerSpec", "Step", "get_sampler", "randn_like",
-           "select_timesteps", "DDIMOptions", "DDPMOptions", "ddim", "ddpm"]
+__all__ = ["SAMPLERS", "SPACINGS", "BaseOptions", "SamplerOptions", "SamplerSpec", "Step", "get_sampler", "randn_like",
+           "select_timesteps", "DDIMOptions", "DDPMOptions", "DPMSolverOptions", "EulerOptions", "HeunOptions",
+           "PNDMOptions", "ddim", "ddpm", "dpm_solver", "euler", "heun", "pndm"]

@@ -20,24 +20,32 @@ from ..schedule import PREDICTIONS, NoiseSchedule, Prediction
 
 Spacing = Literal["leading", "linspace", "trailing", "quad"]
 SPACINGS = typing.get_args(Spacing)
-ModelFn = Callable[[torch.Tensor, int], torch.Tensor]  # (x_t, t) -> model output
+DiffusersSpacing = Literal["leading", "linspace", "trailing"]  # what diffusers' schedulers other than DDPM/DDIM take
+# (x_t, t) -> model output. t is fractional for the samplers that evaluate between the trained timesteps
+# (Euler, Heun), as diffusers' UNet2DModel and our UNet accept.
+ModelFn = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 @dataclass
 class Step:
-    """One update x_t -> x_prev. ``pred_x0`` is the model's estimate of the clean image at ``t``."""
+    """One update x_t -> x_prev. ``pred_x0`` is the model's estimate of the clean image at ``t``.
+
+    ``x_t`` and ``x_prev`` are in the variance-preserving scale x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+    whatever the sampler integrates (the sigma-space samplers, Euler and Heun, divide their
+    x_sigma by sqrt(sigma^2 + 1)), so every sampler's steps display alike.
+    """
 
     index: int  # 0-based position in the loop
-    t: int  # the timestep the model was evaluated at
-    t_prev: int  # the timestep reached (-1: the data)
+    t: int  # the timestep of the step's first model evaluation (Euler, Heun: rounded from a fractional one)
+    t_prev: int  # the timestep reached (negative: the data)
     x_t: torch.Tensor
     pred_x0: torch.Tensor
     x_prev: torch.Tensor
-    evaluations: int = 1  # model evaluations this step spent
+    evaluations: int = 1  # model evaluations this step spent (Heun: 2, PNDM's Runge-Kutta steps: 4)
 
 
 @dataclass(frozen=True)
-class SamplerOptions:
+class BaseOptions:
     """Options every sampler takes. Field names follow diffusers' scheduler configs, so values from a
     checkpoint's ``scheduler_config.json`` fill them directly."""
 
@@ -45,8 +53,6 @@ class SamplerOptions:
     timestep_spacing: Spacing = "leading"
     steps_offset: int = 0
     prediction_type: Prediction = "epsilon"
-    clip_sample: bool = True
-    clip_sample_range: float = 1.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -59,16 +65,38 @@ class SamplerOptions:
                 raise ValueError(f"{type(self).__name__}: {f.name}={value!r} is not one of {', '.join(map(repr, allowed))}.")
         if not isinstance(self.num_inference_steps, (int, np.integer)) or self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps!r}.")
+
+    def replace(self, **changes: Any) -> "BaseOptions":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class SamplerOptions(BaseOptions):
+    """:class:`BaseOptions` and the clipping of the predicted x0, for the samplers whose diffusers
+    scheduler clips (DDPM, DDIM, Heun); DPM-Solver++, Euler and PNDM have no such option there."""
+
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.clip_sample_range <= 0:
             raise ValueError(f"clip_sample_range must be positive, got {self.clip_sample_range}.")
-
-    def replace(self, **changes: Any) -> "SamplerOptions":
-        return dataclasses.replace(self, **changes)
 
 
 class Sampler(Protocol):
     def __call__(self, model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: Any,
                  generator: torch.Generator | None = None) -> Iterator[Step]: ...
+
+
+def check_steps(T: int, steps: int) -> None:
+    if not 1 <= steps <= T:
+        raise ValueError(f"The number of steps must be between 1 and {T} (the model's training timesteps), got {steps}.")
+
+
+def check_offset(first: float, T: int, offset: int) -> None:
+    if first >= T:
+        raise ValueError(f"steps_offset={offset} pushes the first timestep to {first:g}, past the last trained timestep {T - 1}.")
 
 
 def select_timesteps(T: int, steps: int, spacing: Spacing = "leading", offset: int = 0) -> list[int]:
@@ -78,8 +106,7 @@ def select_timesteps(T: int, steps: int, spacing: Spacing = "leading", offset: i
     leading:  arange(K) * (T // K) + offset      linspace: round(linspace(0, T - 1, K))
     trailing: round(arange(T, 0, -T / K)) - 1   quad:     floor(linspace(0, sqrt(0.8 T), K) ** 2)
     """
-    if not 1 <= steps <= T:
-        raise ValueError(f"The number of steps must be between 1 and {T} (the model's training timesteps), got {steps}.")
+    check_steps(T, steps)
     if spacing == "leading":
         ts = np.arange(steps) * (T // steps) + offset
     elif spacing == "linspace":
@@ -94,8 +121,7 @@ def select_timesteps(T: int, steps: int, spacing: Spacing = "leading", offset: i
     else:
         raise ValueError(f"Unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
     ts = [int(t) for t in ts[::-1]]
-    if ts[0] >= T:
-        raise ValueError(f"steps_offset={offset} pushes the first timestep to {ts[0]}, past the last trained timestep {T - 1}.")
+    check_offset(ts[0], T, offset)
     return ts
 
 
@@ -112,14 +138,24 @@ def clip_x0(x0: torch.Tensor, options: SamplerOptions) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A registered sampler: its function, its options class and a one-line description."""
+    """A registered sampler: its function, its options class, a one-line description and, for samplers
+    that do not evaluate the model once at each of :func:`select_timesteps`, their own ``plan``."""
 
     name: str
     fn: Sampler
-    options: type[SamplerOptions]
+    options: type[BaseOptions]
     description: str
+    plan: Callable[[int, Any], list[float]] | None = None
 
-    def make_options(self, **values: Any) -> SamplerOptions:
+    def timesteps(self, T: int, options: BaseOptions) -> list[float]:
+        """The timestep of every model evaluation, in order (diffusers' ``scheduler.timesteps``), for a
+        model of T training timesteps: its length is the number of model evaluations. Raises
+        ValueError, with the reason, for options this T cannot take."""
+        if self.plan is not None:
+            return self.plan(T, options)
+        return select_timesteps(T, options.num_inference_steps, options.timestep_spacing, options.steps_offset)
+
+    def make_options(self, **values: Any) -> BaseOptions:
         """Build options, refusing names this sampler does not take (with the list of those it does)."""
         names = [f.name for f in dataclasses.fields(self.options)]
         unknown = [k for k in values if k not in names]
@@ -131,11 +167,13 @@ class SamplerSpec:
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
-def register(name: str, options: type[SamplerOptions], description: str) -> Callable[[Sampler], Sampler]:
-    """Decorator adding a sampler to :data:`SAMPLERS` (the CLI and the studio list what is there)."""
+def register(name: str, options: type[BaseOptions], description: str,
+             plan: Callable[[int, Any], list[float]] | None = None) -> Callable[[Sampler], Sampler]:
+    """Decorator adding a sampler to :data:`SAMPLERS` (the CLI and the studio list what is there).
+    ``plan(T, options)``: the timestep of every model evaluation (see :meth:`SamplerSpec.timesteps`)."""
 
     def wrap(fn: Sampler) -> Sampler:
-        SAMPLERS[name] = SamplerSpec(name, fn, options, description)
+        SAMPLERS[name] = SamplerSpec(name, fn, options, description, plan)
         return fn
 
     return wrap
@@ -148,5 +186,5 @@ def get_sampler(name: str) -> SamplerSpec:
         raise ValueError(f"Unknown sampler {name!r}; available: {', '.join(SAMPLERS)}.") from None
 
 
-__all__ = ["Step", "SamplerOptions", "SamplerSpec", "SAMPLERS", "SPACINGS", "PREDICTIONS", "ModelFn",
-           "select_timesteps", "randn_like", "clip_x0", "register", "get_sampler"]
+__all__ = ["Step", "BaseOptions", "SamplerOptions", "SamplerSpec", "SAMPLERS", "SPACINGS", "PREDICTIONS", "ModelFn",
+           "DiffusersSpacing", "check_steps", "check_offset", "select_timesteps", "randn_like", "clip_x0", "register", "get_sampler"]

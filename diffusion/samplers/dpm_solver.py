@@ -1,0 +1,118 @@
+"""DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+Probabilistic Models", Algorithm 2: DPM-Solver++(2M))."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+
+from ..schedule import NoiseSchedule, to_x0_eps
+from .base import BaseOptions, DiffusersSpacing, ModelFn, Step, check_offset, check_steps, register
+from .sigmas import final_sigma, sigmas_at
+
+
+@dataclass(frozen=True)
+class DPMSolverOptions(BaseOptions):
+    """Defaults are diffusers' ``DPMSolverMultistepScheduler`` (DPM-Solver++(2M), midpoint, linspace
+    spacing, first-order last step to sigma 0) with 20 steps: the number diffusers' documentation and
+    its users pick for this scheduler (its pipelines default to 50 for every scheduler). No clipping
+    or thresholding: that scheduler does not clip, and thresholding is refused with the checkpoint."""
+
+    num_inference_steps: int = 20
+    timestep_spacing: DiffusersSpacing = "linspace"
+    algorithm_type: Literal["dpmsolver++"] = "dpmsolver++"
+    solver_order: Literal[1, 2, 3] = 2
+    solver_type: Literal["midpoint", "heun"] = "midpoint"
+    lower_order_final: bool = True
+    euler_at_final: bool = False
+    final_sigmas_type: Literal["zero", "sigma_min"] = "zero"
+
+
+def dpm_solver_timesteps(T: int, options: DPMSolverOptions) -> list[int]:
+    """diffusers' ``DPMSolverMultistepScheduler.set_timesteps``: N + 1 points with the last (t = 0,
+    reached by the final step) dropped, one model evaluation at each.
+
+    linspace: round(linspace(0, T - 1, N + 1))   leading: arange(N + 1) * (T // (N + 1)) + offset
+    trailing: round(arange(T, 0, -T / N)) - 1
+    """
+    o = options
+    N = o.num_inference_steps
+    check_steps(T, N)
+    if o.timestep_spacing == "linspace":
+        ts = np.linspace(0, T - 1, N + 1).round()[::-1][:-1]
+    elif o.timestep_spacing == "leading":
+        ts = (np.arange(0, N + 1) * (T // (N + 1))).round()[::-1][:-1] + o.steps_offset
+    elif o.timestep_spacing == "trailing":
+        ts = np.arange(T, 0, -T / N).round() - 1
+    else:
+        raise ValueError(f"Timestep spacing {o.timestep_spacing!r} is not one of 'leading', 'linspace', 'trailing'.")
+    ts = [int(t) for t in ts]
+    if len(set(ts)) != len(ts):
+        raise ValueError(f"{o.timestep_spacing!r} spacing repeats timesteps at {N} steps of T={T}, where DPM-Solver++ "
+                         "divides by zero; use fewer steps or another spacing.")
+    check_offset(ts[0], T, o.steps_offset)
+    return ts
+
+
+@register("dpm-solver++", DPMSolverOptions,
+          "DPM-Solver++(2M) (Lu et al. 2022): 2nd-order multistep ODE solver, 1 evaluation per step, 20 steps",
+          dpm_solver_timesteps)
+def dpm_solver(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DPMSolverOptions,
+               generator: torch.Generator | None = None) -> Iterator[Step]:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; orders 1 and 3 as diffusers), as diffusers'
+    ``DPMSolverMultistepScheduler``: the same seed gives the same images.
+
+    It integrates the data prediction x_theta over lambda = log(alpha_t / sigma_t) with alpha_t = sqrt(abar_t),
+    sigma_t = sqrt(1 - abar_t); the first step is first order (DDIM), and so is the last when it lands on
+    sigma = 0 (``final_sigmas_type="zero"``) or the run is short (``lower_order_final``, under 15 steps).
+    """
+    o = options
+    ts = dpm_solver_timesteps(schedule.num_train_timesteps, o)
+    # (1) sigma_t / alpha_t at each timestep, then the point the last step reaches (0: the data).
+    ratios = [float(s) for s in sigmas_at(schedule, np.array(ts))] + [final_sigma(schedule, o.final_sigmas_type)]
+    alpha = [1 / math.sqrt(1 + s * s) for s in ratios]  # alpha_t = sqrt(abar_t)
+    sigma = [s * a for s, a in zip(ratios, alpha)]  # sigma_t = sqrt(1 - abar_t)
+    lam = [math.log(a) - math.log(s) if s > 0 else math.inf for a, s in zip(alpha, sigma)]  # lambda_t
+    x0s: list[torch.Tensor] = []  # data predictions of the steps so far, the newest last
+    n = len(ts)
+    for i, t in enumerate(ts):
+        # (2) The data prediction x_theta(x_t, t) from the model output (Ho et al. 2020, eq. 15, for epsilon).
+        x0 = to_x0_eps(o.prediction_type, model(x, t), x, alpha[i] ** 2)[0]
+        x0s = (x0s + [x0])[-3:]
+        # (3) The order: 1 on the first step and on a last step to sigma = 0 or of a short run; up to solver_order.
+        lower_final = i == n - 1 and (o.euler_at_final or (o.lower_order_final and n < 15) or o.final_sigmas_type == "zero")
+        lower_second = i == n - 2 and o.lower_order_final and n < 15
+        order = 1 if o.solver_order == 1 or i < 1 or lower_final else 2 if o.solver_order == 2 or i < 2 or lower_second else 3
+        a_t, s_t, s_s = alpha[i + 1], sigma[i + 1], sigma[i]
+        if s_t == 0:
+            # (4) Landing on the data: the first-order update below tends to x_theta as sigma_t -> 0.
+            x_prev = x0
+        else:
+            h = lam[i + 1] - lam[i]
+            phi = math.expm1(-h)  # e^{-h} - 1
+            if order == 1:
+                # (5) DPM-Solver++1 (= DDIM): x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) x_theta.
+                x_prev = (s_t / s_s) * x - (a_t * phi) * x0
+            elif order == 2:
+                # (6) 2M: r = h_{i-1} / h_i, D1 = (x_theta_i - x_theta_{i-1}) / r (Algorithm 2);
+                #     midpoint: D = x_theta_i + D1 / 2; "heun": the (e^{-h} - 1) / h + 1 weighting of D1.
+                r0 = (lam[i] - lam[i - 1]) / h
+                d1 = (1.0 / r0) * (x0s[-1] - x0s[-2])
+                if o.solver_type == "midpoint":
+                    x_prev = (s_t / s_s) * x - (a_t * phi) * x0s[-1] - 0.5 * (a_t * phi) * d1
+                else:
+                    x_prev = (s_t / s_s) * x - (a_t * phi) * x0s[-1] + (a_t * (phi / h + 1.0)) * d1
+            else:
+                # (7) 3M: second differences of the last three data predictions (diffusers' third-order update).
+                r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
+                d1_0, d1_1 = (1.0 / r0) * (x0s[-1] - x0s[-2]), (1.0 / r1) * (x0s[-2] - x0s[-3])
+                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+                d2 = (1.0 / (r0 + r1)) * (d1_0 - d1_1)
+                x_prev = ((s_t / s_s) * x - (a_t * phi) * x0s[-1] + (a_t * (phi / h + 1.0)) * d1
+                          - (a_t * ((phi + h) / h**2 - 0.5)) * d2)
+        yield Step(i, t, ts[i + 1] if i + 1 < n else -1, x, x0, x_prev)
+        x = x_prev

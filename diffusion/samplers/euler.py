@@ -1,0 +1,59 @@
+"""Euler's method on the probability flow ODE (Karras et al. 2022, Algorithm 2 without churn)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+
+from ..schedule import NoiseSchedule
+from .base import BaseOptions, DiffusersSpacing, ModelFn, Step, register
+from .sigmas import denoised, final_sigma, init_noise_sigma, karras_timesteps, sigmas_at, vp_scale
+
+FinalSigma = Literal["zero", "sigma_min"]
+
+
+@dataclass(frozen=True)
+class EulerOptions(BaseOptions):
+    """Defaults are diffusers' ``EulerDiscreteScheduler`` (linspace spacing, linear sigma interpolation,
+    last sigma 0, no churn) with its pipelines' 50 steps. No clipping: that scheduler has none."""
+
+    num_inference_steps: int = 50
+    timestep_spacing: DiffusersSpacing = "linspace"
+    interpolation_type: Literal["linear"] = "linear"
+    final_sigmas_type: FinalSigma = "zero"
+
+
+def euler_timesteps(T: int, options: EulerOptions) -> list[float]:
+    """One model evaluation per step, at fractional timesteps for the linspace spacing."""
+    return [float(t) for t in karras_timesteps(T, options)]
+
+
+@register("euler", EulerOptions, "Euler (Karras et al. 2022): 1st-order ODE steps in sigma, 1 evaluation per step",
+          euler_timesteps)
+def euler(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: EulerOptions,
+          generator: torch.Generator | None = None) -> Iterator[Step]:
+    """Euler steps on dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, Algorithm 2 with
+    S_churn = 0), as diffusers' ``EulerDiscreteScheduler``: the same seed gives the same images.
+
+    The model sees the fractional timestep t (``Step.t`` is it rounded) and x_sigma / sqrt(sigma^2 + 1).
+    ``x`` is x_T ~ N(0, I); it is scaled to x_sigma here (diffusers' ``init_noise_sigma``).
+    """
+    o = options
+    ts = karras_timesteps(schedule.num_train_timesteps, o)
+    sigmas = [float(s) for s in sigmas_at(schedule, ts)] + [final_sigma(schedule, o.final_sigmas_type)]
+    # (1) x_sigma_0 from x_T: multiplied by sigma_max (sqrt(sigma_max^2 + 1) for "leading"), as diffusers.
+    x = x * init_noise_sigma(sigmas, o.timestep_spacing)
+    x_t = x * vp_scale(sigmas[0])
+    for i, t in enumerate(ts):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        # (2) D(x; sigma) from the model, which sees the variance-preserving input x_sigma / sqrt(sigma^2 + 1).
+        x0 = denoised(o.prediction_type, model(x_t, float(t)), x, sigma)
+        # (3) d = (x - D(x; sigma)) / sigma (Algorithm 2, line 7); x_next = x + (sigma_next - sigma) d (line 8).
+        d = (x - x0) / sigma
+        x = x + d * (sigma_next - sigma)
+        x_prev = x * vp_scale(sigma_next)
+        t_prev = round(float(ts[i + 1])) if i + 1 < len(ts) else -1
+        yield Step(i, round(float(t)), t_prev, x_t, x0, x_prev)
+        x_t = x_prev
