@@ -53,7 +53,9 @@ def euler(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: Eul
         # (3) d = (x - D(x; sigma)) / sigma (Algorithm 2, line 7); x_next = x + (sigma_next - sigma) d (line 8).
         d = (x - x0) / sigma
         x = x + d * (sigma_next - sigma)
-        x_prev = x * vp_scale(sigma_next)
+        # (4) Shown in the variance-preserving scale; the last x as diffusers returns it (x_sigma: the same
+        #     for the default last sigma 0, 1.00005 x_t for final_sigmas_type="sigma_min").
+        x_prev = x * vp_scale(sigma_next) if i + 1 < len(ts) else x
         t_prev = round(float(ts[i + 1])) if i + 1 < len(ts) else -1
         yield Step(i, round(float(t)), t_prev, x_t, x0, x_prev)
         x_t = x_prev
