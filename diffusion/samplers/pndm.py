@@ -92,7 +92,7 @@ def pndm(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: PNDM
             yield Step(i, t, s, x, x0_at(x, t, e1), x_prev, evaluations=4)
             x = x_prev
         start = RK_STEPS
-    elif N > 1:
+    elif len(ts) > 1:
         # (3) Without the warm-up: an Euler predictor to t_1, then the corrector with the mean of both outputs.
         t, s = ts[0], ts[1]
         e0 = model(x, t)
@@ -102,7 +102,7 @@ def pndm(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: PNDM
         yield Step(0, t, s, x, x0_at(x, t, e0), x_prev, evaluations=2)
         x = x_prev
         start = 1
-    for i in range(start, N):
+    for i in range(start, len(ts)):  # N steps (N + 1 where diffusers' "trailing" arange overshoots to t = -1)
         # (4) PLMS: the pseudo linear multi-step formula of the last (up to) four outputs, then the transfer to t - T // N.
         t = ts[i]
         e = model(x, t)
