@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 BASELINE = "ddim-eta0-100"
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#8fbc8f"]
 
 
 def family(row: dict) -> str:
@@ -26,19 +27,21 @@ def family(row: dict) -> str:
     if row["sampler"] == "ddpm":
         return f"DDPM {o['variance_type'].replace('_', '-')}"
     if row["sampler"] == "ddim":
-        return f"DDIM eta {o['eta']:g}"
+        extra = " (x0 not clipped)" if not o.get("clip_sample", True) else " (eps from clipped x0)" if o.get("use_clipped_model_output") else ""
+        return f"DDIM eta {o['eta']:g}{extra}"
     return {"dpm-solver++": "DPM-Solver++(2M)", "pndm": "PNDM", "euler": "Euler", "heun": "Heun"}.get(row["sampler"], row["sampler"])
 
 
 def plot(rows: list[dict], out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 4.8), dpi=110)
     families: dict[str, list[dict]] = {}
     for r in rows:
         families.setdefault(family(r), []).append(r)
     markers = "osD^v<>p*h"
     for i, (name, rs) in enumerate(families.items()):
         rs = sorted(rs, key=lambda r: r["seconds_per_1000"])
-        ax.plot([r["seconds_per_1000"] for r in rs], [r["fd"] for r in rs], marker=markers[i % len(markers)], label=name)
+        ax.plot([r["seconds_per_1000"] for r in rs], [r["fd"] for r in rs], marker=markers[i % len(markers)], label=name,
+                color=COLORS[i % len(COLORS)], linestyle="-" if i < len(COLORS) else "--")
         for r in rs:
             ax.annotate(str(r["model_evaluations"]), (r["seconds_per_1000"], r["fd"]), textcoords="offset points",
                         xytext=(4, 3), fontsize=7)
@@ -48,7 +51,7 @@ def plot(rows: list[dict], out: Path) -> None:
     ax.set_ylabel("Frechet distance (classifier features; lower is better)")
     ax.set_title("Quality per time on the bundled Fashion-MNIST model (labels: model evaluations)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

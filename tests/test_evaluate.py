@@ -143,6 +143,9 @@ def test_table_rows_and_markdown(tiny, tmp_path):
     assert ev.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"]) == rows
     md = ev.markdown_table(rows)
     assert "| ddim | eta 0 | 10 | 10 |" in md and "150" in md
+    # Options given for the whole table (--no-clip) reach every row.
+    noclip = ev.run_table(pipe, scorer, tmp_path / "noclip", 150, 150, 150, 0, only=["ddim-eta1-10"], overrides={"clip_sample": False})
+    assert noclip[0]["options"]["clip_sample"] is False and "eta 1, x0 not clipped" in ev.markdown_table(noclip)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -276,12 +276,14 @@ def table_rows() -> list[Row]:
             rows.append(Row(f"ddim-eta{eta:g}-{steps}", "ddim", {"num_inference_steps": steps, "eta": eta}, steps == 1000))
     for sampler in ("dpm-solver++", "pndm", "euler", "heun"):
         for nfe in (10, 20, 50):
-            rows.append(Row(f"{sampler}-nfe{nfe}", sampler, {}, False, nfe))
+            # PNDM as PLMS (skip_prk_steps): its Runge-Kutta warm-up alone spends 12 evaluations.
+            options = {"skip_prk_steps": True} if sampler == "pndm" else {}
+            rows.append(Row(f"{sampler}-nfe{nfe}", sampler, options, False, nfe))
     return rows
 
 
 def run_table(pipe: DiffusionPipeline, scorer: Scorer, out: Path, n_long: int, n_short: int, batch_size: int,
-              seed: int, only: list[str] | None = None) -> list[dict[str, Any]]:
+              seed: int, only: list[str] | None = None, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every row of :func:`table_rows` (or those named in ``only``, by row or sampler name), appended to
     ``out/table.json`` as each finishes; rows already there are kept, so an interrupted run resumes."""
     path = out / "table.json"
@@ -293,9 +295,9 @@ def run_table(pipe: DiffusionPipeline, scorer: Scorer, out: Path, n_long: int, n
     for row in sorted(table_rows(), key=lambda r: (n_long if r.long else n_short) * (r.evaluations or r.options["num_inference_steps"])):
         if row.name in have or (only and row.name not in only and row.sampler not in only):
             continue
-        options = dict(row.options)
+        options = {**row.options, **(overrides or {})}
         if row.evaluations:
-            options["num_inference_steps"] = steps_for_evaluations(pipe, row.sampler, row.evaluations)
+            options["num_inference_steps"] = steps_for_evaluations(pipe, row.sampler, row.evaluations, **row.options)
         opts = pipe.sampler_options(row.sampler, **options)
         n = n_long if row.long else n_short
         result = evaluate(pipe, scorer, row.sampler, opts, n, batch_size, seed, save="none")
@@ -315,6 +317,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         o = r["options"]
         setting = {"ddpm": o.get("variance_type", ""), "ddim": f"eta {o.get('eta', 0):g}"}.get(r["sampler"], "")
+        if r["sampler"] == "ddim" and not o.get("clip_sample", True):
+            setting += ", x0 not clipped"
+        elif r["sampler"] == "ddim" and o.get("use_clipped_model_output"):
+            setting += ", eps from clipped x0"
         if r["sampler"] == "pndm":
             setting = "PLMS" if o.get("skip_prk_steps") else "PRK warm-up + PLMS"
         lines.append(f"| {r['sampler']} | {setting} | {o['num_inference_steps']} | {r['model_evaluations']} | "
@@ -376,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe = load(args.model, args.revision, local_files_only=args.offline, device=device)
         scorer.check(pipe.image_shape, min(args.n_long, args.num_samples) if args.table else args.num_samples)
         if args.table:
-            rows = run_table(pipe, scorer, out, args.n_long, args.num_samples, args.batch_size, args.seed, args.rows)
+            given = {k: v for k, v in sampler_overrides(args).items() if v is not None}  # e.g. --no-clip for every row
+            rows = run_table(pipe, scorer, out, args.n_long, args.num_samples, args.batch_size, args.seed, args.rows, given)
             if rank == 0:
                 atomic_write(out / "table.md", lambda p: p.write_text(markdown_table(rows)))
                 print(markdown_table(rows))
