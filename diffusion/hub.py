@@ -30,10 +30,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the reason and what to do."""
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+def atomic_write(path: Path, write: Callable[[Path], None], keep_suffix: bool = False) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file.
+    ``keep_suffix`` ends the temporary name with the path's suffix, for writers that pick the format from it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (path.suffix if keep_suffix else ""), dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
