@@ -13,6 +13,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: on a busy 2-core machine a second OpenMP thread makes
+    every small op wait for a time slice (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # Both config families of diffusers' UNet2DModel, small enough for CPU tests.
 GOOGLE_TINY = dict(
     sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64),
