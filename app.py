@@ -324,8 +324,14 @@ def check_seed(seed: Any) -> int:
     return check_count(seed, "The seed", 0, MAX_SEED)
 
 
+def evaluations(pipe: diffusion.DiffusionPipeline, sampler: str, options: SamplerOptions) -> int:
+    """Model evaluations a run will spend: the steps for most samplers, 2N - 1 for Heun, N + 9 for PNDM."""
+    return len(get_sampler(sampler).timesteps(pipe.schedule.num_train_timesteps, options))
+
+
 def check_work(pipe: diffusion.DiffusionPipeline, n: int, steps: int, name: str = "this model") -> int:
-    """Refuse requests above :func:`work_budget`, saying how many steps or images would fit."""
+    """Refuse requests above :func:`work_budget`, saying how many steps or images would fit. ``steps``
+    counts model evaluations (the steps, for DDPM and DDIM)."""
     _, h, w = pipe.image_shape
     work = n * h * w * steps
     budget = work_budget(pipe)
@@ -750,7 +756,7 @@ class Studio:
         seed = check_seed(seed)
         pipe = self.store.get(model)
         options = make_options(pipe, sampler, values)
-        check_work(pipe, n, options.num_inference_steps, model_name(model, self.default_model))
+        check_work(pipe, n, evaluations(pipe, sampler, options), model_name(model, self.default_model))
         return pipe, options, n, seed
 
     # -- Sample ------------------------------------------------------------------------------------
@@ -793,8 +799,7 @@ class Studio:
         seed = check_seed(seed)
         pipe = self.store.get(model)
         opts = {p: make_options(pipe, samplers[p] or "", _split_options(panels, f"{p}_")) for p in "ab"}
-        total_steps = sum(o.num_inference_steps for o in opts.values())
-        check_work(pipe, n, total_steps, model_name(model, self.default_model))
+        check_work(pipe, n, sum(evaluations(pipe, samplers[p] or "", opts[p]) for p in "ab"), model_name(model, self.default_model))
         runs: dict[str, Run] = {}
         show, tick = Throttle(PREVIEW_EVERY_S), Throttle(PROGRESS_EVERY_S)
         start, done = time.perf_counter(), 0

@@ -152,6 +152,11 @@ def test_work_budget_is_stated_and_enforced(pipe, monkeypatch):
     assert app.work_budget(pipe, on_gpu=True) == 640_000 * app.GPU_BUDGET_FACTOR
 
 
+def test_work_counts_model_evaluations_not_steps(pipe):
+    count = {s: app.evaluations(pipe, s, pipe.sampler_options(s, num_inference_steps=10)) for s in ("ddim", "heun", "pndm")}
+    assert count == {"ddim": 10, "heun": 19, "pndm": 19}
+
+
 def test_costlier_models_get_a_smaller_budget(pipe, monkeypatch):
     assert 0 < app.flops_per_pixel(pipe) < app.REFERENCE_FLOPS  # counted on the meta device
     monkeypatch.setattr(app, "flops_per_pixel", lambda p: 20 * app.REFERENCE_FLOPS)
