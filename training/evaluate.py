@@ -312,7 +312,8 @@ def run_table(pipe: DiffusionPipeline, scorer: Scorer, out: Path, n_long: int, n
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The table as README markdown: sampler, steps, NFE, FD, IS, N, wall time per 1000 samples."""
-    lines = ["| sampler | setting | steps | NFE | FD (classifier) | IS (classifier) | N | s / 1000 samples |",
+    kind = "Inception" if rows and rows[0].get("metric", "").startswith("FID") else "classifier"
+    lines = [f"| sampler | setting | steps | NFE | FD ({kind}) | IS ({kind}) | N | s / 1000 samples |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         o = r["options"]
