@@ -800,6 +800,7 @@ class Studio:
         pipe = self.store.get(model)
         opts = {p: make_options(pipe, samplers[p] or "", _split_options(panels, f"{p}_")) for p in "ab"}
         check_work(pipe, n, sum(evaluations(pipe, samplers[p] or "", opts[p]) for p in "ab"), model_name(model, self.default_model))
+        total_steps = sum(o.num_inference_steps for o in opts.values())
         runs: dict[str, Run] = {}
         show, tick = Throttle(PREVIEW_EVERY_S), Throttle(PROGRESS_EVERY_S)
         start, done = time.perf_counter(), 0
