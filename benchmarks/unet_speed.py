@@ -1,11 +1,16 @@
 """UNet speed: ours against diffusers' UNet2DModel holding the same weights, in one run.
 
     python benchmarks/unet_speed.py                 # CPU fp32 at batch 1 and 16, plus bf16 autocast
+    python benchmarks/unet_speed.py --compile       # also both models through torch.compile
     python benchmarks/unet_speed.py --device cuda
 
-The google CIFAR-10 architecture (35.7 M parameters, random weights). Ours runs as the pipeline runs
-it (channels-last convolution weights); diffusers as ``UNet2DModel`` runs by default. Measurements alternate
-between the two models so a noisy machine slows both alike; the median of the rounds is reported.
+The google CIFAR-10 architecture (35.7 M parameters, random weights). Ours runs eagerly as the
+pipeline runs it: channels-last convolution weights, inside ``UNet.frozen_weights`` (the pipeline enters
+it once per sampling run, so oneDNN's weight reorder happens once per run, not at every step);
+diffusers as ``UNet2DModel`` runs by default. Measurements alternate between the models so a noisy
+machine slows them alike; the median of the rounds is reported. ``--compile`` adds both models
+compiled the same way (``torch.compile``, default mode, as ``DiffusionPipeline.compile`` does) and
+prints their compile times and both ratios.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3, help="calls per model per round")
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--channels-last-diffusers", action="store_true", help="also time diffusers with channels-last weights")
+    p.add_argument("--compile", action="store_true", help="also time both models through torch.compile")
     args = p.parse_args()
 
     from diffusers import UNet2DModel
@@ -77,13 +83,27 @@ def main() -> None:
         with torch.inference_mode():
             return ref_cl(x.contiguous(memory_format=torch.channels_last), t).sample
 
+    packed: dict = {}  # the oneDNN-reordered weights of one "sampling run" (the pipeline's model_fn)
+
     def run_ours(x, t):
-        with torch.inference_mode():
+        with torch.inference_mode(), ours.frozen_weights(packed):
             return ours(x, t)
 
     def run_ours_bf16(x, t):
         with torch.inference_mode(), torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16):
             return ours(x, t)
+
+    if args.compile:
+        # Compiled as DiffusionPipeline.compile() compiles ours (no_grad, float32 t); diffusers the same way.
+        ours_c, ref_c = torch.compile(ours), torch.compile(ref)
+
+        def run_ours_c(x, t):
+            with torch.no_grad():
+                return ours_c(x, t.float())
+
+        def run_ref_c(x, t):
+            with torch.no_grad():
+                return ref_c(x, t.float()).sample
 
     for batch in (int(b) for b in args.batches.split(",")):
         x = torch.randn(batch, 3, 32, 32, device=args.device)
@@ -97,6 +117,24 @@ def main() -> None:
             our_s.append(timed(run_ours, x, t, args.reps, args.device))
         r, o = batch / statistics.median(ref_s), batch / statistics.median(our_s)
         print(f"batch {batch:3d} fp32: diffusers {r:7.2f} image-steps/s | ours {o:7.2f} image-steps/s | ratio {o / r:.2f} | max |diff| {diff:.1e}")
+        if args.compile:
+            compile_s = {}
+            for name, fn in (("ours", run_ours_c), ("diffusers", run_ref_c)):
+                start = time.perf_counter()
+                fn(x, t)
+                compile_s[name] = time.perf_counter() - start
+            diff_c = (run_ours_c(x, t) - run_ref(x, t)).abs().max().item()
+            ref_cs, our_cs, ref_s2, our_s2 = [], [], [], []
+            for _ in range(args.rounds):  # all four interleaved
+                ref_s2.append(timed(run_ref, x, t, args.reps, args.device))
+                our_s2.append(timed(run_ours, x, t, args.reps, args.device))
+                ref_cs.append(timed(run_ref_c, x, t, args.reps, args.device))
+                our_cs.append(timed(run_ours_c, x, t, args.reps, args.device))
+            r2, o2 = batch / statistics.median(ref_s2), batch / statistics.median(our_s2)
+            rc, oc = batch / statistics.median(ref_cs), batch / statistics.median(our_cs)
+            print(f"batch {batch:3d} compiled: diffusers {rc:7.2f} | ours {oc:7.2f} image-steps/s | ours compiled / diffusers compiled "
+                  f"{oc / rc:.2f} | ours compiled / diffusers eager {oc / r2:.2f} (eager in these rounds: diffusers {r2:.2f}, ours {o2:.2f}) "
+                  f"| compile s: ours {compile_s['ours']:.0f}, diffusers {compile_s['diffusers']:.0f} | max |diff| {diff_c:.1e}")
         if args.channels_last_diffusers:
             c = batch / statistics.median([timed(run_ref_cl, x, t, args.reps, args.device) for _ in range(args.rounds)])
             print(f"batch {batch:3d} fp32: diffusers moved to channels-last by hand {c:7.2f} image-steps/s (ours / that: {o / c:.2f})")

@@ -59,6 +59,7 @@ class DiffusionPipeline:
         self.config = parse_scheduler_config(self.scheduler_config)
         c = self.config
         self.schedule = NoiseSchedule.from_config(c["beta_schedule"], c["num_train_timesteps"], c["beta_start"], c["beta_end"], c["trained_betas"])
+        self.compiled: Any = None  # a diffusion.fast.CompiledUNet once compile() was called
 
     @property
     def device(self) -> torch.device:
@@ -100,14 +101,32 @@ class DiffusionPipeline:
 
     def model_fn(self) -> Any:
         """(x_t, t) -> UNet output, without gradients; t may be fractional (Euler and Heun evaluate
-        between the trained timesteps, as diffusers' UNet2DModel allows)."""
-        unet = self.unet
+        between the trained timesteps, as diffusers' UNet2DModel allows). One sampling run: the
+        weights count as constants while it is used (:meth:`UNet.frozen_weights`: on the CPU the
+        convolution weights are reordered for oneDNN once per run, not at every step); after
+        :meth:`compile`, the compiled UNet runs wherever it is ready."""
+        unet, packed = self.unet, {}
+        net = self.compiled if self.compiled is not None else unet
 
         def model(x: torch.Tensor, t: float) -> torch.Tensor:
-            with torch.no_grad():
-                return unet(x, torch.tensor(t, device=x.device))
+            with torch.no_grad(), unet.frozen_weights(packed):
+                return net(x, torch.tensor(t, device=x.device))
 
         return model
+
+    def compile(self, background: bool = False, batch_sizes: tuple[int, ...] = ()) -> "DiffusionPipeline":
+        """Sample through ``torch.compile(unet)`` from now on (:class:`diffusion.fast.CompiledUNet`):
+        on a 2-core CPU ~1.5x faster per step for the bundled model, after a compile of ~1-2 min (~10 s
+        with Inductor's on-disk cache warm). ``background``: compile in a low-priority thread and run
+        eagerly until a batch size is ready. ``batch_sizes``: compile these now (or queue them).
+        Without a C++ compiler it warns once and stays eager. Call again after :meth:`to`."""
+        from .fast import CompiledUNet
+
+        if self.compiled is None or self.compiled.unet is not self.unet or self.compiled.background != background:
+            self.compiled = CompiledUNet(self.unet, background=background)
+        for n in batch_sizes:
+            self.compiled.warm((n, *self.image_shape))
+        return self
 
     def denoise(self, sampler: str = "ddim", n: int = 1, seed: int = 0, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, **options: Any) -> Iterator[Step]:
