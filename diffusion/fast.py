@@ -7,23 +7,35 @@ the first time; Inductor keeps the result in its on-disk cache (``TORCHINDUCTOR_
 default ``/tmp/torchinductor_$USER``), so a later process compiles the same model in ~10 s.
 
 ``CompiledUNet`` runs a call compiled only once a graph for its input signature (batch size, dtype,
-device, grad mode) exists, so a long-running process can compile in a background thread and answer
-with the eager model meanwhile. If compiling fails (no C++ compiler, an unsupported platform), it
-warns once and stays eager.
+device, grad mode) exists, so a long-running process (the studio) can compile in the background and
+answer with the eager model meanwhile. Compiling in the serving process itself would slow its
+requests many times over on a small CPU (Dynamo and Inductor hold the GIL for long stretches, and
+the C++ builds take the cores), so the background path first compiles the same architecture in a
+separate process at the lowest priority, which fills Inductor's disk cache, and then, once no call
+has run for a moment, compiles in-process from that cache in a few seconds. If compiling fails (no
+C++ compiler, an unsupported platform), it warns once and stays eager.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .unet import UNet
+from .unet import UNet, UNetConfig
 
 Signature = tuple
 
@@ -47,8 +59,9 @@ class CompiledUNet:
     """``unet(x, t)`` through ``torch.compile(unet)`` where a graph for the call's signature is ready.
 
     ``background=False``: the first call of a new signature compiles it (blocking). ``background=True``:
-    a new signature runs eagerly and is queued for a daemon thread (at low priority) that compiles it;
-    later calls with it run compiled. The batch dimension is marked dynamic, so Dynamo shares graphs
+    a new signature runs eagerly and is queued for a daemon thread that compiles it (on the CPU: in a
+    low-priority subprocess first, then in-process from the disk cache while no call runs); later
+    calls with it run compiled. The batch dimension is marked dynamic, so Dynamo shares graphs
     between batch sizes where it can (it still splits at 1 and at oneDNN's layout threshold, 16).
     ``t`` is passed as a float32 tensor (one graph for integer and fractional timesteps; the
     embedding computes in float32 either way), so a new timestep never recompiles.
@@ -62,7 +75,8 @@ class CompiledUNet:
         self.unet = unet
         self.background = background
         self.error: str | None = compiler_problem(unet.device)
-        self.compile_seconds: dict[Signature, float] = {}
+        self.compile_seconds: dict[Signature, float] = {}  # from the start of its compile to ready
+        self.timings: dict[Signature, dict[str, float]] = {}  # background: subprocess, paused, in-process seconds
         # One compile worker: on a small machine parallel C++ builds only steal the cores serving requests.
         opts = {"compile_threads": 1, **(options or {})}
         self._compiled: Callable = torch.compile(unet, mode=mode, options=opts)
@@ -71,6 +85,10 @@ class CompiledUNet:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._mode, self._options = mode, options or {}
+        self._active = 0  # calls running now
+        self._last_call = 0.0  # time.monotonic() at the end of the last call
+        self.idle_s = 1.0  # the in-process compile waits for this long without calls
         if self.error:
             self._warn()
 
@@ -81,6 +99,14 @@ class CompiledUNet:
         return (tuple(x.shape), x.stride(), x.dtype, x.device, tuple(t.shape), grad)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        self._active += 1
+        try:
+            return self._call(x, t)
+        finally:
+            self._active -= 1
+            self._last_call = time.monotonic()
+
+    def _call(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device).to(torch.float32)
         if self.error is not None or self.unet.training:
             return self.unet(x, t)
@@ -165,9 +191,16 @@ class CompiledUNet:
             x = torch.randn(shape, dtype=dtype, device=device)
             t = torch.full(t_shape, 500.0, device=device)
             start = time.perf_counter()
+            timing = self.timings.setdefault(sig, {})
             try:
+                if device.type == "cpu":
+                    timing.update(self._fill_disk_cache(shape, dtype, t_shape, grad))
+                    while self._busy_serving():
+                        time.sleep(0.1)
+                in_process = time.perf_counter()
                 with torch.set_grad_enabled(grad):
                     self._run(x, t)
+                timing["in_process_s"] = round(time.perf_counter() - in_process, 2)
             except Exception as e:
                 self._fail(e)
                 continue
@@ -176,6 +209,49 @@ class CompiledUNet:
                 self._ready.add(sig)
                 self._busy = False
                 self._wake.notify_all()
+
+    def _busy_serving(self) -> bool:
+        return bool(self._active) or time.monotonic() - self._last_call < self.idle_s
+
+    def _fill_disk_cache(self, shape: tuple, dtype: torch.dtype, t_shape: tuple, grad: bool) -> dict[str, float]:
+        """Compile this UNet's architecture for ``shape`` in a separate process (``python -m
+        diffusion.fast``), which leaves the graph in Inductor's disk cache: the weights' values are
+        not part of the graph, only their shapes and layout. The process runs at the lowest priority
+        and is stopped (SIGSTOP) while calls run, so it only takes otherwise idle CPU time."""
+        convs = [p for p in self.unet.parameters() if p.ndim == 4 and p.shape[1] > 1]  # (1 input channel: both layouts)
+        spec = {"config": self.unet.config.to_dict(), "dtype": str(dtype).removeprefix("torch."), "shape": list(shape),
+                "t_shape": list(t_shape), "grad": grad, "threads": torch.get_num_threads(),
+                "channels_last": any(not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last) for p in convs),
+                "requires_grad": any(p.requires_grad for p in self.unet.parameters()), "mode": self._mode, "options": self._options}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+        start, paused_s = time.perf_counter(), 0.0
+        with tempfile.TemporaryFile("w+") as log:
+            # Its own process group: it and its compiler processes stop and continue together, and if this
+            # process dies while they are stopped, the orphaned group gets SIGHUP.
+            group = {} if os.name != "posix" else {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+            proc = subprocess.Popen([sys.executable, "-m", "diffusion.fast", json.dumps(spec)], env=env, stdout=log, stderr=log,
+                                    text=True, **group)
+            _children.add(proc)
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, 19)  # inherited by the compiler processes it starts
+            except (AttributeError, OSError):
+                pass
+            try:
+                paused = False
+                while proc.poll() is None:
+                    busy = self._busy_serving()
+                    if busy != paused and os.name == "posix":
+                        os.killpg(proc.pid, signal.SIGSTOP if busy else signal.SIGCONT)
+                        paused = busy
+                    time.sleep(0.05)
+                    paused_s += 0.05 if paused else 0.0
+            finally:
+                _stop(proc)
+            if proc.returncode != 0:
+                log.seek(0)
+                lines = [line for line in log.read().strip().splitlines() if line.strip()]
+                raise RuntimeError(f"compiling in a subprocess failed ({lines[-1] if lines else f'exit code {proc.returncode}'})")
+        return {"subprocess_s": round(time.perf_counter() - start, 2), "paused_s": round(paused_s, 2)}
 
     # -- failure -------------------------------------------------------------------------------------
 
@@ -186,3 +262,42 @@ class CompiledUNet:
 
     def _warn(self) -> None:
         warnings.warn(f"torch.compile is unavailable ({self.error}); the UNet runs eagerly.", RuntimeWarning, stacklevel=3)
+
+
+_children: "weakref.WeakSet[subprocess.Popen]" = weakref.WeakSet()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL) if os.name == "posix" else proc.kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+
+@atexit.register
+def _stop_children() -> None:
+    for proc in list(_children):
+        _stop(proc)
+
+
+def _fill_cache_main(spec_json: str) -> None:
+    """``python -m diffusion.fast SPEC``: compile a UNet of SPEC's architecture (random weights) once."""
+    spec = json.loads(spec_json)
+    torch.set_num_threads(spec["threads"])
+    dtype = getattr(torch, spec["dtype"])
+    unet = UNet(UNetConfig.from_dict(spec["config"])).eval().to(dtype)
+    if spec["channels_last"]:
+        unet.to(memory_format=torch.channels_last)
+    unet.requires_grad_(spec["requires_grad"])
+    # Parallel C++ builds here: this process runs at the lowest priority.
+    compiled = CompiledUNet(unet, mode=spec["mode"], options={**spec["options"], "compile_threads": os.cpu_count() or 1})
+    with torch.set_grad_enabled(spec["grad"]):
+        compiled(torch.randn(spec["shape"], dtype=dtype), torch.full(spec["t_shape"], 500.0))
+    if compiled.error:
+        raise SystemExit(compiled.error)
+
+
+if __name__ == "__main__":
+    _fill_cache_main(sys.argv[1])
