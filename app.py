@@ -10,12 +10,15 @@ bundled ``checkpoints/fashion-mnist``) or see ``python app.py --help``.
 
 Environment: ``DEFAULT_MODEL`` (model folder or Hub id), ``CPU_CORES`` (torch threads),
 ``MAX_WORK`` (CPU budget in pixel-steps), ``MAX_MODELS`` (LRU size), ``QUEUE_SIZE``,
-``ALLOW_LOCAL_MODELS=1`` (accept any local folder, not only the bundled one).
+``ALLOW_LOCAL_MODELS=1`` (accept any local folder, not only the bundled one), ``COMPILE=0`` (do not
+compile CPU models with torch.compile in the background; ``COMPILE_BATCHES``: the image counts compiled
+ahead, default 16,4).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import json
@@ -71,6 +74,9 @@ MAX_MODELS = int(os.environ.get("MAX_MODELS", 3))
 QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", 20))
 PREVIEW_EVERY_S = float(os.environ.get("PREVIEW_EVERY", 0.5))  # stream an x0 preview at most this often (each costs CPU)
 PROGRESS_EVERY_S = 0.1
+# ``python app.py`` compiles each model it loads on the CPU with torch.compile in the background
+# (diffusion.fast): ~1.3x faster steps once ready, eager until then. COMPILE=0 turns it off.
+COMPILE_BATCHES = tuple(int(b) for b in os.environ.get("COMPILE_BATCHES", "16,4").split(","))  # the tabs' default image counts
 MAX_FRAMES = 100  # trajectory frames cached for the scrubber
 ANIMATION_FRAMES = 50  # of which the GIF / MP4 use at most this many
 TRAJECTORY_IMAGES = 16  # images kept in the trajectory
@@ -140,10 +146,12 @@ class ModelStore:
     """Loaded pipelines, least recently used first out. ``get`` raises ``gr.Error`` with the reason
     (the models already loaded stay loaded, so the current one keeps working)."""
 
-    def __init__(self, default: str = BUNDLED_MODEL, capacity: int = MAX_MODELS, allow_local: bool = False) -> None:
+    def __init__(self, default: str = BUNDLED_MODEL, capacity: int = MAX_MODELS, allow_local: bool = False,
+                 compile: bool = False) -> None:
         self.default = default
         self.capacity = max(1, capacity)
         self.allow_local = allow_local
+        self.compile = compile  # CPU models: torch.compile in the background (diffusion.fast), eager until ready
         self._models: OrderedDict[str, diffusion.DiffusionPipeline] = OrderedDict()
         self._lock = threading.RLock()
 
@@ -186,6 +194,8 @@ class ModelStore:
                 raise gr.Error(f"Cannot download {key!r}: {e}. Check the connection or pick another model.",
                                title="Download failed") from None
             pipe.unet.eval().requires_grad_(False)
+            if self.compile and device() == "cpu":
+                pipe.compile(background=True, batch_sizes=COMPILE_BATCHES)
             self._models[key] = pipe
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
@@ -513,6 +523,11 @@ class Run:
         return int(self.options.num_inference_steps)
 
     def __iter__(self) -> Iterator[Step]:
+        # A background compile (diffusion.fast) waits while a run is in progress, its pauses included.
+        with self.pipe.compiled.serving() if self.pipe.compiled is not None else contextlib.nullcontext():
+            yield from self._steps()
+
+    def _steps(self) -> Iterator[Step]:
         record = frame_steps(self.total, self.max_frames)
         if record:
             self.trajectory = Trajectory(self.model_name, self.sampler, dataclasses.asdict(self.options), self.total,
@@ -575,6 +590,13 @@ class Throttle:
             self.last = now
             return True
         return False
+
+
+def run_mode(pipe: diffusion.DiffusionPipeline, n: int) -> str:
+    """Shown after the device: " · compiled" once this batch size runs through torch.compile, " · eager (compiling)" before."""
+    if pipe.compiled is None or pipe.compiled.error is not None:
+        return ""
+    return " · compiled" if pipe.compiled.ready((n, *pipe.image_shape)) else " · eager (compiling)"
 
 
 def time_left(done: int, total: int, elapsed: float) -> str:
@@ -737,10 +759,10 @@ def _split_options(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class Studio:
     """Handlers of the app, usable without a server (they are generators yielding output tuples)."""
 
-    def __init__(self, default_model: str | None = None, allow_local: bool | None = None) -> None:
+    def __init__(self, default_model: str | None = None, allow_local: bool | None = None, compile: bool = False) -> None:
         default = default_model or os.environ.get("DEFAULT_MODEL") or BUNDLED_MODEL
         allow = os.environ.get("ALLOW_LOCAL_MODELS", "") == "1" if allow_local is None else allow_local
-        self.store = ModelStore(default, MAX_MODELS, allow)
+        self.store = ModelStore(default, MAX_MODELS, allow, compile)
 
     @property
     def default_model(self) -> str:
@@ -784,7 +806,7 @@ class Studio:
         dimages.save_grid(run.images, grid_path)
         st = run.stats()
         info = (f"**{n} image{'s' if n != 1 else ''}** · {sampler.upper()} · {st['steps']} steps · {st['evaluations']} model evaluations · "
-                f"{st['seconds']:.2f} s ({st['ms_per_step']:.0f} ms/step) · seed {seed} · {device()}")
+                f"{st['seconds']:.2f} s ({st['ms_per_step']:.0f} ms/step) · seed {seed} · {device()}{run_mode(pipe, n)}")
         yield picture(run.images), tiles(run.images), str(grid_path), info, run.trajectory
 
     # -- Compare -----------------------------------------------------------------------------------
@@ -976,9 +998,10 @@ def launch_kwargs() -> dict[str, Any]:
     return dict(theme=gr.themes.Soft(**THEME_FONTS), css=CSS, state_session_capacity=64)
 
 
-def build_app(default_model: str | None = None, allow_local: bool | None = None) -> gr.Blocks:
-    """The Blocks app. Model work (load, sample, compare) shares one queue: concurrency id "model"."""
-    studio = Studio(default_model, allow_local)
+def build_app(default_model: str | None = None, allow_local: bool | None = None, compile: bool = False) -> gr.Blocks:
+    """The Blocks app. Model work (load, sample, compare) shares one queue: concurrency id "model".
+    ``compile``: CPU models run through torch.compile once it has compiled them in the background."""
+    studio = Studio(default_model, allow_local, compile)
     try:
         pipe = studio.store.get(studio.default_model)
         status = describe_model(pipe, Path(studio.default_model).name)
@@ -1173,10 +1196,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--allow-local", action="store_true", help="accept any local model folder typed in the Model box")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME"), help="address to listen on")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--no-compile", action="store_true",
+                        help="run CPU models eagerly only (env COMPILE=0); by default they are compiled in the background")
     args = parser.parse_args(argv)
     threads = configure_torch()
     print(f"[studio] torch uses {threads} thread(s) on {device()}; CPU budget {WORK_BUDGET:,} pixel-steps")
-    demo = build_app(args.model, args.allow_local or None)
+    demo = build_app(args.model, args.allow_local or None, compile=not args.no_compile and os.environ.get("COMPILE", "1") != "0")
     launch(demo, server_name=args.host, server_port=args.port)
 
 

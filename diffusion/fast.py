@@ -19,6 +19,7 @@ C++ compiler, an unsupported platform), it warns once and stays eager.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -31,7 +32,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -88,7 +89,7 @@ class CompiledUNet:
         self._mode, self._options = mode, options or {}
         self._active = 0  # calls running now
         self._last_call = 0.0  # time.monotonic() at the end of the last call
-        self.idle_s = 1.0  # the in-process compile waits for this long without calls
+        self.idle_s = 3.0  # the in-process compile waits for this long without calls
         if self.error:
             self._warn()
 
@@ -102,6 +103,17 @@ class CompiledUNet:
         self._active += 1
         try:
             return self._call(x, t)
+        finally:
+            self._active -= 1
+            self._last_call = time.monotonic()
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count the block as one long call: the background compile keeps out of it (a server wraps
+        each request in it, so the gaps between a request's steps and its post-processing count too)."""
+        self._active += 1
+        try:
+            yield
         finally:
             self._active -= 1
             self._last_call = time.monotonic()
@@ -285,6 +297,13 @@ def _stop_children() -> None:
 def _fill_cache_main(spec_json: str) -> None:
     """``python -m diffusion.fast SPEC``: compile a UNet of SPEC's architecture (random weights) once."""
     spec = json.loads(spec_json)
+    if sys.platform.startswith("linux"):  # end with the process that started this one, however it ends
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
     torch.set_num_threads(spec["threads"])
     dtype = getattr(torch, spec["dtype"])
     unet = UNet(UNetConfig.from_dict(spec["config"])).eval().to(dtype)

@@ -226,6 +226,30 @@ def test_sample_streams_previews_then_results(studio, monkeypatch):
     assert len(traj) == 7 and traj.timesteps[-1] == -1 and traj.visited == traj.timesteps[:-1]
 
 
+def test_compiling_studio_queues_compiles_and_keeps_them_out_of_requests(tiny_model, monkeypatch):
+    """``python app.py`` compiles CPU models in the background (diffusion.fast, tested there): loading
+    queues the tabs' default batch sizes, a request queues its own, the compile waits while a request
+    runs (previews included), and the info line says which path served it."""
+    from diffusion import fast
+
+    queued = []
+    monkeypatch.setattr(fast.CompiledUNet, "_enqueue", lambda self, sig, x, t: queued.append(tuple(x.shape)))
+    monkeypatch.setattr(app, "COMPILE_BATCHES", (16, 4))
+    monkeypatch.setattr(app, "PREVIEW_EVERY_S", 0.0)
+    studio = app.Studio(tiny_model, compile=True)
+    pipe = studio.store.get(None)
+    assert pipe.compiled is not None and pipe.compiled.background
+    assert queued == [(16, 1, 8, 8), (4, 1, 8, 8)]
+    serving = []
+    for out in studio.sample(studio.default_model, "ddim", 0, 2, steps=3, eta=0.0):
+        serving.append(pipe.compiled._busy_serving() and pipe.compiled._active == 1)
+    assert all(serving[:-1]) and pipe.compiled._active == 0  # previews were yielded inside the run
+    assert queued[-1] == (2, 1, 8, 8) and out[3].endswith("· eager (compiling)")
+    monkeypatch.setattr(pipe.compiled, "ready", lambda shape=None: True)
+    assert app.run_mode(pipe, 2) == " · compiled"
+    assert app.run_mode(app.Studio(tiny_model).store.get(None), 2) == ""  # not compiling: nothing said
+
+
 def test_same_seed_same_images(studio):
     kw = dict(steps=4, eta=0.0)
     a = run_all(studio.sample(studio.default_model, "ddim", 11, 2, **kw))[-1][0]
@@ -468,7 +492,7 @@ def test_hub_models_download_on_demand_and_a_failure_keeps_the_current_model(tin
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
-               "CPU_CORES": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+               "CPU_CORES": "1", "GRADIO_ANALYTICS_ENABLED": "False", "COMPILE": "0"}
         log = open(tmp_path / "app.log", "w")
         proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--model", tiny_model, "--host", "127.0.0.1",
                                  "--port", str(port)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
