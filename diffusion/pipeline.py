@@ -79,6 +79,8 @@ class DiffusionPipeline:
     def sampler_options(self, sampler: str, **overrides: Any) -> BaseOptions:
         """The sampler's options: its diffusers scheduler's defaults, then the keys this checkpoint's
         scheduler config sets (prediction type, clipping, spacing, variance...), then ``overrides``.
+        A config key the sampler's diffusers counterpart would honour and it cannot (``use_karras_sigmas``
+        for Euler...) raises ValueError instead of sampling something else.
 
         As diffusers' ``Scheduler.from_config``: a key the config leaves out (or lists in
         ``_use_default_values``) keeps the sampler's own default, e.g. DPM-Solver++'s "linspace"
@@ -86,6 +88,7 @@ class DiffusionPipeline:
         spec = get_sampler(sampler)
         names = {f.name for f in dataclasses.fields(spec.options)}
         given = set(self.scheduler_config) - set(self.scheduler_config.get("_use_default_values", []))
+        spec.check_config({k: self.scheduler_config[k] for k in given})
         from_config = {k: self.config[k] for k in given if k in names}
         options = spec.make_options(**{**from_config, **{k: v for k, v in overrides.items() if v is not None}})
         # Check the steps against this model's T now, not at the first step of a sampling loop.

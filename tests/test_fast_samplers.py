@@ -4,6 +4,7 @@ on the same model and noise; their model-evaluation counts; their options."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -247,6 +248,23 @@ def test_options_come_from_the_config_as_diffusers_from_config():
     assert loaded.sampler_options("heun").timestep_spacing == "linspace" and loaded.sampler_options("heun").clip_sample is False
     assert loaded.sampler_options("pndm", skip_prk_steps=True).skip_prk_steps is True
     assert tiny_pipeline({"set_alpha_to_one": True}).sampler_options("pndm").set_alpha_to_one is True
+
+
+@pytest.mark.parametrize("name", ["dpm-solver++", "euler", "heun"])
+def test_config_keys_diffusers_would_honour_are_refused_not_ignored(name):
+    """A scheduler config asking for what diffusers' scheduler of the same name would do and ours does
+    not (Karras sigmas...) is refused with the key; the "off" values, as diffusers saves them, pass;
+    samplers whose diffusers counterpart ignores the key (DDIM) still sample."""
+    spec = get_sampler(name)
+    defaults = make_scheduler(name).config
+    assert spec.refuses and all(defaults[k] == off for k, off in spec.refuses.items())  # "off" is diffusers' default
+    assert tiny_pipeline(dict(defaults)).sampler_options(name).num_inference_steps > 0
+    for key, off in spec.refuses.items():
+        on = {False: True, "discrete": "continuous"}.get(off, -5.0)
+        with pytest.raises(ValueError, match=re.escape(f"sets {key}={on!r}, which diffusers honours but the '{name}' sampler does not")):
+            tiny_pipeline({key: on}).sampler_options(name)
+        assert tiny_pipeline({key: on}).sampler_options("ddim").num_inference_steps == 50
+        assert tiny_pipeline({key: on, "_use_default_values": [key]}).sampler_options(name)  # diffusers' own default
 
 
 def test_registry_lists_the_new_samplers_with_diffusers_defaults():

@@ -138,14 +138,26 @@ def clip_x0(x0: torch.Tensor, options: SamplerOptions) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A registered sampler: its function, its options class, a one-line description and, for samplers
-    that do not evaluate the model once at each of :func:`select_timesteps`, their own ``plan``."""
+    """A registered sampler: its function, its options class, a one-line description, for samplers
+    that do not evaluate the model once at each of :func:`select_timesteps` their own ``plan``, and the
+    scheduler-config keys its diffusers counterpart honours but it does not implement (``refuses``: key
+    -> the value that leaves the maths unchanged)."""
 
     name: str
     fn: Sampler
     options: type[BaseOptions]
     description: str
     plan: Callable[[int, Any], list[float]] | None = None
+    refuses: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def check_config(self, config: dict[str, Any]) -> None:
+        """Raise ValueError if ``config`` (the keys a model's scheduler config sets) asks for something
+        diffusers would do and this sampler would silently not (Karras sigmas, say)."""
+        for key, off in self.refuses.items():
+            if key in config and config[key] is not None and config[key] != off:
+                raise ValueError(f"This model's scheduler config sets {key}={config[key]!r}, which diffusers honours but the "
+                                 f"{self.name!r} sampler does not implement, so its samples would differ from diffusers'. "
+                                 f"Pick another sampler, or remove {key!r} from the model's scheduler_config.json.")
 
     def timesteps(self, T: int, options: BaseOptions) -> list[float]:
         """The timestep of every model evaluation, in order (diffusers' ``scheduler.timesteps``), for a
@@ -168,12 +180,14 @@ SAMPLERS: dict[str, SamplerSpec] = {}
 
 
 def register(name: str, options: type[BaseOptions], description: str,
-             plan: Callable[[int, Any], list[float]] | None = None) -> Callable[[Sampler], Sampler]:
+             plan: Callable[[int, Any], list[float]] | None = None,
+             refuses: dict[str, Any] | None = None) -> Callable[[Sampler], Sampler]:
     """Decorator adding a sampler to :data:`SAMPLERS` (the CLI and the studio list what is there).
-    ``plan(T, options)``: the timestep of every model evaluation (see :meth:`SamplerSpec.timesteps`)."""
+    ``plan(T, options)``: the timestep of every model evaluation (see :meth:`SamplerSpec.timesteps`);
+    ``refuses``: see :class:`SamplerSpec`."""
 
     def wrap(fn: Sampler) -> Sampler:
-        SAMPLERS[name] = SamplerSpec(name, fn, options, description, plan)
+        SAMPLERS[name] = SamplerSpec(name, fn, options, description, plan, refuses or {})
         return fn
 
     return wrap

@@ -60,7 +60,9 @@ def dpm_solver_timesteps(T: int, options: DPMSolverOptions) -> list[int]:
 
 @register("dpm-solver++", DPMSolverOptions,
           "DPM-Solver++(2M) (Lu et al. 2022): 2nd-order multistep ODE solver, 1 evaluation per step, 20 steps",
-          dpm_solver_timesteps)
+          dpm_solver_timesteps,
+          refuses={"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False,
+                   "use_flow_sigmas": False, "use_dynamic_shifting": False, "lambda_min_clipped": -math.inf})
 def dpm_solver(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DPMSolverOptions,
                generator: torch.Generator | None = None) -> Iterator[Step]:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; orders 1 and 3 as diffusers), as diffusers'

@@ -31,7 +31,8 @@ def euler_timesteps(T: int, options: EulerOptions) -> list[float]:
 
 
 @register("euler", EulerOptions, "Euler (Karras et al. 2022): 1st-order ODE steps in sigma, 1 evaluation per step",
-          euler_timesteps)
+          euler_timesteps,
+          refuses={"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False, "timestep_type": "discrete"})
 def euler(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: EulerOptions,
           generator: torch.Generator | None = None) -> Iterator[Step]:
     """Euler steps on dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, Algorithm 2 with

@@ -29,7 +29,8 @@ def heun_timesteps(T: int, options: HeunOptions) -> list[float]:
 
 
 @register("heun", HeunOptions, "Heun (Karras et al. 2022): 2nd-order ODE steps in sigma, 2 evaluations per step",
-          heun_timesteps)
+          heun_timesteps,
+          refuses={"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False})
 def heun(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: HeunOptions,
          generator: torch.Generator | None = None) -> Iterator[Step]:
     """Heun steps on dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, Algorithm 1), as
