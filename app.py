@@ -195,7 +195,8 @@ class ModelStore:
                                title="Download failed") from None
             pipe.unet.eval().requires_grad_(False)
             if self.compile and device() == "cpu":
-                pipe.compile(background=True, batch_sizes=COMPILE_BATCHES)
+                _, h, w = pipe.image_shape  # ahead of time: the image counts a 20-evaluation request may have
+                pipe.compile(background=True, batch_sizes=tuple(n for n in COMPILE_BATCHES if n * h * w * 20 <= work_budget(pipe)))
             self._models[key] = pipe
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)

@@ -248,6 +248,10 @@ def test_compiling_studio_queues_compiles_and_keeps_them_out_of_requests(tiny_mo
     monkeypatch.setattr(pipe.compiled, "ready", lambda shape=None: True)
     assert app.run_mode(pipe, 2) == " · compiled"
     assert app.run_mode(app.Studio(tiny_model).store.get(None), 2) == ""  # not compiling: nothing said
+    queued.clear()
+    monkeypatch.setattr(app, "work_budget", lambda pipe: 4 * 8 * 8 * 20)  # a costly model: 4 images x 20 evaluations
+    app.Studio(tiny_model, compile=True).store.get(None)
+    assert queued == [(4, 1, 8, 8)]  # only the image counts its budget allows are compiled ahead
 
 
 def test_same_seed_same_images(studio):
