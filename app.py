@@ -315,9 +315,7 @@ def make_options(pipe: diffusion.DiffusionPipeline, sampler: str, values: dict[s
     if steps is not None and not 1 <= steps <= T:
         raise gr.Error(f"Steps must be between 1 and {T} (this model's training timesteps); got {steps}.")
     try:
-        options = pipe.sampler_options(sampler, **chosen)
-        # Samplers pick their timesteps lazily; check the choice now so the message comes first.
-        get_sampler(sampler).timesteps(T, options)
+        options = pipe.sampler_options(sampler, **chosen)  # also checks the timesteps this model's T allows
     except ValueError as e:
         raise gr.Error(str(e)) from None
     return options
@@ -688,10 +686,9 @@ def schedule_figure(data: dict[str, np.ndarray], title: str = "") -> Any:
     return fig
 
 
-def planned_timesteps(pipe: diffusion.DiffusionPipeline, options: SamplerOptions) -> list[int]:
-    """The timesteps the sampler of these options will evaluate the model at, rounded (a run records the exact ones)."""
-    spec = next(s for s in SAMPLERS.values() if type(options) is s.options)
-    return [round(t) for t in spec.timesteps(pipe.schedule.num_train_timesteps, options)]
+def planned_timesteps(pipe: diffusion.DiffusionPipeline, sampler: str, options: SamplerOptions) -> list[int]:
+    """The timesteps ``sampler`` will evaluate the model at, rounded (a run records the exact ones)."""
+    return [round(t) for t in get_sampler(sampler).timesteps(pipe.schedule.num_train_timesteps, options)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -899,7 +896,7 @@ class Studio:
             return gr.skip()
         try:
             opts = make_options(pipe, sampler, _split_options(options))
-            visited = planned_timesteps(pipe, opts)
+            visited = planned_timesteps(pipe, sampler, opts)
         except gr.Error:
             return gr.skip()
         return schedule_figure(schedule_plot_data(pipe.schedule.alphas_cumprod.numpy(), visited),

@@ -69,6 +69,7 @@ def main() -> None:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         unet(x, t)
     flops_step = counter.get_total_flops()
+    conv_flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
     request = flops_step * args.steps
 
     # Every convolution's input, recorded at the request's batch size.
@@ -84,7 +85,6 @@ def main() -> None:
     with torch.no_grad(), unet.frozen_weights({}):
         step = seconds(lambda: unet(x, t), args.reps)
         conv = sum(seconds(lambda m=m, i=i: m(i), args.reps) for m, i in calls)
-    conv_flops = sum(2 * m.weight.numel() * (m(i).shape[-2] * m(i).shape[-1]) * i.shape[0] for m, i in calls)
     peak2 = matmul_rate()  # again after the UNet: the machine may have changed speed meanwhile
     rate = max(peak, peak2)
 

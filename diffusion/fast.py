@@ -86,6 +86,7 @@ class CompiledUNet:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._busy = False  # the worker is compiling a signature it took off the queue
         self._mode, self._options = mode, options or {}
         self._active = 0  # calls running now
         self._last_call = 0.0  # time.monotonic() at the end of the last call
@@ -100,17 +101,13 @@ class CompiledUNet:
         return (tuple(x.shape), x.stride(), x.dtype, x.device, tuple(t.shape), grad)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        self._active += 1
-        try:
+        with self.serving():
             return self._call(x, t)
-        finally:
-            self._active -= 1
-            self._last_call = time.monotonic()
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[None]:
-        """Count the block as one long call: the background compile keeps out of it (a server wraps
-        each request in it, so the gaps between a request's steps and its post-processing count too)."""
+        """Count the block as one call: the background compile keeps out of it. Every call is one; a
+        server wraps each request in it, so the gaps between a request's steps count too."""
         self._active += 1
         try:
             yield
@@ -173,8 +170,6 @@ class CompiledUNet:
                     return False
                 self._wake.wait(left)
         return True
-
-    _busy = False
 
     def _enqueue(self, sig: Signature, x: torch.Tensor, t: torch.Tensor) -> None:
         with self._lock:

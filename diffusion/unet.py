@@ -240,7 +240,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
-        h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        h = group_norm(self.group_norm, x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q, k, v = (proj(h).view(b, -1, self.heads, c // self.heads).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
         h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         h = self.to_out[0](h.transpose(1, 2).reshape(b, -1, c))

@@ -110,7 +110,7 @@ def test_fewer_evaluation_samplers_get_controls_and_run(studio, pipe):
                                      ("dpm-solver++", {"num_inference_steps": 1000, "timestep_spacing": "leading"}, "repeats timesteps")]:
         with pytest.raises(gr.Error, match=message):
             app.make_options(pipe, sampler, values)
-    assert app.planned_timesteps(pipe, app.make_options(pipe, "heun", {"num_inference_steps": 3})) == [666, 333, 333, 0, 0]
+    assert app.planned_timesteps(pipe, "heun", app.make_options(pipe, "heun", {"num_inference_steps": 3})) == [666, 333, 333, 0, 0]
     for sampler, extra, evaluations in [("dpm-solver++", {}, 5), ("euler", {}, 5), ("heun", {}, 9), ("pndm", {}, 14),
                                         ("pndm", {"skip_prk_steps": True}, 6)]:
         *_, (image, gallery, grid, info, traj) = run_all(studio.sample(studio.default_model, sampler, 0, 2, steps=5, **extra))
@@ -360,7 +360,7 @@ def test_compare_runs_both_panels_from_the_same_noise(studio, monkeypatch):
 # ------------------------------------------------------------------------------------------- schedule plot
 
 def test_schedule_plot_data(pipe):
-    visited = app.planned_timesteps(pipe, app.make_options(pipe, "ddim", {"num_inference_steps": 10}))
+    visited = app.planned_timesteps(pipe, "ddim", app.make_options(pipe, "ddim", {"num_inference_steps": 10}))
     assert visited == list(range(900, -1, -100))
     d = app.schedule_plot_data(pipe.schedule.alphas_cumprod, visited + [5000])
     assert len(d["t"]) == len(d["abar"]) == 1000 and list(d["visited"]) == sorted(visited)

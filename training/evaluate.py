@@ -91,15 +91,14 @@ def generate(pipe: DiffusionPipeline, sampler: str, options: Any, n: int, batch_
 
 def steps_for_evaluations(pipe: DiffusionPipeline, sampler: str, evaluations: int, **options: Any) -> int:
     """The most steps whose loop spends at most ``evaluations`` model evaluations (Heun spends 2N - 1,
-    PNDM's Runge-Kutta warm-up more), counted by running the sampler on a stand-in model."""
-    schedule, best = pipe.schedule, 0
+    PNDM's Runge-Kutta warm-up more: the length of :meth:`SamplerSpec.timesteps`)."""
+    spec, best = get_sampler(sampler), 0
     for steps in range(1, evaluations + 1):
         try:
             opts = pipe.sampler_options(sampler, **{**options, "num_inference_steps": steps})
         except ValueError:
             continue
-        used = sum(s.evaluations for s in get_sampler(sampler).fn(lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 1, 1), schedule, opts, None))
-        if used <= evaluations:
+        if len(spec.timesteps(pipe.schedule.num_train_timesteps, opts)) <= evaluations:
             best = steps
     if not best:
         raise ValueError(f"{sampler} cannot run on {evaluations} model evaluations.")

@@ -9,7 +9,7 @@ import torch
 
 from ..schedule import NoiseSchedule
 from .base import BaseOptions, DiffusersSpacing, ModelFn, Step, register
-from .sigmas import denoised, final_sigma, init_noise_sigma, karras_timesteps, sigmas_at, vp_scale
+from .sigmas import denoised, final_sigma, init_noise_sigma, sigma_timesteps, sigmas_at, vp_scale
 
 FinalSigma = Literal["zero", "sigma_min"]
 
@@ -27,7 +27,7 @@ class EulerOptions(BaseOptions):
 
 def euler_timesteps(T: int, options: EulerOptions) -> list[float]:
     """One model evaluation per step, at fractional timesteps for the linspace spacing."""
-    return [float(t) for t in karras_timesteps(T, options)]
+    return [float(t) for t in sigma_timesteps(T, options)]
 
 
 @register("euler", EulerOptions, "Euler (Karras et al. 2022): 1st-order ODE steps in sigma, 1 evaluation per step",
@@ -42,7 +42,7 @@ def euler(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: Eul
     ``x`` is x_T ~ N(0, I); it is scaled to x_sigma here (diffusers' ``init_noise_sigma``).
     """
     o = options
-    ts = karras_timesteps(schedule.num_train_timesteps, o)
+    ts = sigma_timesteps(schedule.num_train_timesteps, o)
     sigmas = [float(s) for s in sigmas_at(schedule, ts)] + [final_sigma(schedule, o.final_sigmas_type)]
     # (1) x_sigma_0 from x_T: multiplied by sigma_max (sqrt(sigma_max^2 + 1) for "leading"), as diffusers.
     x = x * init_noise_sigma(sigmas, o.timestep_spacing)

@@ -9,7 +9,7 @@ import torch
 
 from ..schedule import NoiseSchedule
 from .base import DiffusersSpacing, ModelFn, SamplerOptions, Step, clip_x0, register
-from .sigmas import denoised, init_noise_sigma, karras_timesteps, sigmas_at, vp_scale
+from .sigmas import denoised, init_noise_sigma, sigma_timesteps, sigmas_at, vp_scale
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class HeunOptions(SamplerOptions):
 
 def heun_timesteps(T: int, options: HeunOptions) -> list[float]:
     """t_0, then t_1, t_1, ..., t_{N-1}, t_{N-1}: 2N - 1 evaluations (the last step is an Euler step)."""
-    ts = [float(t) for t in karras_timesteps(T, options)]
+    ts = [float(t) for t in sigma_timesteps(T, options)]
     return ts[:1] + [t for t in ts[1:] for _ in range(2)]
 
 
@@ -41,7 +41,7 @@ def heun(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: Heun
     ``x`` is x_T ~ N(0, I); it is scaled to x_sigma here (diffusers' ``init_noise_sigma``).
     """
     o = options
-    ts = karras_timesteps(schedule.num_train_timesteps, o)
+    ts = sigma_timesteps(schedule.num_train_timesteps, o)
     sigmas = [float(s) for s in sigmas_at(schedule, ts)] + [0.0]
     x = x * init_noise_sigma(sigmas, o.timestep_spacing)
     x_t = x * vp_scale(sigmas[0])

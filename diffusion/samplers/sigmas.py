@@ -18,7 +18,7 @@ from ..schedule import NoiseSchedule, Prediction
 from .base import BaseOptions, check_offset, check_steps
 
 
-def karras_timesteps(T: int, options: BaseOptions) -> np.ndarray:
+def sigma_timesteps(T: int, options: BaseOptions) -> np.ndarray:
     """The descending, possibly fractional timesteps of diffusers' ``EulerDiscreteScheduler`` and
     ``HeunDiscreteScheduler.set_timesteps`` (float32, as there, so the model sees the same values).
 
