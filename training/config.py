@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ class TrainConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    # uniform: Ho et al. 2020's unweighted MSE; min_snr: Hang et al. 2023, weights min(SNR_t, gamma) on the x0 error
+    loss_weighting: Literal["uniform", "min_snr"] = "uniform"
+    min_snr_gamma: float = 5.0
     # optimisation
     steps: int = 10_000
     batch_size: int = 128  # global: split over the processes of torchrun
@@ -48,6 +52,7 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False
     seed: int = 0
+    init_from: str = ""  # an exported model folder (or Hub id): model and EMA start from its weights, fresh optimizer
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-identical resume on GPU)
     # outputs
     run_dir: str = "runs/fashion-mnist"
@@ -79,6 +84,10 @@ class TrainConfig:
             problems.append(f"beta_schedule={self.beta_schedule!r} is unknown; choose one of {', '.join(BETA_SCHEDULES)}")
         if self.prediction_type not in PREDICTIONS:
             problems.append(f"prediction_type={self.prediction_type!r} is unknown; choose one of {', '.join(PREDICTIONS)}")
+        if self.loss_weighting not in ("uniform", "min_snr"):
+            problems.append(f"loss_weighting={self.loss_weighting!r} is unknown; choose uniform or min_snr")
+        if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
+            problems.append(f"min_snr_gamma must be a positive number, got {self.min_snr_gamma}")
         if self.precision not in ("fp32", "bf16"):
             problems.append(f"precision={self.precision!r}: use fp32 or bf16 (fp16 overflows in diffusion training)")
         for name in ("lr", "steps", "batch_size", "image_size", "channels", "num_train_timesteps", "ckpt_every", "log_every", "keep_checkpoints", "sample_steps"):

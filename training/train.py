@@ -30,7 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from diffusion.hub import atomic_write, save_pretrained
+import diffusion
+from diffusion.hub import CheckpointError, atomic_write, save_pretrained
 from diffusion.images import save_grid
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedule import NoiseSchedule
@@ -102,8 +103,25 @@ def export(cfg: TrainConfig, ema: UNet, out_dir: Path, step: int) -> Path:
 
 # ----------------------------------------------------------------------------- training
 
+def loss_weights(schedule: NoiseSchedule, cfg: TrainConfig, t: torch.Tensor) -> torch.Tensor | None:
+    """Per-sample loss weights, or None for the unweighted loss (``loss_weighting=uniform``).
+
+    Min-SNR-gamma (Hang et al. 2023, Sec. 3.4): with SNR_t = abar_t / (1 - abar_t), the x0 error is weighted
+    by min(SNR_t, gamma); in terms of each prediction's own error that is
+    epsilon: min(SNR, gamma) / SNR,  x0 (``sample``): min(SNR, gamma),  v: min(SNR, gamma) / (SNR + 1).
+    """
+    if cfg.loss_weighting == "uniform":
+        return None
+    abar = schedule.alphas_cumprod.to(t.device)[t]
+    snr = abar / (1 - abar)
+    clipped = snr.clamp(max=cfg.min_snr_gamma)
+    per_prediction = {"epsilon": clipped / snr, "sample": clipped, "v_prediction": clipped / (snr + 1)}
+    return per_prediction[cfg.prediction_type].float()
+
+
 def diffusion_loss(forward: Any, schedule: NoiseSchedule, cfg: TrainConfig, x0: torch.Tensor, autocast: Any) -> torch.Tensor:
-    """|| target - model(x_t, t) ||^2 (Ho et al. 2020, Algorithm 1; target eps, x0 or v)."""
+    """|| target - model(x_t, t) ||^2 (Ho et al. 2020, Algorithm 1; target eps, x0 or v), weighted per sample
+    by :func:`loss_weights` when ``loss_weighting`` asks for it."""
     # (2) t ~ Uniform({1..T}), eps ~ N(0, I); (3) x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
     t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)
     noise = torch.randn_like(x0)
@@ -111,7 +129,27 @@ def diffusion_loss(forward: Any, schedule: NoiseSchedule, cfg: TrainConfig, x0: 
     # (4) the regression loss, in fp32 whatever the autocast dtype
     with autocast:
         pred = forward(x_t, t)
-    return F.mse_loss(pred.float(), schedule.training_target(cfg.prediction_type, x0, t, noise))
+    target = schedule.training_target(cfg.prediction_type, x0, t, noise)
+    weights = loss_weights(schedule, cfg, t)
+    if weights is None:
+        return F.mse_loss(pred.float(), target)
+    per_sample = (pred.float() - target).square().flatten(1).mean(1)
+    return (weights * per_sample).mean()
+
+
+def load_init_weights(source: str, model: UNet) -> None:
+    """Copy an exported model's weights into ``model`` (``--init_from``); the architecture must match."""
+    try:
+        pipe = diffusion.load(source)
+    except CheckpointError as e:
+        raise ValueError(f"init_from={source!r}: {e}") from None
+    theirs, ours = pipe.unet.config.to_dict(), model.config.to_dict()
+    differ = [k for k in ours if k != "dropout" and theirs.get(k) != ours[k]]
+    if differ:
+        what = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in differ)
+        raise ValueError(f"init_from={source!r} is another architecture than this config describes ({what}). "
+                         "Set the config's unet, image_size and channels to the model's (its training_config.json has them).")
+    model.load_state_dict(pipe.unet.state_dict())
 
 
 def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False) -> dict[str, Any]:
@@ -137,7 +175,10 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     run_dir = Path(cfg.run_dir)
 
     # -- model, EMA, optimiser, warmup
-    model = UNet(cfg.unet_config()).to(device)
+    model = UNet(cfg.unet_config())
+    if cfg.init_from:  # weights from an exported model; a checkpoint found below (a resume) overrides them
+        load_init_weights(cfg.init_from, model)
+    model = model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if rank:
         torch.manual_seed(cfg.seed + rank)  # each rank draws its own timesteps and noise
