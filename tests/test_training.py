@@ -355,3 +355,55 @@ def test_export_loads_in_diffusion_and_diffusers(images, tmp_path):
     main([*as_args(settings(images, tmp_path / "run", steps=4)), "--export", f"--export_dir={again}"])
     assert_identical(diffusion.load(again).unet.state_dict(), ours.state_dict(), "--export weights")
     assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- min-SNR weighting, init_from
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_min_snr_weights_equal_the_formula(images, tmp_path, prediction):
+    """Hang et al. 2023: min(SNR, gamma) on the x0 error, i.e. /SNR for epsilon, x1 for x0, /(SNR + 1) for v."""
+    from diffusion.schedule import NoiseSchedule
+    from training.train import loss_weights
+
+    schedule = NoiseSchedule.from_config()
+    t = torch.tensor([0, 10, 100, 250, 500, 999])
+    abar = schedule.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    gamma = 5.0
+    expected = {"epsilon": torch.minimum(snr, torch.tensor(gamma)) / snr, "sample": torch.minimum(snr, torch.tensor(gamma)),
+                "v_prediction": torch.minimum(snr, torch.tensor(gamma)) / (snr + 1)}[prediction]
+    cfg = tiny_config(images, tmp_path / "run", prediction_type=prediction, loss_weighting="min_snr", min_snr_gamma=gamma)
+    w = loss_weights(schedule, cfg, t)
+    assert torch.allclose(w.double(), expected, rtol=1e-6)
+    # Each gives the same weight to the x0 error: ||x0_hat - x0||^2 = ||eps error||^2 / SNR = ||v error||^2 / (SNR + 1) ... x abar
+    x0_weight = {"epsilon": w.double() * snr, "sample": w.double(), "v_prediction": w.double() * (snr + 1)}[prediction]
+    assert torch.allclose(x0_weight, torch.minimum(snr, torch.tensor(gamma)), rtol=1e-6)
+    assert loss_weights(schedule, tiny_config(images, tmp_path / "u", prediction_type=prediction), t) is None
+    # and the weighted run trains
+    out = train(tiny_config(images, tmp_path / "run", prediction_type=prediction, loss_weighting="min_snr", steps=2, ckpt_every=2))
+    assert all(math.isfinite(v) for _, v in losses(tmp_path / "run")) and out["step"] == 2
+
+
+def test_init_from_loads_model_and_ema_and_refuses_another_architecture(images, tmp_path, capsys):
+    import diffusion
+
+    train(tiny_config(images, tmp_path / "first", steps=4))
+    exported = tmp_path / "first" / "export"
+    start = diffusion.load(exported).unet.state_dict()
+    # steps=0 is refused, so run one step with lr ~ 0 and check both copies started from the export
+    cfg = tiny_config(images, tmp_path / "second", steps=1, lr=1e-30, dropout=0.0, init_from=str(exported), ckpt_every=1)
+    out = train(cfg)
+    for name in ("model", "ema"):
+        for key, value in out[name].state_dict().items():
+            assert torch.allclose(value, start[key], atol=1e-6), f"{name}.{key} did not start from the export"
+    state = read_checkpoint(ckpt(tmp_path / "second", 1))
+    assert state["optimizer"]["state"][0]["step"].item() == 1  # a fresh optimizer, not the first run's
+    assert state["config"]["init_from"] == str(exported)
+    assert json.loads((tmp_path / "second" / "export" / "training_config.json").read_text())["init_from"] == str(exported)
+    # another architecture: one clear message naming the difference, before any training
+    with pytest.raises(SystemExit) as e:
+        main(as_args(settings(images, tmp_path / "third", init_from=str(exported), unet={**TINY_UNET, "layers_per_block": 2})))
+    assert "is another architecture" in str(e.value) and "layers_per_block: 1 there, 2 here" in str(e.value)
+    assert not (tmp_path / "third").exists()
+    with pytest.raises(SystemExit, match="init_from='/nonexistent/model': No model folder"):
+        main(as_args(settings(images, tmp_path / "fourth", init_from="/nonexistent/model")))

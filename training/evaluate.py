@@ -41,7 +41,7 @@ from diffusion.sample import add_sampler_arguments, sampler_overrides
 from diffusion.samplers import get_sampler
 
 from . import classifier as clf
-from .metrics import feature_statistics, frechet_distance, inception_score
+from .metrics import feature_statistics, frechet_distance, inception_score, precision_recall
 
 Metric = Literal["classifier", "inception", "none"]
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "checkpoints" / "fashion-mnist-classifier"
@@ -160,13 +160,18 @@ class Scorer:
         if self.metric == "inception":
             return inception_metrics(images, self.reference, cuda=self.device.startswith("cuda"))
         model, reference, _ = clf.load(self.classifier_dir, self.device)
+        real = clf.extract(model, _reference_images(self.reference or "fashion-mnist-test"))[0]
         if self.reference not in ("", "fashion-mnist-test"):
-            ref_images = _reference_images(self.reference)
-            reference = dict(zip(("mu", "sigma"), feature_statistics(clf.extract(model, ref_images)[0])))
+            reference = dict(zip(("mu", "sigma"), feature_statistics(real)))
         feats, logits = clf.extract(model, torch.from_numpy(images).permute(0, 3, 1, 2))
         mu, sigma = feature_statistics(feats)
         is_mean, is_std = inception_score(logits)
-        return {"fd": frechet_distance(mu, sigma, reference["mu"], reference["sigma"]), "is": is_mean, "is_std": is_std}
+        # Precision/recall compare sets of equal size (Kynkaanniemi et al. 2019): a fixed random subset of the reference.
+        if len(real) > len(feats):
+            real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:len(feats)]]
+        precision, recall = precision_recall(feats, real)
+        return {"fd": frechet_distance(mu, sigma, reference["mu"], reference["sigma"]), "is": is_mean, "is_std": is_std,
+                "precision": precision, "recall": recall}
 
 
 def _reference_images(reference: str) -> torch.Tensor:
@@ -305,15 +310,15 @@ def run_table(pipe: DiffusionPipeline, scorer: Scorer, out: Path, n_long: int, n
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda p: p.write_text(json.dumps(done, indent=1) + "\n"))
             print(f"{row.name}: n={n} NFE={result['model_evaluations']} FD={result.get('fd')} IS={result.get('is')} "
-                  f"({result['seconds']} s)", flush=True)
+                  f"precision={result.get('precision')} recall={result.get('recall')} ({result['seconds']} s)", flush=True)
     return done
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The table as README markdown: sampler, steps, NFE, FD, IS, N, wall time per 1000 samples."""
     kind = "Inception" if rows and rows[0].get("metric", "").startswith("FID") else "classifier"
-    lines = [f"| sampler | setting | steps | NFE | FD ({kind}) | IS ({kind}) | N | s / 1000 samples |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| sampler | setting | steps | NFE | FD ({kind}) | IS ({kind}) | precision | recall | N | s / 1000 samples |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         o = r["options"]
         setting = {"ddpm": o.get("variance_type", ""), "ddim": f"eta {o.get('eta', 0):g}"}.get(r["sampler"], "")
@@ -324,7 +329,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         if r["sampler"] == "pndm":
             setting = "PLMS" if o.get("skip_prk_steps") else "PRK warm-up + PLMS"
         lines.append(f"| {r['sampler']} | {setting} | {o['num_inference_steps']} | {r['model_evaluations']} | "
-                     f"{r.get('fd', float('nan')):.3f} | {r.get('is', float('nan')):.2f} | {r['n']:,} | {r['seconds_per_1000']:.2f} |")
+                     f"{r.get('fd', float('nan')):.3f} | {r.get('is', float('nan')):.2f} | {r.get('precision', float('nan')):.3f} | "
+                     f"{r.get('recall', float('nan')):.3f} | {r['n']:,} | {r['seconds_per_1000']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

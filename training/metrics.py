@@ -1,4 +1,5 @@
-"""Sample-quality metrics: the Frechet distance between feature Gaussians and the Inception Score.
+"""Sample-quality metrics: the Frechet distance between feature Gaussians, the Inception Score, and improved
+precision and recall.
 
 FID (Heusel et al. 2017) and IS (Salimans et al. 2016) are these two formulas on Inception-v3 features;
 ``training/evaluate.py`` computes them with torch-fidelity on Inception-v3, or with the functions here on
@@ -57,3 +58,19 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
         scores.append((chunk.exp() * (chunk - log_py)).sum(1).mean().exp())
     s = torch.stack(scores)
     return float(s.mean()), float(s.std(unbiased=False))
+
+
+def precision_recall(generated: torch.Tensor, real: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019, Sec. 2): each feature vector's k-th nearest
+    neighbour among its own set (k = 3) is the radius of a ball around it; precision is the share of
+    generated features inside some ball of a real one (samples on the data manifold), recall the share of
+    real features inside some ball of a generated one (modes covered). Computed by torch-fidelity."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    if generated.ndim != 2 or real.ndim != 2 or generated.shape[1] != real.shape[1]:
+        raise ValueError(f"Features must be (N, D) with the same D, got {tuple(generated.shape)} and {tuple(real.shape)}.")
+    if min(len(generated), len(real)) <= k:
+        raise ValueError(f"Precision and recall with k={k} need more than {k} samples in each set.")
+    m = prc_features_to_metric(generated.double(), real.double(), prc_neighborhood=k, prc_batch_size=2048,
+                               save_cpu_ram=True, verbose=False)
+    return m["precision"], m["recall"]
