@@ -407,3 +407,23 @@ def test_init_from_loads_model_and_ema_and_refuses_another_architecture(images, 
     assert not (tmp_path / "third").exists()
     with pytest.raises(SystemExit, match="init_from='/nonexistent/model': No model folder"):
         main(as_args(settings(images, tmp_path / "fourth", init_from="/nonexistent/model")))
+
+
+def test_model_card_counts_the_training_a_model_was_continued_from(images, tmp_path):
+    from training import model_card
+
+    train(tiny_config(images, tmp_path / "a", steps=2, ckpt_every=2))
+    model_card.main(["--run", str(tmp_path / "a"), "--out", str(tmp_path / "model"), "--command", "first"])
+    first = json.loads((tmp_path / "model" / "training_config.json").read_text())
+    assert first["previous_training"]["images"] == 0 and first["wall_s"] > 0
+    # continued in place, as the bundled model is: the card reads the old config before overwriting it
+    train(tiny_config(images, tmp_path / "b", steps=3, ckpt_every=3, init_from=str(tmp_path / "model"), loss_weighting="min_snr"))
+    section = tmp_path / "extra.md"
+    section.write_text("## Measured\n\n| a | b |\n")
+    model_card.main(["--run", str(tmp_path / "b"), "--out", str(tmp_path / "model"), "--command", "second",
+                     "--section", str(section)])
+    second = json.loads((tmp_path / "model" / "training_config.json").read_text())
+    assert second["previous_training"] == {"source": str(tmp_path / "model"), "images": 2 * 8, "wall_s": first["wall_s"]}
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert f"| in all | {(5 * 8) / 60000:.1f} epochs (40 images)" in card
+    assert "min_snr weighting (gamma 5.0)" in card and "## Measured" in card and "fresh optimizer" in card

@@ -39,6 +39,7 @@ class TrainConfig:
     # uniform: Ho et al. 2020's unweighted MSE; min_snr: Hang et al. 2023, weights min(SNR_t, gamma) on the x0 error
     loss_weighting: Literal["uniform", "min_snr"] = "uniform"
     min_snr_gamma: float = 5.0
+    clip_sample: bool = True  # the exported scheduler config's clip_sample (diffusers' DDPMScheduler default: true)
     # optimisation
     steps: int = 10_000
     batch_size: int = 128  # global: split over the processes of torchrun
@@ -73,7 +74,7 @@ class TrainConfig:
         return {"_class_name": "DDPMScheduler", "num_train_timesteps": self.num_train_timesteps,
                 "beta_schedule": ALIASES.get(self.beta_schedule, self.beta_schedule), "beta_start": self.beta_start,
                 "beta_end": self.beta_end, "prediction_type": self.prediction_type, "variance_type": "fixed_small",
-                "clip_sample": True, "timestep_spacing": "leading", "steps_offset": 0}
+                "clip_sample": self.clip_sample, "timestep_spacing": "leading", "steps_offset": 0}
 
     def validate(self) -> None:
         """Every problem found before any work starts, each with what to change."""

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,25 +44,52 @@ def loss_curve(log_csv: Path, out_png: Path, upto: int) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def previous_training(init_from: str) -> dict[str, Any]:
+    """What the model a run started from (``init_from``) had seen: images and training seconds, its own
+    predecessors included; zeros for a run from scratch."""
+    none = {"source": "", "images": 0, "wall_s": 0.0}
+    config = Path(init_from) / "training_config.json"
+    if not init_from or not config.is_file():
+        return {**none, "source": init_from}
+    cfg = json.loads(config.read_text())
+    earlier = cfg.get("previous_training", none)
+    return {"source": init_from, "images": cfg["trained_steps"] * cfg["batch_size"] + earlier["images"],
+            "wall_s": cfg.get("wall_s", 0.0) + earlier["wall_s"]}
+
+
+def started_from(init_from: str, before: dict[str, Any]) -> str:
+    if not init_from:
+        return "random weights"
+    return f"`{init_from}` ({before['images'] / 60000:.1f} epochs of earlier training), fresh optimizer"
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the run folder (holds export/, log.csv)")
     p.add_argument("--out", required=True)
     p.add_argument("--command", required=True, help="the command that trained it, for the card")
     p.add_argument("--note", default="", help="a sentence about the run for the card (e.g. what else shared the machine)")
-    args = p.parse_args()
+    p.add_argument("--section", action="append", default=[], metavar="FILE.md",
+                   help="markdown appended to the card (measured tables, the recipe comparison); repeatable")
+    args = p.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
     export = run / "export"
     pipe = diffusion.load(export)
     train_cfg = json.loads((export / "training_config.json").read_text())
-    pipe.save_pretrained(out, {"training_config.json": (export / "training_config.json").read_text()})
+    with (run / "log.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= train_cfg["trained_steps"]]
+    images_seen = int(rows[-1]["step"]) * train_cfg["batch_size"]
+    wall_s = float(rows[-1]["elapsed_s"])
+    # A run continued from another model (--init_from) counts that model's training too; read it before
+    # the export below may overwrite it (the bundled model is continued in place).
+    before = previous_training(train_cfg.get("init_from", ""))
+    train_cfg["previous_training"], train_cfg["wall_s"] = before, round(wall_s, 1)
+    pipe.save_pretrained(out, {"training_config.json": json.dumps(train_cfg, indent=2) + "\n"})
     loss_curve(run / "log.csv", out / "loss.png", train_cfg["trained_steps"])
     start = time.perf_counter()
     images = pipe.sample("ddim", n=64, seed=0, num_inference_steps=50)
     sample_s = time.perf_counter() - start
     save_grid(images, out / "samples-ddim50-seed0.png", nrow=8)
-    with (run / "log.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= train_cfg["trained_steps"]]
     last = rows[-1]
     final_loss = sum(float(r["loss"]) for r in rows[-10:]) / min(10, len(rows))
     n_params = sum(t.numel() for t in pipe.unet.parameters())
@@ -89,8 +117,11 @@ The offline default model of Repro-Diffusion-Models: a DDPM UNet (Ho et al. 2020
 | | |
 |---|---|
 | command | `{args.command}` |
-| steps | {int(last["step"])} (batch {train_cfg["batch_size"]}, {int(last["step"]) * train_cfg["batch_size"] / 60000:.1f} epochs) |
-| wall time | {float(last["elapsed_s"]) / 60:.0f} min of training on 2 CPU cores (fp32), sampling grids excluded |
+| steps | {int(last["step"])} (batch {train_cfg["batch_size"]}, {images_seen / 60000:.1f} epochs) |
+| started from | {started_from(train_cfg.get("init_from", ""), before)} |
+| in all | {(images_seen + before["images"]) / 60000:.1f} epochs ({images_seen + before["images"]:,} images), {(wall_s + before["wall_s"]) / 60:.0f} min of training |
+| wall time | {wall_s / 60:.0f} min of training ({train_cfg["precision"]}, {images_seen / wall_s:.0f} images/s), sampling grids excluded |
+| loss | {train_cfg.get("loss_weighting", "uniform")} weighting{f" (gamma {train_cfg.get('min_snr_gamma')})" if train_cfg.get("loss_weighting") == "min_snr" else ""} |
 | final loss | {final_loss:.4f} (training MSE on epsilon, mean of the last logged intervals) |
 | UNet | block_out_channels {train_cfg["unet"]["block_out_channels"]}, attention at 7x7, {train_cfg["unet"]["layers_per_block"]} resnets per level, dropout {train_cfg["dropout"]} |
 | diffusion | T = {train_cfg["num_train_timesteps"]}, {train_cfg["beta_schedule"]} betas {train_cfg["beta_start"]} to {train_cfg["beta_end"]}, predicts {train_cfg["prediction_type"]} |
@@ -98,6 +129,7 @@ The offline default model of Repro-Diffusion-Models: a DDPM UNet (Ho et al. 2020
 
 {args.note}
 
+{"".join(Path(f).read_text().rstrip() + chr(10) + chr(10) for f in args.section)}
 The whole resolved configuration is in `training_config.json`.
 
 ![training loss](loss.png)
