@@ -270,10 +270,10 @@ class Row:
 
 
 def table_rows() -> list[Row]:
-    """The README table: DDPM (both variances) and DDIM (eta 0, 1) at 1000/100/50/10 steps (Ho et al. 2020,
+    """The README table: DDPM (both variances) and DDIM (eta 0, 1) at 1000/100/50/20/10 steps (Ho et al. 2020,
     Table 1; Song et al. 2021, Table 1), then the fewer-evaluation samplers at 10, 20 and 50 evaluations."""
     rows = []
-    for steps in (1000, 100, 50, 10):
+    for steps in (1000, 100, 50, 20, 10):
         for var in ("fixed_large", "fixed_small"):
             rows.append(Row(f"ddpm-{var}-{steps}", "ddpm", {"num_inference_steps": steps, "variance_type": var}, steps == 1000))
         for eta in (0.0, 1.0):
