@@ -11,20 +11,22 @@ import numpy as np
 import torch
 
 from ..schedule import NoiseSchedule, to_x0_eps
-from .base import BaseOptions, DiffusersSpacing, ModelFn, Step, check_offset, check_steps, register
+from .base import DiffusersSpacing, ModelFn, Step, check_offset, check_steps, randn_like, register
+from .noise_levels import NoiseLevelOptions, convert_sigmas, diffusers_sigmas, sigma_to_t, uses_noise_levels
 from .sigmas import final_sigma, sigmas_at
 
 
 @dataclass(frozen=True)
-class DPMSolverOptions(BaseOptions):
+class DPMSolverOptions(NoiseLevelOptions):
     """Defaults are diffusers' ``DPMSolverMultistepScheduler`` (DPM-Solver++(2M), midpoint, linspace
     spacing, first-order last step to sigma 0) with 20 steps: the number diffusers' documentation and
     its users pick for this scheduler (its pipelines default to 50 for every scheduler). No clipping
-    or thresholding: that scheduler does not clip, and thresholding is refused with the checkpoint."""
+    or thresholding: that scheduler does not clip, and thresholding is refused with the checkpoint.
+    ``algorithm_type="sde-dpmsolver++"``: the stochastic variant (noise from the sampler's generator)."""
 
     num_inference_steps: int = 20
     timestep_spacing: DiffusersSpacing = "linspace"
-    algorithm_type: Literal["dpmsolver++"] = "dpmsolver++"
+    algorithm_type: Literal["dpmsolver++", "sde-dpmsolver++"] = "dpmsolver++"
     solver_order: Literal[1, 2, 3] = 2
     solver_type: Literal["midpoint", "heun"] = "midpoint"
     lower_order_final: bool = True
@@ -32,16 +34,26 @@ class DPMSolverOptions(BaseOptions):
     final_sigmas_type: Literal["zero", "sigma_min"] = "zero"
 
 
-def dpm_solver_timesteps(T: int, options: DPMSolverOptions) -> list[int]:
-    """diffusers' ``DPMSolverMultistepScheduler.set_timesteps``: N + 1 points with the last (t = 0,
-    reached by the final step) dropped, one model evaluation at each.
+def dpm_solver_plan(schedule: NoiseSchedule, options: DPMSolverOptions) -> tuple[list[int], list[float]]:
+    """diffusers' ``DPMSolverMultistepScheduler.set_timesteps``: the timestep of each step's model evaluation
+    and its sigma = sigma_t / alpha_t, without the point the last step reaches.
 
+    By spacing, N + 1 points with the last (t = 0) dropped:
     linspace: round(linspace(0, T - 1, N + 1))   leading: arange(N + 1) * (T // (N + 1)) + offset
     trailing: round(arange(T, 0, -T / N)) - 1
+    With a sigma option, N sigmas over the whole trained range, sigma(T - 1) to sigma(0), whatever the spacing;
+    the model sees their timesteps rounded (Karras, except for "squaredcos_cap_v2" betas) or truncated
+    (diffusers' cast to int64), the update uses the sigmas themselves.
     """
-    o = options
+    o, T = options, schedule.num_train_timesteps
     N = o.num_inference_steps
     check_steps(T, N)
+    if uses_noise_levels(o):
+        sigmas = convert_sigmas(diffusers_sigmas(schedule)[::-1], o)
+        t = sigma_to_t(schedule, sigmas)
+        if o.use_karras_sigmas and schedule.beta_schedule != "squaredcos_cap_v2":
+            t = t.round()
+        return [int(v) for v in t], [float(s) for s in sigmas]
     if o.timestep_spacing == "linspace":
         ts = np.linspace(0, T - 1, N + 1).round()[::-1][:-1]
     elif o.timestep_spacing == "leading":
@@ -55,7 +67,12 @@ def dpm_solver_timesteps(T: int, options: DPMSolverOptions) -> list[int]:
         raise ValueError(f"{o.timestep_spacing!r} spacing repeats timesteps at {N} steps of T={T}, where DPM-Solver++ "
                          "divides by zero; use fewer steps or another spacing.")
     check_offset(ts[0], T, o.steps_offset)
-    return ts
+    return ts, [float(s) for s in sigmas_at(schedule, np.array(ts))]
+
+
+def dpm_solver_timesteps(schedule: NoiseSchedule, options: DPMSolverOptions) -> list[int]:
+    """One model evaluation per step, at the timesteps of :func:`dpm_solver_plan`."""
+    return dpm_solver_plan(schedule, options)[0]
 
 
 @register("dpm-solver++", DPMSolverOptions,
