@@ -347,6 +347,7 @@ def test_registry_lists_the_new_samplers_with_diffusers_defaults():
     (lambda: get_sampler("dpm-solver++").make_options(algorithm_type="sde-dpmsolver"), "algorithm_type='sde-dpmsolver' is not one of"),
     (lambda: get_sampler("euler-ancestral").make_options(use_karras_sigmas=True), "Sampler 'euler-ancestral' has no option 'use_karras_sigmas'"),
     (lambda: get_sampler("heun").make_options(use_beta_sigmas=True, use_karras_sigmas=True), "Only one of"),
+    (lambda: get_sampler("euler").make_options(use_karras_sigmas=True, sigma_min=0.0), "sigma_min must be positive"),
     (lambda: get_sampler("dpm-solver++").make_options(solver_type="bh2"), "solver_type='bh2' is not one of 'midpoint', 'heun'"),
     (lambda: get_sampler("dpm-solver++").make_options(final_sigmas_type="one"), "final_sigmas_type='one' is not one of"),
     (lambda: get_sampler("euler").make_options(timestep_spacing="quad"), "timestep_spacing='quad' is not one of 'leading', 'linspace', 'trailing'"),

@@ -28,6 +28,12 @@ class EulerOptions(NoiseLevelOptions):
     sigma_min: float | None = None
     sigma_max: float | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("sigma_min", "sigma_max"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive (or None: the plan's own), got {getattr(self, name)!r}.")
+
 
 def euler_timesteps(schedule: NoiseSchedule, options: EulerOptions) -> list[float]:
     """One model evaluation per step, at fractional timesteps for the linspace spacing and the sigma options."""

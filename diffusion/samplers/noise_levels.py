@@ -6,8 +6,9 @@ timestep the model is evaluated at by interpolating t over log sigma (diffusers'
 
 These plans follow diffusers' float32 sigma table (:func:`diffusers_sigmas`), not the float64 one the
 samplers otherwise use: the ends of the range and the timestep of each sigma then agree to the last bit, so the
-integer timesteps DPM-Solver++ rounds (or truncates) them to are diffusers' too (with float64 sigmas, 1 in ~6 step
-counts put one evaluation a timestep off, and "squaredcos_cap_v2" its first one at 999 instead of 998).
+integer timesteps DPM-Solver++ rounds (or truncates) them to are diffusers' too (with float64 sigmas, some step
+counts put one evaluation a timestep off, e.g. 895 for 896 with Karras sigmas at 18 steps of linear betas, and
+"squaredcos_cap_v2" puts the first at 999 where diffusers truncates 998.99... to 998).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .base import BaseOptions
 from .sigmas import sigma_timesteps, sigmas_at
 
 NOISE_LEVEL_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-RHO = 7.0  # Karras et al. 2022, Sec. 3: "we set rho = 7 for the remainder of this paper"
+RHO = 7.0  # Karras et al. 2022, Sec. 3 and Table 1: the rho of their deterministic sampler
 BETA_ALPHA = BETA_BETA = 0.6  # diffusers' _convert_to_beta defaults
 
 
