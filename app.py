@@ -92,16 +92,23 @@ DELETE_CACHE = (900, 3600)  # every 15 min, delete this app's temp files older t
 # fields), so a newly registered sampler gets controls without changes here; these only polish them.
 PRIMARY_OPTIONS = ("num_inference_steps", "eta", "variance_type", "timestep_spacing")
 HIDDEN_OPTIONS = {"prediction_type",  # a property of the trained model: always the checkpoint's value
-                  "algorithm_type", "interpolation_type"}  # one allowed value: there to refuse configs asking another
+                  "interpolation_type",  # one allowed value: there to refuse configs asking another
+                  "sigma_min", "sigma_max"}  # Euler's ends of Karras / exponential / beta sigmas: the checkpoint's (or the plan's)
 API_NAMES = {"num_inference_steps": "steps"}
 LABELS = {"num_inference_steps": "Steps", "eta": "eta", "variance_type": "Variance type",
           "timestep_spacing": "Timestep selection", "steps_offset": "Steps offset",
           "clip_sample": "Clip predicted x0", "clip_sample_range": "Clip range",
-          "set_alpha_to_one": "Final alpha-bar = 1", "use_clipped_model_output": "Use clipped model output"}
+          "set_alpha_to_one": "Final alpha-bar = 1", "use_clipped_model_output": "Use clipped model output",
+          "use_karras_sigmas": "Karras sigmas", "use_exponential_sigmas": "Exponential sigmas", "use_beta_sigmas": "Beta sigmas",
+          "algorithm_type": "Algorithm"}
 INFO = {"eta": "0: deterministic DDIM; 1: as noisy as DDPM",
         "variance_type": "fixed_small: posterior variance beta~_t; fixed_large: beta_t",
         "timestep_spacing": "how the visited timesteps are spread over 0..T-1",
-        "clip_sample": "clamp the predicted x0 to the data range at every step"}
+        "clip_sample": "clamp the predicted x0 to the data range at every step",
+        "use_karras_sigmas": "noise levels of Karras et al. 2022 (rho = 7) instead of the spacing's; at most one sigma option",
+        "use_exponential_sigmas": "log-uniform noise levels instead of the spacing's",
+        "use_beta_sigmas": "Beta(0.6, 0.6) quantiles of the noise range (dense at both ends)",
+        "algorithm_type": "dpmsolver++: the ODE solver; sde-dpmsolver++: its stochastic (SDE) version"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,7 +342,7 @@ def check_seed(seed: Any) -> int:
 
 def evaluations(pipe: diffusion.DiffusionPipeline, sampler: str, options: SamplerOptions) -> int:
     """Model evaluations a run will spend: the steps for most samplers, 2N - 1 for Heun, N + 9 for PNDM."""
-    return len(get_sampler(sampler).timesteps(pipe.schedule.num_train_timesteps, options))
+    return len(get_sampler(sampler).timesteps(pipe.schedule, options))
 
 
 def check_work(pipe: diffusion.DiffusionPipeline, n: int, steps: int, name: str = "this model") -> int:
@@ -688,7 +695,7 @@ def schedule_figure(data: dict[str, np.ndarray], title: str = "") -> Any:
 
 def planned_timesteps(pipe: diffusion.DiffusionPipeline, sampler: str, options: SamplerOptions) -> list[int]:
     """The timesteps ``sampler`` will evaluate the model at, rounded (a run records the exact ones)."""
-    return [round(t) for t in get_sampler(sampler).timesteps(pipe.schedule.num_train_timesteps, options)]
+    return [round(t) for t in get_sampler(sampler).timesteps(pipe.schedule, options)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ class DiffusionPipeline:
         from_config = {k: self.config[k] for k in given if k in names}
         options = spec.make_options(**{**from_config, **{k: v for k, v in overrides.items() if v is not None}})
         # Check the steps against this model's T now, not at the first step of a sampling loop.
-        spec.timesteps(self.schedule.num_train_timesteps, options)
+        spec.timesteps(self.schedule, options)
         return options
 
     def initial_noise(self, n: int, seed: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -46,19 +46,32 @@ class NoiseSchedule:
     """alpha-bar and friends for t = 0..T-1 (the paper's t = 1..T, shifted as in code)."""
 
     betas: torch.Tensor  # float64, (T,)
+    # The config's name for them (diffusers' ``beta_schedule``, even beside ``trained_betas``): DPM-Solver++
+    # rounds Karras timesteps to integers for every schedule but "squaredcos_cap_v2", as diffusers does.
+    beta_schedule: str = "linear"
+    # The betas as diffusers' schedulers hold them (float32, from torch.linspace in float32 where the schedule is
+    # linear): the Karras, exponential and beta sigma options place timesteps by diffusers' float32 sigmas, so
+    # the timesteps DPM-Solver++ rounds land on the same integers. None: the betas cast to float32.
+    betas_float32: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, beta_schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 1e-4,
                     beta_end: float = 0.02, trained_betas: list[float] | None = None) -> "NoiseSchedule":
+        name = ALIASES.get(beta_schedule, beta_schedule)
         if trained_betas is not None:
-            return cls(torch.tensor(trained_betas, dtype=torch.float64))
-        return cls(make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end))
+            return cls(torch.tensor(trained_betas, dtype=torch.float64), name, torch.tensor(trained_betas, dtype=torch.float32))
+        betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        f32 = {"linear": lambda: torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32),
+               "scaled_linear": lambda: torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2}
+        return cls(betas, name, f32[name]() if name in f32 else None)
 
     def __post_init__(self) -> None:
         self.betas = self.betas.to(torch.float64)
         if self.betas.ndim != 1 or not ((self.betas > 0) & (self.betas < 1)).all():
             raise ValueError("betas must be a 1-D sequence of values in (0, 1).")
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # abar_t = prod_{s<=t} (1 - beta_s)
+        if self.betas_float32 is None:
+            self.betas_float32 = self.betas.to(torch.float32)
 
     @property
     def num_train_timesteps(self) -> int:

@@ -100,19 +100,30 @@ def test_fewer_evaluation_samplers_get_controls_and_run(studio, pipe):
     assert isinstance(order, gr.Dropdown) and order.value == 2 and order.visible and order.preprocess(3) == 3
     assert isinstance(oc.controls["skip_prk_steps"], gr.Checkbox) and oc.controls["skip_prk_steps"].visible is False
     assert [v for _, v in oc.controls["timestep_spacing"].choices] == ["leading", "linspace", "trailing"]
-    assert "algorithm_type" not in oc.controls and "interpolation_type" not in oc.controls  # one allowed value
+    assert "interpolation_type" not in oc.controls and "sigma_min" not in oc.controls  # one allowed value; the checkpoint's
+    algorithm = oc.controls["algorithm_type"]
+    assert isinstance(algorithm, gr.Dropdown) and [v for _, v in algorithm.choices] == ["dpmsolver++", "sde-dpmsolver++"]
+    assert isinstance(oc.controls["use_karras_sigmas"], gr.Checkbox) and oc.controls["use_karras_sigmas"].visible
     ups = dict(zip(oc.controls, oc.updates(pipe, "pndm")[1:]))
     assert ups["skip_prk_steps"]["visible"] and ups["skip_prk_steps"]["value"] is False and not ups["solver_order"]["visible"]
     assert oc.updates(pipe, "ddim")[1 + list(oc.controls).index("timestep_spacing")]["choices"][-1] == "quad"
     assert app.make_options(pipe, "dpm-solver++", {"solver_order": 3, "eta": 0.5}).solver_order == 3
+    ups = dict(zip(oc.controls, oc.updates(pipe, "euler-ancestral")[1:]))
+    assert not ups["use_karras_sigmas"]["visible"] and not ups["algorithm_type"]["visible"] and ups["timestep_spacing"]["visible"]
+    with pytest.raises(gr.Error, match="Only one of"):
+        app.make_options(pipe, "heun", {"use_karras_sigmas": True, "use_beta_sigmas": True})
     for sampler, values, message in [("euler", {"timestep_spacing": "quad"}, "must be one of leading, linspace, trailing"),
                                      ("pndm", {"num_inference_steps": 3}, "warm-up"),
                                      ("dpm-solver++", {"num_inference_steps": 1000, "timestep_spacing": "leading"}, "repeats timesteps")]:
         with pytest.raises(gr.Error, match=message):
             app.make_options(pipe, sampler, values)
     assert app.planned_timesteps(pipe, "heun", app.make_options(pipe, "heun", {"num_inference_steps": 3})) == [666, 333, 333, 0, 0]
+    karras = app.make_options(pipe, "dpm-solver++", {"num_inference_steps": 5, "use_karras_sigmas": True})
+    assert app.planned_timesteps(pipe, "dpm-solver++", karras) == [999, 843, 593, 142, 0]  # diffusers' for Karras sigmas
     for sampler, extra, evaluations in [("dpm-solver++", {}, 5), ("euler", {}, 5), ("heun", {}, 9), ("pndm", {}, 14),
-                                        ("pndm", {"skip_prk_steps": True}, 6)]:
+                                        ("pndm", {"skip_prk_steps": True}, 6), ("euler-ancestral", {}, 5),
+                                        ("dpm-solver++", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, 5),
+                                        ("heun", {"use_exponential_sigmas": True}, 9)]:
         *_, (image, gallery, grid, info, traj) = run_all(studio.sample(studio.default_model, sampler, 0, 2, steps=5, **extra))
         assert f"5 steps · {evaluations} model evaluations" in info and len(gallery) == 2
         assert len(traj) == 6 and traj.timesteps[-1] == -1 and all(isinstance(t, int) for t in traj.timesteps)

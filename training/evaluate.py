@@ -98,7 +98,7 @@ def steps_for_evaluations(pipe: DiffusionPipeline, sampler: str, evaluations: in
             opts = pipe.sampler_options(sampler, **{**options, "num_inference_steps": steps})
         except ValueError:
             continue
-        if len(spec.timesteps(pipe.schedule.num_train_timesteps, opts)) <= evaluations:
+        if len(spec.timesteps(pipe.schedule, opts)) <= evaluations:
             best = steps
     if not best:
         raise ValueError(f"{sampler} cannot run on {evaluations} model evaluations.")

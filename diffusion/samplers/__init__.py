@@ -6,9 +6,10 @@ from .ddim import DDIMOptions, ddim
 from .ddpm import DDPMOptions, ddpm
 from .dpm_solver import DPMSolverOptions, dpm_solver
 from .euler import EulerOptions, euler
+from .euler_ancestral import EulerAncestralOptions, euler_ancestral
 from .heun import HeunOptions, heun
 from .pndm import PNDMOptions, pndm
 
 __all__ = ["SAMPLERS", "SPACINGS", "BaseOptions", "SamplerOptions", "SamplerSpec", "Step", "get_sampler", "randn_like",
-           "select_timesteps", "DDIMOptions", "DDPMOptions", "DPMSolverOptions", "EulerOptions", "HeunOptions",
-           "PNDMOptions", "ddim", "ddpm", "dpm_solver", "euler", "heun", "pndm"]
+           "select_timesteps", "DDIMOptions", "DDPMOptions", "DPMSolverOptions", "EulerOptions", "EulerAncestralOptions", "HeunOptions",
+           "PNDMOptions", "ddim", "ddpm", "dpm_solver", "euler", "euler_ancestral", "heun", "pndm"]

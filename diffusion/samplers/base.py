@@ -147,25 +147,29 @@ class SamplerSpec:
     fn: Sampler
     options: type[BaseOptions]
     description: str
-    plan: Callable[[int, Any], list[float]] | None = None
+    plan: Callable[[NoiseSchedule, Any], list[float]] | None = None
     refuses: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check_config(self, config: dict[str, Any]) -> None:
         """Raise ValueError if ``config`` (the keys a model's scheduler config sets) asks for something
-        diffusers would do and this sampler would silently not (Karras sigmas, say)."""
+        diffusers would do and this sampler would silently not (Lu lambdas, say)."""
         for key, off in self.refuses.items():
             if key in config and config[key] is not None and config[key] != off:
                 raise ValueError(f"This model's scheduler config sets {key}={config[key]!r}, which diffusers honours but the "
                                  f"{self.name!r} sampler does not implement, so its samples would differ from diffusers'. "
                                  f"Pick another sampler, or remove {key!r} from the model's scheduler_config.json.")
 
-    def timesteps(self, T: int, options: BaseOptions) -> list[float]:
+    def timesteps(self, schedule: NoiseSchedule | int, options: BaseOptions) -> list[float]:
         """The timestep of every model evaluation, in order (diffusers' ``scheduler.timesteps``), for a
-        model of T training timesteps: its length is the number of model evaluations. Raises
-        ValueError, with the reason, for options this T cannot take."""
+        model of this noise schedule: its length is the number of model evaluations. An int T stands for
+        the default linear schedule of T timesteps (the same plan unless a Karras, exponential or beta
+        sigma option makes the timesteps depend on the betas). Raises ValueError, with the reason, for
+        options this schedule cannot take."""
+        if not isinstance(schedule, NoiseSchedule):
+            schedule = NoiseSchedule.from_config(num_train_timesteps=schedule)
         if self.plan is not None:
-            return self.plan(T, options)
-        return select_timesteps(T, options.num_inference_steps, options.timestep_spacing, options.steps_offset)
+            return self.plan(schedule, options)
+        return select_timesteps(schedule.num_train_timesteps, options.num_inference_steps, options.timestep_spacing, options.steps_offset)
 
     def make_options(self, **values: Any) -> BaseOptions:
         """Build options, refusing names this sampler does not take (with the list of those it does)."""
@@ -180,10 +184,10 @@ SAMPLERS: dict[str, SamplerSpec] = {}
 
 
 def register(name: str, options: type[BaseOptions], description: str,
-             plan: Callable[[int, Any], list[float]] | None = None,
+             plan: Callable[[NoiseSchedule, Any], list[float]] | None = None,
              refuses: dict[str, Any] | None = None) -> Callable[[Sampler], Sampler]:
     """Decorator adding a sampler to :data:`SAMPLERS` (the CLI and the studio list what is there).
-    ``plan(T, options)``: the timestep of every model evaluation (see :meth:`SamplerSpec.timesteps`);
+    ``plan(schedule, options)``: the timestep of every model evaluation (see :meth:`SamplerSpec.timesteps`);
     ``refuses``: see :class:`SamplerSpec`."""
 
     def wrap(fn: Sampler) -> Sampler:

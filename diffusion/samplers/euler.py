@@ -8,42 +8,52 @@ from typing import Iterator, Literal
 import torch
 
 from ..schedule import NoiseSchedule
-from .base import BaseOptions, DiffusersSpacing, ModelFn, Step, register
-from .sigmas import denoised, final_sigma, init_noise_sigma, sigma_timesteps, sigmas_at, vp_scale
+from .base import DiffusersSpacing, ModelFn, Step, register
+from .noise_levels import NoiseLevelOptions, noise_levels
+from .sigmas import denoised, final_sigma, init_noise_sigma, vp_scale
 
 FinalSigma = Literal["zero", "sigma_min"]
 
 
 @dataclass(frozen=True)
-class EulerOptions(BaseOptions):
+class EulerOptions(NoiseLevelOptions):
     """Defaults are diffusers' ``EulerDiscreteScheduler`` (linspace spacing, linear sigma interpolation,
-    last sigma 0, no churn) with its pipelines' 50 steps. No clipping: that scheduler has none."""
+    last sigma 0, no churn) with its pipelines' 50 steps. No clipping: that scheduler has none.
+    ``sigma_min`` / ``sigma_max``: the ends of Karras, exponential or beta sigmas (None: the spacing's)."""
 
     num_inference_steps: int = 50
     timestep_spacing: DiffusersSpacing = "linspace"
     interpolation_type: Literal["linear"] = "linear"
     final_sigmas_type: FinalSigma = "zero"
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("sigma_min", "sigma_max"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive (or None: the plan's own), got {getattr(self, name)!r}.")
 
 
-def euler_timesteps(T: int, options: EulerOptions) -> list[float]:
-    """One model evaluation per step, at fractional timesteps for the linspace spacing."""
-    return [float(t) for t in sigma_timesteps(T, options)]
+def euler_timesteps(schedule: NoiseSchedule, options: EulerOptions) -> list[float]:
+    """One model evaluation per step, at fractional timesteps for the linspace spacing and the sigma options."""
+    return [float(t) for t in noise_levels(schedule, options)[0]]
 
 
 @register("euler", EulerOptions, "Euler (Karras et al. 2022): 1st-order ODE steps in sigma, 1 evaluation per step",
-          euler_timesteps,
-          refuses={"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False, "timestep_type": "discrete"})
+          euler_timesteps, refuses={"timestep_type": "discrete"})
 def euler(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: EulerOptions,
           generator: torch.Generator | None = None) -> Iterator[Step]:
     """Euler steps on dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, Algorithm 2 with
     S_churn = 0), as diffusers' ``EulerDiscreteScheduler``: the same seed gives the same images.
 
     The model sees the fractional timestep t (``Step.t`` is it rounded) and x_sigma / sqrt(sigma^2 + 1).
-    ``x`` is x_T ~ N(0, I); it is scaled to x_sigma here (diffusers' ``init_noise_sigma``).
+    ``x`` is x_T ~ N(0, I); it is scaled to x_sigma here (diffusers' ``init_noise_sigma``). The sigmas are
+    those of the spacing, or Karras, exponential or beta ones (``use_karras_sigmas``...).
     """
     o = options
-    ts = sigma_timesteps(schedule.num_train_timesteps, o)
-    sigmas = [float(s) for s in sigmas_at(schedule, ts)] + [final_sigma(schedule, o.final_sigmas_type)]
+    ts, sigmas = noise_levels(schedule, o)
+    sigmas = [float(s) for s in sigmas] + [final_sigma(schedule, o.final_sigmas_type)]
     # (1) x_sigma_0 from x_T: multiplied by sigma_max (sqrt(sigma_max^2 + 1) for "leading"), as diffusers.
     x = x * init_noise_sigma(sigmas, o.timestep_spacing)
     x_t = x * vp_scale(sigmas[0])

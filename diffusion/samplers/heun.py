@@ -9,11 +9,12 @@ import torch
 
 from ..schedule import NoiseSchedule
 from .base import DiffusersSpacing, ModelFn, SamplerOptions, Step, clip_x0, register
-from .sigmas import denoised, init_noise_sigma, sigma_timesteps, sigmas_at, vp_scale
+from .noise_levels import NoiseLevelOptions, noise_levels
+from .sigmas import denoised, init_noise_sigma, vp_scale
 
 
 @dataclass(frozen=True)
-class HeunOptions(SamplerOptions):
+class HeunOptions(SamplerOptions, NoiseLevelOptions):
     """Defaults are diffusers' ``HeunDiscreteScheduler`` (linspace spacing, no clipping, last sigma 0)
     with its pipelines' 50 steps (99 model evaluations)."""
 
@@ -22,15 +23,14 @@ class HeunOptions(SamplerOptions):
     clip_sample: bool = False
 
 
-def heun_timesteps(T: int, options: HeunOptions) -> list[float]:
+def heun_timesteps(schedule: NoiseSchedule, options: HeunOptions) -> list[float]:
     """t_0, then t_1, t_1, ..., t_{N-1}, t_{N-1}: 2N - 1 evaluations (the last step is an Euler step)."""
-    ts = [float(t) for t in sigma_timesteps(T, options)]
+    ts = [float(t) for t in noise_levels(schedule, options)[0]]
     return ts[:1] + [t for t in ts[1:] for _ in range(2)]
 
 
 @register("heun", HeunOptions, "Heun (Karras et al. 2022): 2nd-order ODE steps in sigma, 2 evaluations per step",
-          heun_timesteps,
-          refuses={"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False})
+          heun_timesteps)
 def heun(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: HeunOptions,
          generator: torch.Generator | None = None) -> Iterator[Step]:
     """Heun steps on dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, Algorithm 1), as
@@ -38,11 +38,12 @@ def heun(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: Heun
     sigma = 0) being an Euler step (Algorithm 1, line 7).
 
     The model sees fractional timesteps (``Step.t`` is the first one, rounded) and x_sigma / sqrt(sigma^2 + 1).
-    ``x`` is x_T ~ N(0, I); it is scaled to x_sigma here (diffusers' ``init_noise_sigma``).
+    ``x`` is x_T ~ N(0, I); it is scaled to x_sigma here (diffusers' ``init_noise_sigma``). The sigmas are
+    those of the spacing, or Karras, exponential or beta ones (``use_karras_sigmas``...).
     """
     o = options
-    ts = sigma_timesteps(schedule.num_train_timesteps, o)
-    sigmas = [float(s) for s in sigmas_at(schedule, ts)] + [0.0]
+    ts, sigmas = noise_levels(schedule, o)
+    sigmas = [float(s) for s in sigmas] + [0.0]
     x = x * init_noise_sigma(sigmas, o.timestep_spacing)
     x_t = x * vp_scale(sigmas[0])
     for i, t in enumerate(ts):

@@ -33,11 +33,11 @@ class PNDMOptions(BaseOptions):
                              f"got {self.num_inference_steps}; use more steps or skip_prk_steps=True (pure PLMS).")
 
 
-def pndm_timesteps(T: int, options: PNDMOptions) -> list[int]:
+def pndm_timesteps(schedule: NoiseSchedule, options: PNDMOptions) -> list[int]:
     """diffusers' ``PNDMScheduler.timesteps``, one per model evaluation: with the warm-up, 4 per Runge-Kutta
     step (t, s + h, s + h, s from t to the next s, h = T // N // 2) then one per PLMS step, N + 9 in all;
     without, t_0, t_1, t_1, t_2, ..., N + 1 in all (the first step is a predictor-corrector pair)."""
-    o = options
+    o, T = options, schedule.num_train_timesteps
     ts = select_timesteps(T, o.num_inference_steps, o.timestep_spacing, o.steps_offset)
     if o.skip_prk_steps:
         return ts[:1] + ts[1:2] + ts[1:]
