@@ -283,6 +283,13 @@ def table_rows() -> list[Row]:
             # PNDM as PLMS (skip_prk_steps): its Runge-Kutta warm-up alone spends 12 evaluations.
             options = {"skip_prk_steps": True} if sampler == "pndm" else {}
             rows.append(Row(f"{sampler}-nfe{nfe}", sampler, options, False, nfe))
+    # What most users pick first: DPM++ 2M Karras, DPM++ 2M SDE Karras, Euler a.
+    karras = {"use_karras_sigmas": True}
+    for name, sampler, options in (("dpm-solver++-karras", "dpm-solver++", karras),
+                                   ("dpm-solver++-sde-karras", "dpm-solver++", {**karras, "algorithm_type": "sde-dpmsolver++"}),
+                                   ("euler-ancestral", "euler-ancestral", {})):
+        for nfe in (10, 20):
+            rows.append(Row(f"{name}-nfe{nfe}", sampler, options, False, nfe))
     return rows
 
 
@@ -328,6 +335,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             setting += ", eps from clipped x0"
         if r["sampler"] == "pndm":
             setting = "PLMS" if o.get("skip_prk_steps") else "PRK warm-up + PLMS"
+        if r["sampler"] == "dpm-solver++":
+            setting = ", ".join(["SDE" if o.get("algorithm_type") == "sde-dpmsolver++" else "2M"]
+                                + (["Karras sigmas"] if o.get("use_karras_sigmas") else []))
         lines.append(f"| {r['sampler']} | {setting} | {o['num_inference_steps']} | {r['model_evaluations']} | "
                      f"{r.get('fd', float('nan')):.3f} | {r.get('is', float('nan')):.2f} | {r.get('precision', float('nan')):.3f} | "
                      f"{r.get('recall', float('nan')):.3f} | {r['n']:,} | {r['seconds_per_1000']:.2f} |")
