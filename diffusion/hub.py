@@ -92,7 +92,9 @@ def check_writable(path: str | Path, what: str = "file") -> Path:
 
 
 def _short(text: str, limit: int = 120) -> str:
-    """``text`` cut to ``limit`` characters for a message (a 10,000-character argument stays one short line)."""
+    """``text`` cut to ``limit`` characters for a message (a 10,000-character argument stays one short line),
+    control characters escaped (a NUL or a newline in an argument does not break the line)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 4:]} ({len(text):,} characters)"
 
 
