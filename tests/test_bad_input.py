@@ -68,6 +68,7 @@ def test_every_samplers_options_are_checked_by_type(sampler, option, value, mess
     ("ddim", {"clip_sample_range": -1}, "clip_sample_range must be positive, got -1.0"),
     ("ddim", {"eta": -0.1}, "eta must be between 0 and 1"),
     ("ddim", {"eta": math.nan}, "eta must be a finite number"),
+    ("ddim", {"clip_sample_range": 10**400}, "clip_sample_range must be a finite number, got 1000"),
     ("ddim", {"num_inference_steps": 0}, "num_inference_steps must be a positive integer, got 0"),
     ("ddim", {"num_inference_steps": -3}, "num_inference_steps must be a positive integer, got -3"),
     ("ddpm", {"clip_sample": "maybe"}, "clip_sample must be true or false, got 'maybe'"),

@@ -118,7 +118,10 @@ def check_option(owner: str, name: str, hint: Any, value: Any) -> Any:
             value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        try:  # an int too large for a float (10**400) is not finite either
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+        except OverflowError:
+            ok = False
         value = float(value) if ok else value
     elif hint is str:
         ok = isinstance(value, str)
