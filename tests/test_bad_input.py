@@ -403,7 +403,8 @@ def test_git_lfs_pointers_are_named(tmp_path, file, message):
     ("bad\x00name", "is neither a local folder nor a valid Hub repo id"),
     ("two\nlines/x", "is neither a local folder nor a valid Hub repo id"),
     ("./two\nlines", "No model folder at ./two\\nlines"),
-])
+], ids=["10,000 characters", "a 5,000-character name", "a 200-character repo name", "empty", "blank", "a NUL", "a newline in an id",
+        "a newline in a path"])
 def test_unusable_model_names_are_short_messages(source, message):
     with pytest.raises(CheckpointError) as e:
         diffusion.load(source)
