@@ -289,40 +289,15 @@ def default_options(pipe: diffusion.DiffusionPipeline | None, sampler: str) -> S
     return pipe.sampler_options(sampler) if pipe is not None else get_sampler(sampler).make_options()
 
 
-def _coerce(name: str, hint: Any, value: Any) -> Any:
-    label = API_NAMES.get(name, name)
-    if hint is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, (bool, int, np.bool_)):
-            raise gr.Error(f"{label} must be true or false, got {value!r}.")
-        return bool(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not float(value).is_integer():
-            raise gr.Error(f"{label} must be a whole number, got {value!r}.")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
-            raise gr.Error(f"{label} must be a number, got {value!r}.")
-        return float(value)
-    if typing.get_origin(hint) is typing.Literal and value not in typing.get_args(hint):
-        raise gr.Error(f"{label} must be one of {', '.join(map(str, typing.get_args(hint)))}; got {value!r}.")
-    return value
-
-
 def make_options(pipe: diffusion.DiffusionPipeline, sampler: str, values: dict[str, Any]) -> SamplerOptions:
     """Validated sampler options from UI / API values (``values`` may hold options of other samplers:
     they are ignored; ``None`` means the model's default). Raises ``gr.Error`` saying what to change."""
     if sampler not in SAMPLERS:
         raise gr.Error(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
     fields = sampler_fields(sampler)
-    chosen = {k: _coerce(k, fields[k], v) for k, v in values.items() if k in fields and v is not None}
-    T = pipe.schedule.num_train_timesteps
-    steps = chosen.get("num_inference_steps")
-    if steps is not None and not 1 <= steps <= T:
-        raise gr.Error(f"Steps must be between 1 and {T} (this model's training timesteps); got {steps}.")
-    try:
-        options = pipe.sampler_options(sampler, **chosen)  # also checks the timesteps this model's T allows
+    chosen = {k: v for k, v in values.items() if k in fields and v is not None}
+    try:  # types, ranges and the timesteps this model's T allows: checked by the options (diffusion.samplers.base)
+        options = pipe.sampler_options(sampler, **chosen)
     except ValueError as e:
         raise gr.Error(str(e)) from None
     return options

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .hub import CheckpointError, load
+from .hub import CheckpointError, check_writable, load
 from .images import save_grid
 from .pipeline import DiffusionPipeline, to_unit
 from .samplers import SAMPLERS, SPACINGS, Step
@@ -35,6 +35,7 @@ def process_grid(steps: list[Step], frames: int = 8, rows: int = 4) -> torch.Ten
 
 
 def parse_value(text: str) -> Any:
+    """An ``--option`` value: true/false, an integer, a number, else the text (the options check the type)."""
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -46,13 +47,62 @@ def parse_value(text: str) -> Any:
     return text
 
 
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
+
+
+def _int_arg(low: int, high: int | None = None) -> Any:
+    """An argparse type: a whole number from ``low`` (to ``high``), refused in one line otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {low} to {high}" if high is not None
+                                             else f"{value} is out of range: give at least {low}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def check_device(name: str) -> str:
+    """``name`` if torch can sample on that device here (cpu, cuda, cuda:N, mps), else ArgumentTypeError
+    saying what is available."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{name!r}: CUDA is not available on this machine (no GPU or driver, or a CPU-only "
+                                             "PyTorch); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{name!r}: MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{name!r}: sampling runs on cpu, cuda[:N] or mps")
+    return name
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block) with exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def add_sampler_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     """--model, --sampler and the sampler options (shared with ``training.evaluate``)."""
     p.add_argument("--model", required=model_required, help="a model folder (diffusers layout) or a Hugging Face Hub repo id")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit to pin")
     p.add_argument("--offline", action="store_true", help="use only the local Hub cache")
     p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
-    p.add_argument("--steps", type=int, default=None, help="number of sampling steps (default: the sampler's: DDPM 1000, DDIM 50)")
+    p.add_argument("--steps", type=_int_arg(1), default=None, help="number of sampling steps (default: the sampler's: DDPM 1000, DDIM 50)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise scale: 0 deterministic, 1 DDPM-like")
     p.add_argument("--variance-type", choices=["fixed_small", "fixed_large"], default=None, help="DDPM posterior variance")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="timestep selection")
@@ -75,29 +125,52 @@ def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m diffusion.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m diffusion.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampler_arguments(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-n", "--num-images", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: all)")
+    p.add_argument("--seed", type=_int_arg(0, MAX_SEED), default=0)
+    p.add_argument("-n", "--num-images", type=_int_arg(1), default=16)
+    p.add_argument("--batch-size", type=_int_arg(1), default=None, help="images per forward pass (default: all)")
     p.add_argument("--out", default="samples.png", help="PNG grid of the samples")
     p.add_argument("--process", default=None, help="also save the denoising process (x_t and predicted x0) as this PNG")
-    p.add_argument("--process-frames", type=int, default=8)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--process-frames", type=_int_arg(1), default=8)
+    p.add_argument("--device", type=check_device, default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """The output files can be written, checked before any model work (ValueError otherwise)."""
+    check_writable(args.out, "file")
+    if args.process:
+        check_writable(args.process, "file")
+        if Path(args.process).expanduser().resolve() == Path(args.out).expanduser().resolve():
+            raise ValueError(f"--process and --out name the same file ({args.out}); give the process picture another name.")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Sample and save; every expected failure is one ``error:`` line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
         options = sampler_overrides(args)
-        if args.num_images < 1:
-            raise ValueError("-n must be at least 1.")
+        check_outputs(args)  # before the model work, so that a bad path does not lose it
         pipe: DiffusionPipeline = load(args.model, args.revision, local_files_only=args.offline, device=args.device)
         opts = pipe.sampler_options(args.sampler, **options)
+        return _sample(args, pipe, opts)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError (CUDA) is a RuntimeError, and so is the CPU's
+        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "can't allocate memory" not in str(e):
+            raise
+        print(f"error: out of memory on {args.device} for {args.num_images} images ({args.batch_size or args.num_images} "
+              "at once); lower -n or --batch-size.", file=sys.stderr)
+    except OSError as e:  # a full disk while saving, a folder removed meanwhile...
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted; nothing was saved.", file=sys.stderr)
+        return 130
+    return 2
+
+
+def _sample(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any) -> int:
     print(f"{pipe.source}: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f} M parameters, {args.sampler} {opts}")
     generator = torch.Generator("cpu").manual_seed(args.seed)
     x = pipe.initial_noise(args.num_images, args.seed, generator)

@@ -112,7 +112,7 @@ def test_fewer_evaluation_samplers_get_controls_and_run(studio, pipe):
     assert not ups["use_karras_sigmas"]["visible"] and not ups["algorithm_type"]["visible"] and ups["timestep_spacing"]["visible"]
     with pytest.raises(gr.Error, match="Only one of"):
         app.make_options(pipe, "heun", {"use_karras_sigmas": True, "use_beta_sigmas": True})
-    for sampler, values, message in [("euler", {"timestep_spacing": "quad"}, "must be one of leading, linspace, trailing"),
+    for sampler, values, message in [("euler", {"timestep_spacing": "quad"}, "is not one of 'leading', 'linspace', 'trailing'"),
                                      ("pndm", {"num_inference_steps": 3}, "warm-up"),
                                      ("dpm-solver++", {"num_inference_steps": 1000, "timestep_spacing": "leading"}, "repeats timesteps")]:
         with pytest.raises(gr.Error, match=message):
@@ -133,11 +133,14 @@ def test_make_options_validates_with_clear_messages(pipe):
     opts = app.make_options(pipe, "ddim", {"num_inference_steps": 20, "eta": 0.5, "variance_type": "fixed_large"})
     assert (opts.num_inference_steps, opts.eta) == (20, 0.5)
     assert app.make_options(pipe, "ddpm", {"num_inference_steps": None}).num_inference_steps == 1000  # None: default
-    for values, message in [({"num_inference_steps": 0}, "between 1 and 1000"),
+    for values, message in [({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
                             ({"num_inference_steps": 1001}, "between 1 and 1000"),
                             ({"num_inference_steps": 2.5}, "whole number"),
                             ({"eta": 1.5}, "eta must be between 0"),
-                            ({"timestep_spacing": "random"}, "must be one of"),
+                            ({"timestep_spacing": "random"}, "is not one of"),
+                            ({"steps_offset": -5}, r"steps_offset must be a non-negative integer \(every timestep must stay in 0..T-1\)"),
+                            ({"clip_sample_range": float("nan")}, "clip_sample_range must be a finite number"),
+                            ({"clip_sample": "maybe"}, "clip_sample must be true or false"),
                             ({"timestep_spacing": "quad", "num_inference_steps": 900}, "quad")]:
         with pytest.raises(gr.Error, match=message):
             app.make_options(pipe, "ddim", values)
@@ -275,7 +278,7 @@ def test_same_seed_same_images(studio):
 
 def test_sample_refuses_bad_requests_before_working(studio):
     for kwargs, message in [(dict(num_images=0), "number of images"), (dict(num_images=65), "number of images"),
-                            (dict(seed=-5), "seed"), (dict(steps=0), "between 1 and 1000"),
+                            (dict(seed=-5), "seed"), (dict(steps=0), "positive integer"), (dict(steps=1001), "between 1 and 1000"),
                             (dict(model="someone/missing"), "offline mode is on"), (dict(sampler="nope"), "Unknown sampler")]:
         args = dict(model=studio.default_model, sampler="ddim", seed=0, num_images=1, steps=5) | kwargs
         with pytest.raises(gr.Error, match=message):

@@ -172,6 +172,9 @@ def test_table_rows_and_markdown(tiny, tmp_path):
     (["--classifier", "/nonexistent"], "holds no classifier"),
     (["--reference", "nonsense"], "neither fashion-mnist-test"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--out", "/proc/evaluation"], "Cannot write /proc/evaluation: no file can be created in /proc"),
+    (["--option", "steps_offset=-5"], "steps_offset must be a non-negative integer (every timestep must stay in 0..T-1)"),
+    (["--eta", "nan"], "eta must be a finite number, got nan"),
 ])
 def test_evaluate_refuses_unclear_inputs(tiny, tmp_path, capsys, args, message):
     base = ["--model", str(tiny / "model"), "--classifier", str(tiny / "classifier"), "--out", str(tmp_path / "x"), "--device", "cpu"]

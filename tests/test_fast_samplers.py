@@ -214,17 +214,6 @@ def test_evaluations_are_the_model_calls(name, options, nfe):
         assert count_calls(name, steps, **options) == (nfe(steps),) * 3 == (len(scheduler.timesteps),) * 3
 
 
-@pytest.mark.parametrize("name,options", [("dpm-solver++", {}), ("euler", {}), ("euler-ancestral", {}), ("heun", {}), ("pndm", {}),
-                                          ("pndm", {"skip_prk_steps": True})])
-def test_trailing_overshoot_is_diffusers(name, options):
-    """At some N (61 of T = 1000 is the first), diffusers' "trailing" arange(T, 0, -T / N) gets an N + 1-th
-    point, t = -1: its schedulers then take N + 1 steps, and so do ours (DDPM and DDIM too)."""
-    scheduler = make_scheduler(name, timestep_spacing="trailing", **options)
-    scheduler.set_timesteps(61)
-    assert float(scheduler.timesteps[-1]) == -1
-    assert count_calls(name, 61, timestep_spacing="trailing", **options) == (len(scheduler.timesteps),) * 3
-
-
 def test_steps_display_in_the_variance_preserving_scale(unet):
     """x_t / x_prev are x_sigma / sqrt(sigma^2 + 1), each step's x_prev is the next step's x_t, t is an int."""
     x = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))

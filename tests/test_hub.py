@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Loads each (repo, revision) and reports the UNet's output on a fixed input, or the error message.
 SCRIPT = r"""
-import json, sys, torch, diffusion
+import json, sys, time, torch, diffusion
 results = {}
 for repo, revision in json.loads(sys.argv[1]):
+    start = time.perf_counter()
     try:
         pipe = diffusion.load(repo, revision)
         torch.manual_seed(0)
@@ -33,6 +35,7 @@ for repo, revision in json.loads(sys.argv[1]):
             results[f"{repo}@{revision}"] = {"out": pipe.unet(x, torch.tensor([3, 700])).tolist(), "sched": pipe.config}
     except diffusion.CheckpointError as e:
         results[f"{repo}@{revision}"] = {"error": str(e)}
+    results[f"{repo}@{revision}"]["seconds"] = time.perf_counter() - start
 print("RESULTS " + json.dumps(results))
 """
 
@@ -85,8 +88,14 @@ def hub(tmp_path_factory):
     # The server is gone now: what follows can only come from the cache.
     offline = run_loads([("google-test/ddpm-flat", None), ("someone/ddpm-sub", None), ("never/cached", None)],
                         hf_home, server.url, offline=True)
-    unreachable = run_loads([("someone/ddpm-sub", None)], tmp / "empty_home", server.url, offline=False)
-    return {"refs": refs, "online": results, "requests": requests, "offline": offline, "unreachable": unreachable}
+    unreachable = run_loads([("someone/ddpm-sub", None), ("google-test/ddpm-flat", None)], tmp / "empty_home", server.url, offline=False)
+    cached_unreachable = run_loads([("someone/ddpm-sub", None)], hf_home, server.url, offline=False)
+    with socket.socket() as blackhole:  # accepts connections (the kernel's backlog) and never answers
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(8)
+        silent = run_loads([("someone/ddpm-sub", None), ("nobody/missing", None)], hf_home, f"http://127.0.0.1:{blackhole.getsockname()[1]}", offline=False)
+    return {"refs": refs, "online": results, "requests": requests, "offline": offline, "unreachable": unreachable,
+            "cached_unreachable": cached_unreachable, "silent": silent}
 
 
 def test_flat_google_repo_loads_through_hf_endpoint(hub):
@@ -135,3 +144,22 @@ def test_offline_and_not_cached_names_the_repo(hub):
 def test_unreachable_hub_names_the_repo(hub):
     msg = hub["unreachable"]["someone/ddpm-sub@None"]["error"]
     assert "'someone/ddpm-sub'" in msg and "could not be reached" in msg
+
+
+def test_an_unreachable_hub_costs_one_quick_probe(hub):
+    """Refused connections: one probe, then the cache alone: seconds, not huggingface_hub's ~25 s of retries
+    per file; a cached repo still loads."""
+    for key in ("someone/ddpm-sub@None", "google-test/ddpm-flat@None"):
+        r = hub["unreachable"][key]
+        assert "could not be reached" in r["error"] and r["seconds"] < 5, r
+    cached = hub["cached_unreachable"]["someone/ddpm-sub@None"]
+    assert "error" not in cached and cached["seconds"] < 5, cached
+    np.testing.assert_allclose(np.array(cached["out"]), reference(hub["refs"]["sub"]), atol=1e-5)
+
+
+def test_a_silent_hub_costs_the_probe_timeout(hub):
+    """A Hub that accepts connections and never answers: the probe gives up after HUB_PROBE_TIMEOUT (3 s), then
+    the cache: a cached repo loads, an unknown one is a clear error, each within seconds."""
+    cached, missing = hub["silent"]["someone/ddpm-sub@None"], hub["silent"]["nobody/missing@None"]
+    assert "error" not in cached and cached["seconds"] < 8, cached
+    assert "'nobody/missing'" in missing["error"] and "could not be reached" in missing["error"] and missing["seconds"] < 8, missing

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from diffusion.samplers import get_sampler
 from diffusion.schedule import BETA_SCHEDULES, PREDICTIONS, ALIASES
 from diffusion.unet import UNetConfig
 
@@ -107,6 +108,12 @@ class TrainConfig:
             self.unet_config()
         except (TypeError, ValueError) as e:
             problems.append(f"the UNet cannot be built: {e}")
+        if self.sample_steps > 0 and self.num_train_timesteps > 0:  # the sample grids' DDIM options, checked as every sampler's
+            try:
+                ddim = get_sampler("ddim")
+                ddim.timesteps(self.num_train_timesteps, ddim.make_options(num_inference_steps=self.sample_steps))
+            except ValueError as e:
+                problems.append(f"sample_steps: {e}")
         if problems:
             raise ValueError("Invalid training config:\n  - " + "\n  - ".join(problems))
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 DATASETS = (*TORCHVISION, "folder")
+DEFAULT_ROOT = "data"  # TrainConfig.data_root's default: for fashion-mnist, Debian's copy is used before it
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
@@ -68,17 +69,22 @@ def _folder(root: str, image_size: int, channels: int) -> torch.Tensor:
 
 def load_images(name: str, root: str, split: str = "train", image_size: int | None = None, channels: int = 1,
                 download: bool = False) -> torch.Tensor:
-    """The whole split as uint8 (N, C, H, W)."""
+    """The whole split as uint8 (N, C, H, W). With the default ``root`` ("data"), fashion-mnist comes from
+    Debian's copy when it is installed; a ``root`` given explicitly is used, and refused if it is not a folder."""
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     if name == "folder":
         if not root or not Path(root).is_dir():
             raise FileNotFoundError(f"dataset=folder needs --data_root pointing at a folder of images; {root!r} is not a folder.")
         return _folder(root, image_size or 32, channels)
-    if name == "fashion-mnist" and not download:
+    if name == "fashion-mnist" and not download and root in ("", DEFAULT_ROOT):
         local = _debian_fashion_mnist(split)
         if local is not None:
             return local
+    if root not in ("", DEFAULT_ROOT) and not download and not Path(root).is_dir():
+        fallback = f"leave --data_root out to use Debian's copy in {DEBIAN_FASHION_MNIST}, " if name == "fashion-mnist" else ""
+        raise FileNotFoundError(f"data_root={root!r} is not a folder. Point --data_root at the folder that holds {name} "
+                                f"(torchvision's layout), {fallback}or pass --download=true to fetch it there.")
     return _torchvision(name, root, split, download)
 
 

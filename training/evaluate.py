@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from diffusion.hub import CheckpointError, atomic_write, load
+from diffusion.hub import CheckpointError, atomic_write, check_writable, load
 from diffusion.images import to_uint8
 from diffusion.pipeline import DiffusionPipeline, to_unit
-from diffusion.sample import add_sampler_arguments, sampler_overrides
+from diffusion.sample import add_sampler_arguments, check_device, sampler_overrides
 from diffusion.samplers import get_sampler
 
 from . import classifier as clf
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="run every row of the README table instead of one sampler")
     p.add_argument("--rows", nargs="*", default=None, help="with --table: only these rows (names as in table.json, or sampler names)")
     p.add_argument("--n-long", type=int, default=2000, help="with --table: samples for the 1000-step rows")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=check_device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--score", default=None, metavar="IMAGES", help="score these images instead of sampling (--model is "
                    "then ignored): samples.npz from an earlier run, a folder, or a dataset split such as fashion-mnist-train")
     return p
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size < 1:
             raise ValueError("--batch-size must be at least 1.")
         scorer = Scorer(args.metric, args.reference, Path(args.classifier), device)  # type: ignore[arg-type]
-        out = Path(args.out)
+        out = check_writable(args.out, "folder")  # before hours of sampling, not after
         if args.score:
             return score_images(scorer, args.score, args.num_samples, out)
         if not args.model:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import diffusion
-from diffusion.hub import CheckpointError, atomic_write, save_pretrained
+from diffusion.hub import CheckpointError, atomic_write, check_writable, save_pretrained
 from diffusion.images import save_grid
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedule import NoiseSchedule
@@ -152,6 +152,19 @@ def load_init_weights(source: str, model: UNet) -> None:
     model.load_state_dict(pipe.unet.state_dict())
 
 
+def check_output_dirs(cfg: TrainConfig, export_only: bool = False) -> None:
+    """run_dir (unless only exporting) and the export folder can be written: checked before any work, so that
+    a bad path fails before step 1, not at the first checkpoint or after the whole training."""
+    dirs = {"export_dir": cfg.export_dir or str(Path(cfg.run_dir) / "export")}
+    if not export_only:
+        dirs = {"run_dir": cfg.run_dir, **dirs}
+    for key, folder in dirs.items():
+        try:
+            check_writable(folder, "folder")
+        except ValueError as e:
+            raise ValueError(f"{key}={folder!r}: {e}") from None
+
+
 def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False) -> dict[str, Any]:
     # -- processes: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -173,6 +186,7 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     run_dir = Path(cfg.run_dir)
+    check_output_dirs(cfg, export_only)
 
     # -- model, EMA, optimiser, warmup
     model = UNet(cfg.unet_config())
@@ -357,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     try:
         train(cfg, resume=resume, export_only=export_only)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # FileNotFoundError and PermissionError included
         raise SystemExit(f"error: {e}") from None
 
 

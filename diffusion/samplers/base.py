@@ -8,7 +8,9 @@ so callers can show, record or stop the denoising at any point. The last step's 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Protocol
@@ -45,6 +47,115 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric option may take: ``low`` to ``high`` (``open_low``: ``low`` itself excluded).
+    A bound may be a function of T, the model's training timesteps: it is checked once T is known
+    (:meth:`SamplerSpec.timesteps`). ``why`` is said with the refusal."""
+
+    low: float | Callable[[int], float] = -math.inf
+    high: float | Callable[[int], float] = math.inf
+    open_low: bool = False
+    why: str = ""
+
+    def check(self, name: str, value: float, T: int | None = None) -> None:
+        """Raise ValueError if ``value`` is out of range; bounds that need T are skipped while ``T`` is None."""
+        low = self.low(T) if callable(self.low) and T is not None else self.low
+        high = self.high(T) if callable(self.high) and T is not None else self.high
+        low = -math.inf if callable(low) else low
+        high = math.inf if callable(high) else high
+        if (value > low if self.open_low else value >= low) and value <= high:
+            return
+        if math.isfinite(low) and math.isfinite(high):
+            need = f"between {low:g} and {high:g}"
+        elif self.open_low:
+            need = "positive" if low == 0 else f"greater than {low:g}"
+        elif low == 0:
+            need = "a non-negative integer" if isinstance(value, int) else "non-negative"
+        elif low == 1 and isinstance(value, int):
+            need = "a positive integer"
+        else:
+            need = f"at least {low:g}" if math.isfinite(low) else f"at most {high:g}"
+        why = f" ({self.why}{', T = ' + str(T) if T is not None and callable(self.high) else ''})" if self.why else ""
+        raise ValueError(f"{name} must be {need}{why}, got {value!r}.")
+
+
+# The ranges of numeric options, by field name, whichever sampler takes them; a sampler's option that is
+# not here still has its type checked, and a float must be finite. An option that needs a range adds it here.
+OPTION_RANGES: dict[str, Range] = {
+    "num_inference_steps": Range(1),  # at most T: check_steps
+    "steps_offset": Range(0, lambda T: T - 1, why="every timestep must stay in 0..T-1"),
+    "eta": Range(0, 1, why="0: deterministic DDIM, 1: as noisy as DDPM"),
+    "clip_sample_range": Range(0, open_low=True),
+}
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}
+
+
+def check_option(owner: str, name: str, hint: Any, value: Any) -> Any:
+    """``value`` for the option ``name`` of type ``hint``, normalised (numpy scalars to Python, a whole
+    float to int, an int to float, "true"/"false" to bool), or ValueError saying what is wrong: a wrong
+    type, a NaN or infinite float, a value outside :data:`OPTION_RANGES` or the hint's ``Literal``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else Any
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if all(isinstance(a, int) and not isinstance(a, bool) for a in args) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if value not in args or (isinstance(value, bool) and not all(isinstance(a, bool) for a in args)):
+            raise ValueError(f"{owner}: {name}={value!r} is not one of {', '.join(map(repr, args))}.")
+        return value
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        ok = isinstance(value, bool)
+    elif hint is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        try:  # an int too large for a float (10**400) is not finite either
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+        except OverflowError:
+            ok = False
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:  # a type this check does not know: the sampler's own __post_init__ checks it
+        return value
+    if not ok:
+        raise ValueError(f"{name} must be {_TYPE_NAMES[hint]}, got {value!r}.")
+    if name in OPTION_RANGES and hint in (int, float):
+        OPTION_RANGES[name].check(name, value)
+    return value
+
+
+def check_options(options: "BaseOptions", T: int) -> None:
+    """The ranges of :data:`OPTION_RANGES` that depend on the model's T (``steps_offset`` <= T - 1)."""
+    for name, value in dataclasses.asdict(options).items():
+        if name in OPTION_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            OPTION_RANGES[name].check(name, value, T)
+
+
+def check_timesteps(name: str, timesteps: list[float], T: int) -> None:
+    """Every timestep a sampler's options make it visit is one the model was trained on (0..T-1)."""
+    bad = [t for t in timesteps if not 0 <= t <= T - 1]
+    if bad:
+        raise ValueError(f"These options make the {name!r} sampler evaluate the model at t = {bad[0]:g}, outside "
+                         f"its trained timesteps 0..{T - 1}; change steps_offset, the spacing or the number of steps.")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
 class BaseOptions:
     """Options every sampler takes. Field names follow diffusers' scheduler configs, so values from a
     checkpoint's ``scheduler_config.json`` fill them directly."""
@@ -55,16 +166,10 @@ class BaseOptions:
     prediction_type: Prediction = "epsilon"
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            allowed = typing.get_args(f.type) if typing.get_origin(f.type) is Literal else None
-            if isinstance(f.type, str):  # postponed annotations: resolve through the module's names
-                hint = typing.get_type_hints(type(self))[f.name]
-                allowed = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
-            if allowed and value not in allowed:
-                raise ValueError(f"{type(self).__name__}: {f.name}={value!r} is not one of {', '.join(map(repr, allowed))}.")
-        if not isinstance(self.num_inference_steps, (int, np.integer)) or self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps!r}.")
+        """Check every field against its type hint and :data:`OPTION_RANGES` (see :func:`check_option`),
+        storing the normalised value (50.0 -> 50 for an int, numpy scalars -> Python)."""
+        for name, hint in _hints(type(self)).items():
+            object.__setattr__(self, name, check_option(type(self).__name__, name, hint, getattr(self, name)))
 
     def replace(self, **changes: Any) -> "BaseOptions":
         return dataclasses.replace(self, **changes)
@@ -77,11 +182,6 @@ class SamplerOptions(BaseOptions):
 
     clip_sample: bool = True
     clip_sample_range: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.clip_sample_range <= 0:
-            raise ValueError(f"clip_sample_range must be positive, got {self.clip_sample_range}.")
 
 
 class Sampler(Protocol):
@@ -99,6 +199,16 @@ def check_offset(first: float, T: int, offset: int) -> None:
         raise ValueError(f"steps_offset={offset} pushes the first timestep to {first:g}, past the last trained timestep {T - 1}.")
 
 
+def trailing_timesteps(T: int, steps: int) -> np.ndarray:
+    """The "trailing" spacing's ``steps`` descending timesteps, round(arange(T, 0, -T / K)) - 1, as float.
+
+    diffusers' arange gets a K + 1-th point, t = -1, at some K (61 of T = 1000 is the first) through
+    float rounding, and its schedulers then take an extra step at t = -1 (DDPM, DDIM, PNDM read
+    alphas_cumprod[-1], the noisiest alpha-bar, there). We keep the K timesteps asked for: K steps, the
+    model only ever sees trained timesteps (README, "Matching diffusers")."""
+    return np.round(np.arange(T, 0, -T / steps))[:steps] - 1
+
+
 def select_timesteps(T: int, steps: int, spacing: Spacing = "leading", offset: int = 0) -> list[int]:
     """The descending timesteps a sampler visits (diffusers' ``set_timesteps``; Ho et al. 2020's
     respacing in Nichol & Dhariwal 2021, Sec. 4; "quad" is the DDIM paper's, Song et al. 2021, App. D.2).
@@ -112,7 +222,7 @@ def select_timesteps(T: int, steps: int, spacing: Spacing = "leading", offset: i
     elif spacing == "linspace":
         ts = np.linspace(0, T - 1, steps).round()
     elif spacing == "trailing":
-        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64)[::-1] - 1
+        ts = trailing_timesteps(T, steps).astype(np.int64)[::-1]
     elif spacing == "quad":
         ts = np.floor(np.linspace(0, math.sqrt(T * 0.8), steps) ** 2)
         if len(np.unique(ts)) != steps:
@@ -167,9 +277,14 @@ class SamplerSpec:
         options this schedule cannot take."""
         if not isinstance(schedule, NoiseSchedule):
             schedule = NoiseSchedule.from_config(num_train_timesteps=schedule)
+        T = schedule.num_train_timesteps
+        check_options(options, T)
         if self.plan is not None:
-            return self.plan(schedule, options)
-        return select_timesteps(schedule.num_train_timesteps, options.num_inference_steps, options.timestep_spacing, options.steps_offset)
+            ts = self.plan(schedule, options)
+        else:
+            ts = select_timesteps(T, options.num_inference_steps, options.timestep_spacing, options.steps_offset)
+        check_timesteps(self.name, ts, T)
+        return ts
 
     def make_options(self, **values: Any) -> BaseOptions:
         """Build options, refusing names this sampler does not take (with the list of those it does)."""
@@ -205,4 +320,5 @@ def get_sampler(name: str) -> SamplerSpec:
 
 
 __all__ = ["Step", "BaseOptions", "SamplerOptions", "SamplerSpec", "SAMPLERS", "SPACINGS", "PREDICTIONS", "ModelFn",
-           "DiffusersSpacing", "check_steps", "check_offset", "select_timesteps", "randn_like", "clip_x0", "register", "get_sampler"]
+           "DiffusersSpacing", "Range", "OPTION_RANGES", "check_option", "check_options", "check_timesteps", "check_steps",
+           "check_offset", "trailing_timesteps", "select_timesteps", "randn_like", "clip_x0", "register", "get_sampler"]

@@ -20,11 +20,6 @@ class DDIMOptions(SamplerOptions):
     set_alpha_to_one: bool = True
     use_clipped_model_output: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must be between 0 (deterministic DDIM) and 1 (DDPM-like), got {self.eta}.")
-
 
 @register("ddim", DDIMOptions, "DDIM (Song et al. 2021): eta 0 deterministic, eta 1 close to DDPM")
 def ddim(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DDIMOptions,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..schedule import NoiseSchedule, to_x0_eps
-from .base import DiffusersSpacing, ModelFn, Step, check_offset, check_steps, randn_like, register
+from .base import DiffusersSpacing, ModelFn, Step, check_offset, check_steps, randn_like, register, trailing_timesteps
 from .noise_levels import NoiseLevelOptions, convert_sigmas, diffusers_sigmas, sigma_to_t, uses_noise_levels
 from .sigmas import final_sigma, sigmas_at
 
@@ -59,7 +59,7 @@ def dpm_solver_plan(schedule: NoiseSchedule, options: DPMSolverOptions) -> tuple
     elif o.timestep_spacing == "leading":
         ts = (np.arange(0, N + 1) * (T // (N + 1))).round()[::-1][:-1] + o.steps_offset
     elif o.timestep_spacing == "trailing":
-        ts = np.arange(T, 0, -T / N).round() - 1
+        ts = trailing_timesteps(T, N)
     else:
         raise ValueError(f"Timestep spacing {o.timestep_spacing!r} is not one of 'leading', 'linspace', 'trailing'.")
     ts = [int(t) for t in ts]

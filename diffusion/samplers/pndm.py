@@ -67,7 +67,7 @@ def pndm(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: PNDM
     def transfer(x: torch.Tensor, t: int, t_prev: int, out: torch.Tensor) -> torch.Tensor:
         # (1) The transfer part phi(x_t, eps, t, t_prev) (Liu et al. 2022, eq. 9): the DDIM step with the given epsilon,
         #     x_prev = sqrt(a' / a) x - (a' - a) eps / (a sqrt(1 - a') + sqrt(a (1 - a) a')),  a = abar_t, a' = abar_prev.
-        a = schedule.alphas_cumprod[t].item()  # indexed as diffusers (t = -1, from "trailing" at some N: abar_{T-1})
+        a = schedule.alphas_cumprod[t].item()  # t in 0..T-1: "trailing" keeps N timesteps (no t = -1, see base)
         a_prev = schedule.abar(t_prev, final).item()
         eps = to_x0_eps(o.prediction_type, out, x, a)[1]
         denom = a * (1 - a_prev) ** 0.5 + (a * (1 - a) * a_prev) ** 0.5
@@ -102,7 +102,7 @@ def pndm(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: PNDM
         yield Step(0, t, s, x, x0_at(x, t, e0), x_prev, evaluations=2)
         x = x_prev
         start = 1
-    for i in range(start, len(ts)):  # N steps (N + 1 where diffusers' "trailing" arange overshoots to t = -1)
+    for i in range(start, len(ts)):  # N steps
         # (4) PLMS: the pseudo linear multi-step formula of the last (up to) four outputs, then the transfer to t - T // N.
         t = ts[i]
         e = model(x, t)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..schedule import NoiseSchedule, Prediction
-from .base import BaseOptions, check_offset, check_steps
+from .base import BaseOptions, check_offset, check_steps, trailing_timesteps
 
 
 def sigma_timesteps(T: int, options: BaseOptions) -> np.ndarray:
@@ -32,7 +32,7 @@ def sigma_timesteps(T: int, options: BaseOptions) -> np.ndarray:
     elif o.timestep_spacing == "leading":
         ts = (np.arange(0, N) * (T // N)).round()[::-1].copy().astype(np.float32) + o.steps_offset
     elif o.timestep_spacing == "trailing":
-        ts = np.arange(T, 0, -T / N).round().astype(np.float32) - 1
+        ts = trailing_timesteps(T, N).astype(np.float32)
     else:
         raise ValueError(f"Timestep spacing {o.timestep_spacing!r} is not one of 'leading', 'linspace', 'trailing'.")
     check_offset(float(ts.max()), T, o.steps_offset)
