@@ -1,7 +1,7 @@
 """Quality per time: Frechet distance against sampling wall time, one line per sampler, from a table
 written by ``python -m training.evaluate --table`` (every row's time was measured in that same run).
 
-    python benchmarks/quality_per_time.py runs/eval/table/table.json --out docs/quality-per-time.png
+    python benchmarks/quality_per_time.py runs/eval/table/table.json --out runs/eval/quality-per-time.png
 
 Prints, for each row, its time and FD as ratios against DDIM (eta 0) at 100 steps, the baseline the
 fewer-evaluation samplers aim for (the same quality with 10 to 20 model evaluations).
@@ -60,7 +60,7 @@ def plot(rows: list[dict], out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table", help="table.json from training.evaluate --table")
-    p.add_argument("--out", default="docs/quality-per-time.png")
+    p.add_argument("--out", default="runs/eval/quality-per-time.png")
     args = p.parse_args(argv)
     rows = [r for r in json.loads(Path(args.table).read_text()) if "fd" in r]
     if not rows:
