@@ -23,13 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
-from diffusion.hub import load
+from diffusion import load
+from diffusion.machine import unet_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,10 +64,8 @@ def main() -> None:
     unet = pipe.unet.eval().requires_grad_(False)
     x = torch.randn(args.images, *pipe.image_shape)
     t = torch.tensor(500.0)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x, t)
-    flops_step = counter.get_total_flops()
-    conv_flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
+    flops_step, per_op = unet_flops(unet.config, args.images)  # the studio's work budget counts the same way
+    conv_flops = sum(n for op, n in per_op.items() if "convolution" in op)
     request = flops_step * args.steps
 
     # Every convolution's input, recorded at the request's batch size.

@@ -50,7 +50,10 @@ def save_animation(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10
     path = Path(path)
     frames = [f if f.shape[-1] == 3 else np.repeat(f, 3, axis=-1) for f in frames]
     if path.suffix == ".gif":
-        atomic_write(path, lambda p: iio.imwrite(p, frames, extension=".gif", duration=1000 / fps, loop=0))
+        # grey frames are written as such: quantising RGB frames to a palette is several times slower
+        grey = all(np.array_equal(f[..., 0], f[..., 1]) and np.array_equal(f[..., 0], f[..., 2]) for f in frames)
+        data = [f[..., 0] for f in frames] if grey else frames
+        atomic_write(path, lambda p: iio.imwrite(p, data, extension=".gif", duration=1000 / fps, loop=0))
     elif path.suffix == ".mp4":
         # H.264 wants even sizes
         h, w = frames[0].shape[:2]

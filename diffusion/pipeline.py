@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
+from tqdm import tqdm
 
 from .samplers import BaseOptions, Step, get_sampler
 from .schedule import NoiseSchedule
 from .unet import UNet
+
+if TYPE_CHECKING:
+    from .trajectory import Trajectory
 
 # diffusers' DDPMScheduler defaults: what a scheduler config means when it leaves a key out.
 SCHEDULER_DEFAULTS: dict[str, Any] = {
@@ -59,7 +63,7 @@ class DiffusionPipeline:
         self.config = parse_scheduler_config(self.scheduler_config)
         c = self.config
         self.schedule = NoiseSchedule.from_config(c["beta_schedule"], c["num_train_timesteps"], c["beta_start"], c["beta_end"], c["trained_betas"])
-        self.compiled: Any = None  # a diffusion.fast.CompiledUNet once compile() was called
+        self.compiled: Any = None  # a diffusion.compiled.CompiledUNet once compile() found or built one
 
     @property
     def device(self) -> torch.device:
@@ -107,9 +111,9 @@ class DiffusionPipeline:
         between the trained timesteps, as diffusers' UNet2DModel allows). One sampling run: the
         weights count as constants while it is used (:meth:`UNet.frozen_weights`: on the CPU the
         convolution weights are reordered for oneDNN once per run, not at every step); after
-        :meth:`compile`, the compiled UNet runs wherever it is ready."""
+        :meth:`compile`, through the compiled package where it applies."""
         unet, packed = self.unet, {}
-        net = self.compiled if self.compiled is not None else unet
+        net = self.compiled if self.compiled is not None and self.compiled.unet is unet else unet
 
         def model(x: torch.Tensor, t: float) -> torch.Tensor:
             with torch.no_grad(), unet.frozen_weights(packed):
@@ -117,36 +121,63 @@ class DiffusionPipeline:
 
         return model
 
-    def compile(self, background: bool = False, batch_sizes: tuple[int, ...] = ()) -> "DiffusionPipeline":
-        """Sample through ``torch.compile(unet)`` from now on (:class:`diffusion.fast.CompiledUNet`):
-        on a 2-core CPU ~1.5x faster per step for the bundled model, after a compile of ~1-2 min (~10 s
-        with Inductor's on-disk cache warm). ``background``: compile in a low-priority thread and run
-        eagerly until a batch size is ready. ``batch_sizes``: compile these now (or queue them).
-        Without a C++ compiler it warns once and stays eager. Call again after :meth:`to`."""
-        from .fast import CompiledUNet
+    def compile(self, build: bool = False, cache_dir: str | Path | None = None) -> bool:
+        """Sample through the UNet's ahead-of-time compiled package (:mod:`diffusion.compiled`) from
+        now on, if it exists (``build``: compile it first when missing, about a minute on 2 CPU cores).
+        Returns whether a package is in use; without one (or off the CPU) sampling stays eager."""
+        from . import compiled
 
-        if self.compiled is None or self.compiled.unet is not self.unet or self.compiled.background != background:
-            self.compiled = CompiledUNet(self.unet, background=background)
-        for n in batch_sizes:
-            self.compiled.warm((n, *self.image_shape))
-        return self
+        self.compiled = None
+        if self.device.type == "cpu" and self.unet.dtype == torch.float32:
+            self.compiled = compiled.load(self.unet, cache_dir, build_missing=build)
+        return self.compiled is not None
 
-    def denoise(self, sampler: str = "ddim", n: int = 1, seed: int = 0, noise: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, **options: Any) -> Iterator[Step]:
-        """Yield every step of ``sampler`` from the seed's x_T (or ``noise``). The same generator
-        draws x_T and the per-step noise, so results equal diffusers' pipelines for the same seed."""
-        opts = options.pop("options", None) or self.sampler_options(sampler, **options)
+    def denoise(self, sampler: str = "ddim", n: int = 1, seed: int = 0, *, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, options: BaseOptions | None = None,
+                **overrides: Any) -> Iterator[Step]:
+        """Yield every step of ``sampler`` from the seed's x_T (or ``noise``): the one sampling loop
+        that the CLI, the studio, evaluation and training's sample grids all drive. ``options``:
+        from :meth:`sampler_options` (else built from ``overrides``). The same generator draws x_T and
+        the per-step noise, so results equal diffusers' pipelines for the same seed."""
+        opts = options or self.sampler_options(sampler, **overrides)
         generator = generator or torch.Generator("cpu").manual_seed(seed)
-        x = self.initial_noise(n, seed, generator) if noise is None else noise.to(self.device, self.unet.dtype)
+        if noise is None:
+            x = self.initial_noise(n, seed, generator)
+        else:
+            if tuple(noise.shape[1:]) != self.image_shape or noise.ndim != 4:
+                raise ValueError(f"The starting noise has shape {tuple(noise.shape)}; this model takes "
+                                 f"(n, {', '.join(map(str, self.image_shape))}).")
+            x = noise.to(self.device, self.unet.dtype)
         self.unet.eval()
         yield from get_sampler(sampler).fn(self.model_fn(), x, self.schedule, opts, generator)
 
-    def sample(self, sampler: str = "ddim", n: int = 1, seed: int = 0, **options: Any) -> torch.Tensor:
-        """Images in [0, 1], shape (n, C, H, W): the last step of :meth:`denoise`."""
-        step = None
-        for step in self.denoise(sampler, n, seed, **options):
-            pass
-        return to_unit(step.x_prev)
+    def sample(self, sampler: str = "ddim", n: int = 1, seed: int = 0, *, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, options: BaseOptions | None = None,
+               batch_size: int | None = None, progress: bool = False, trajectory: Trajectory | None = None,
+               **overrides: Any) -> torch.Tensor:
+        """Images in [0, 1], shape (n, C, H, W): the last step of :meth:`denoise`, ``batch_size`` images
+        at a time (x_T of all images is drawn first, then each batch's steps draw from the same generator,
+        so one batch equals diffusers' pipeline). ``progress``: a tqdm bar over all steps; ``trajectory``
+        observes the first batch's steps."""
+        opts = options or self.sampler_options(sampler, **overrides)
+        generator = generator or torch.Generator("cpu").manual_seed(seed)
+        x = self.initial_noise(n, seed, generator) if noise is None else noise
+        batch = batch_size or len(x)
+        finals = []
+        with tqdm(total=opts.num_inference_steps * -(-len(x) // batch), desc=sampler, unit="step",
+                  disable=not progress) as bar:
+            for b in range(0, len(x), batch):
+                step = None
+                for step in self.denoise(sampler, noise=x[b:b + batch], generator=generator, options=opts):
+                    if trajectory is not None and b == 0:
+                        trajectory.observe(step)
+                    bar.update(1)
+                if step is None:
+                    raise ValueError(f"{sampler} produced no steps.")
+                if trajectory is not None and b == 0:
+                    trajectory.finish(step.x_prev)
+                finals.append(to_unit(step.x_prev))
+        return torch.cat(finals)
 
     def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
         from .hub import save_pretrained

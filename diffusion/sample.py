@@ -15,36 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from .hub import CheckpointError, check_writable, load
 from .images import save_grid
-from .pipeline import DiffusionPipeline, to_unit
-from .samplers import SAMPLERS, SPACINGS, Step
-
-
-def process_grid(steps: list[Step], frames: int = 8, rows: int = 4) -> torch.Tensor:
-    """The denoising process as images in [0, 1]: for each of ``rows`` samples, a row of x_t and a
-    row of predicted x0 at ``frames`` evenly spaced steps (the last step's x_prev at the end)."""
-    picks = sorted({round(i * (len(steps) - 1) / max(frames - 1, 1)) for i in range(frames)})
-    out = []
-    for r in range(min(rows, steps[0].x_t.shape[0])):
-        out += [to_unit(steps[i].x_t[r]) for i in picks] + [to_unit(steps[-1].x_prev[r])]
-        out += [to_unit(steps[i].pred_x0[r]) for i in picks] + [to_unit(steps[-1].x_prev[r])]
-    return torch.stack(out)
-
-
-def parse_value(text: str) -> Any:
-    """An ``--option`` value: true/false, an integer, a number, else the text (the options check the type)."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+from .pipeline import DiffusionPipeline
+from .samplers import SAMPLERS, SPACINGS
+from .trajectory import Trajectory
 
 
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
@@ -120,7 +96,7 @@ def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"--option wants KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        options[key.replace("-", "_")] = parse_value(value)
+        options[key.replace("-", "_")] = value  # typed by the sampler's options (diffusion.typed)
     return options
 
 
@@ -172,26 +148,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sample(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any) -> int:
     print(f"{pipe.source}: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f} M parameters, {args.sampler} {opts}")
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    x = pipe.initial_noise(args.num_images, args.seed, generator)
-    batch = args.batch_size or args.num_images
-    finals, trace = [], []
+    trajectory = None
+    if args.process:
+        trajectory = Trajectory(opts.num_inference_steps, pipe.schedule,
+                                max_frames=args.process_frames, images=4)
     start = time.perf_counter()
-    with tqdm(total=opts.num_inference_steps * -(-args.num_images // batch), desc=args.sampler, unit="step") as bar:
-        for b in range(0, args.num_images, batch):
-            steps = []
-            for step in pipe.denoise(args.sampler, noise=x[b:b + batch], generator=generator, options=opts):
-                steps.append(step if args.process and b == 0 else None)
-                bar.update(1)
-            finals.append(to_unit(step.x_prev))
-            if args.process and b == 0:
-                trace = steps
-    images = torch.cat(finals)
+    images = pipe.sample(args.sampler, args.num_images, args.seed, options=opts, batch_size=args.batch_size,
+                         progress=True, trajectory=trajectory)
     save_grid(images, args.out)
     print(f"saved {args.num_images} images to {args.out} ({time.perf_counter() - start:.1f} s)")
-    if args.process:
-        frames = process_grid(trace, args.process_frames)
-        save_grid(frames, args.process, nrow=len(frames) // (2 * min(4, args.num_images)))
+    if trajectory is not None:
+        save_grid(trajectory.process_grid(), args.process, nrow=len(trajectory))
         print(f"saved the denoising process to {args.process}")
     return 0
 

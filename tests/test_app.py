@@ -1,5 +1,5 @@
-"""The studio (app.py): its logic as plain functions, then its API through gradio_client against a
-launched app. A tiny random model stands in for the bundled checkpoint: nothing here depends on
+"""The studio (the ``studio`` package behind app.py): its logic as plain functions, then its API through
+gradio_client against a launched app. A tiny random model stands in for the bundled checkpoint: nothing here depends on
 image quality, and everything runs offline on one thread."""
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app.py sits at the repository root
-
-import app  # noqa: E402
 from diffusion import DiffusionPipeline, UNet, UNetConfig
+from diffusion.machine import cpu_cores, flops_per_pixel
+from diffusion.trajectory import frame_steps
 from diffusion.samplers import SAMPLERS, SamplerOptions, SamplerSpec
 from diffusion.samplers.ddim import ddim
+from studio import media, models, options, runs, settings, ui
+from studio.handlers import Studio
+from studio.settings import Settings
 
 TINY = UNetConfig(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 16),
                   down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
@@ -48,9 +50,13 @@ def tiny_model(tmp_path_factory) -> str:
     return str(write_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
 
 
+def make_studio(model: str, **changes) -> Studio:
+    return Studio(Settings(**{"default_model": model, "compile": False, **changes}))
+
+
 @pytest.fixture(scope="module")
-def studio(tiny_model) -> app.Studio:
-    return app.Studio(tiny_model, allow_local=False)
+def studio(tiny_model) -> Studio:
+    return make_studio(tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +68,18 @@ def run_all(gen):
     return list(gen)
 
 
+def png(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
 # ------------------------------------------------------------------------------------------- options
 
 def test_option_fields_come_from_the_registry():
-    fields = app.all_option_fields()
+    fields = options.all_option_fields()
     assert list(fields)[:4] == ["num_inference_steps", "eta", "variance_type", "timestep_spacing"]
     assert "prediction_type" not in fields  # the model's own, never a control
-    assert "variance_type" in app.sampler_fields("ddpm") and "eta" not in app.sampler_fields("ddpm")
-    assert "eta" in app.sampler_fields("ddim") and "variance_type" not in app.sampler_fields("ddim")
+    assert "variance_type" in options.sampler_fields("ddpm") and "eta" not in options.sampler_fields("ddpm")
+    assert "eta" in options.sampler_fields("ddim") and "variance_type" not in options.sampler_fields("ddim")
 
 
 def test_a_newly_registered_sampler_gets_controls_and_options(monkeypatch, pipe):
@@ -80,11 +90,11 @@ def test_a_newly_registered_sampler_gets_controls_and_options(monkeypatch, pipe)
         order: int = 2
 
     monkeypatch.setitem(SAMPLERS, "churny", SamplerSpec("churny", ddim, ChurnOptions, "a test sampler"))
-    assert {"churn", "order"} <= set(app.all_option_fields())
-    opts = app.make_options(pipe, "churny", {"churn": 0.5, "eta": 0.3, "variance_type": "fixed_large"})
+    assert {"churn", "order"} <= set(options.all_option_fields())
+    opts = options.make_options(pipe, "churny", {"churn": 0.5, "eta": 0.3, "variance_type": "fixed_large"})
     assert opts.churn == 0.5 and opts.order == 2 and opts.num_inference_steps == 7  # other samplers' values ignored
     with gr.Blocks():
-        oc = app.OptionControls(pipe, "churny")
+        oc = options.OptionControls(pipe, "churny")
     assert isinstance(oc.controls["churn"], gr.Number) and oc.controls["churn"].visible
     assert oc.controls["eta"].visible is False and oc.controls["num_inference_steps"].value == 7
     ups = oc.updates(pipe, "ddim")
@@ -95,7 +105,7 @@ def test_fewer_evaluation_samplers_get_controls_and_run(studio, pipe):
     """DPM-Solver++, PNDM, Euler and Heun: Literal options as dropdowns (ints too), bools as checkboxes,
     spacing choices per sampler; runs report the model evaluations, not the steps."""
     with gr.Blocks():
-        oc = app.OptionControls(pipe, "dpm-solver++")
+        oc = options.OptionControls(pipe, "dpm-solver++")
     order = oc.controls["solver_order"]
     assert isinstance(order, gr.Dropdown) and order.value == 2 and order.visible and order.preprocess(3) == 3
     assert isinstance(oc.controls["skip_prk_steps"], gr.Checkbox) and oc.controls["skip_prk_steps"].visible is False
@@ -107,32 +117,32 @@ def test_fewer_evaluation_samplers_get_controls_and_run(studio, pipe):
     ups = dict(zip(oc.controls, oc.updates(pipe, "pndm")[1:]))
     assert ups["skip_prk_steps"]["visible"] and ups["skip_prk_steps"]["value"] is False and not ups["solver_order"]["visible"]
     assert oc.updates(pipe, "ddim")[1 + list(oc.controls).index("timestep_spacing")]["choices"][-1] == "quad"
-    assert app.make_options(pipe, "dpm-solver++", {"solver_order": 3, "eta": 0.5}).solver_order == 3
+    assert options.make_options(pipe, "dpm-solver++", {"solver_order": 3, "eta": 0.5}).solver_order == 3
     ups = dict(zip(oc.controls, oc.updates(pipe, "euler-ancestral")[1:]))
     assert not ups["use_karras_sigmas"]["visible"] and not ups["algorithm_type"]["visible"] and ups["timestep_spacing"]["visible"]
     with pytest.raises(gr.Error, match="Only one of"):
-        app.make_options(pipe, "heun", {"use_karras_sigmas": True, "use_beta_sigmas": True})
+        options.make_options(pipe, "heun", {"use_karras_sigmas": True, "use_beta_sigmas": True})
     for sampler, values, message in [("euler", {"timestep_spacing": "quad"}, "is not one of 'leading', 'linspace', 'trailing'"),
                                      ("pndm", {"num_inference_steps": 3}, "warm-up"),
                                      ("dpm-solver++", {"num_inference_steps": 1000, "timestep_spacing": "leading"}, "repeats timesteps")]:
         with pytest.raises(gr.Error, match=message):
-            app.make_options(pipe, sampler, values)
-    assert app.planned_timesteps(pipe, "heun", app.make_options(pipe, "heun", {"num_inference_steps": 3})) == [666, 333, 333, 0, 0]
-    karras = app.make_options(pipe, "dpm-solver++", {"num_inference_steps": 5, "use_karras_sigmas": True})
-    assert app.planned_timesteps(pipe, "dpm-solver++", karras) == [999, 843, 593, 142, 0]  # diffusers' for Karras sigmas
+            options.make_options(pipe, sampler, values)
+    assert options.planned_timesteps(pipe, "heun", options.make_options(pipe, "heun", {"num_inference_steps": 3})) == [666, 333, 333, 0, 0]
+    karras = options.make_options(pipe, "dpm-solver++", {"num_inference_steps": 5, "use_karras_sigmas": True})
+    assert options.planned_timesteps(pipe, "dpm-solver++", karras) == [999, 843, 593, 142, 0]  # diffusers' for Karras sigmas
     for sampler, extra, evaluations in [("dpm-solver++", {}, 5), ("euler", {}, 5), ("heun", {}, 9), ("pndm", {}, 14),
                                         ("pndm", {"skip_prk_steps": True}, 6), ("euler-ancestral", {}, 5),
                                         ("dpm-solver++", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, 5),
                                         ("heun", {"use_exponential_sigmas": True}, 9)]:
-        *_, (image, gallery, grid, info, traj) = run_all(studio.sample(studio.default_model, sampler, 0, 2, steps=5, **extra))
-        assert f"5 steps · {evaluations} model evaluations" in info and len(gallery) == 2
-        assert len(traj) == 6 and traj.timesteps[-1] == -1 and all(isinstance(t, int) for t in traj.timesteps)
+        *_, (image, grid, info, traj) = run_all(studio.sample(studio.default_model, sampler, 0, 2, steps=5, **extra))
+        assert f"5 steps · {evaluations} model evaluations" in info and Image.open(grid).size == (22, 12)
+        assert len(traj) == 6 and traj.timesteps[-1] == -1 and len(traj.visited) == 5
 
 
 def test_make_options_validates_with_clear_messages(pipe):
-    opts = app.make_options(pipe, "ddim", {"num_inference_steps": 20, "eta": 0.5, "variance_type": "fixed_large"})
+    opts = options.make_options(pipe, "ddim", {"num_inference_steps": 20, "eta": 0.5, "variance_type": "fixed_large"})
     assert (opts.num_inference_steps, opts.eta) == (20, 0.5)
-    assert app.make_options(pipe, "ddpm", {"num_inference_steps": None}).num_inference_steps == 1000  # None: default
+    assert options.make_options(pipe, "ddpm", {"num_inference_steps": None}).num_inference_steps == 1000  # None: default
     for values, message in [({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
                             ({"num_inference_steps": 1001}, "between 1 and 1000"),
                             ({"num_inference_steps": 2.5}, "whole number"),
@@ -143,48 +153,69 @@ def test_make_options_validates_with_clear_messages(pipe):
                             ({"clip_sample": "maybe"}, "clip_sample must be true or false"),
                             ({"timestep_spacing": "quad", "num_inference_steps": 900}, "quad")]:
         with pytest.raises(gr.Error, match=message):
-            app.make_options(pipe, "ddim", values)
+            options.make_options(pipe, "ddim", values)
     with pytest.raises(gr.Error, match="Unknown sampler 'euler-x'; choose one of"):
-        app.make_options(pipe, "euler-x", {})
+        options.make_options(pipe, "euler-x", {})
 
 
-@pytest.mark.parametrize("seed", [-1, 1.5, None, "3", 2**63])
+@pytest.mark.parametrize("seed", [-1, 1.5, None, "x", 2**53, True])
 def test_bad_seeds_are_refused(seed):
     with pytest.raises(gr.Error, match="seed"):
-        app.check_seed(seed)
+        options.check_count(seed, "The seed", 0, settings.MAX_SEED)
 
 
-def test_work_budget_is_stated_and_enforced(pipe, monkeypatch):
-    monkeypatch.setattr(app, "WORK_BUDGET", 64 * 1000 * 10)
-    budget = app.work_budget(pipe, on_gpu=False)
+@pytest.mark.parametrize("field", ["steps", "seed", "num_images"])
+def test_non_integer_counts_are_refused_not_rounded(studio, field):
+    args = dict(model=studio.default_model, sampler="ddim", seed=0, num_images=1, steps=5) | {field: 2.5}
+    with pytest.raises(gr.Error, match="whole number"):
+        next(studio.sample(**args))
+    assert options.check_count(3.0, "n", 1, 5) == 3  # a number widget's 3.0 is fine
+
+
+def test_work_budget_is_stated_and_enforced(tiny_model, pipe):
+    store = models.ModelStore(Settings(default_model=tiny_model, compile=False, max_work=64 * 1000 * 10))
+    budget = store.work_budget(pipe)
     assert budget == 640_000  # the tiny model costs less than REFERENCE_FLOPS: the full budget
-    assert app.check_work(pipe, 10, 1000, "tiny") == 640_000
+    assert store.check_work(pipe, 10, 1000, "tiny") == 640_000
     with pytest.raises(gr.Error, match=r"11 images × 8×8 pixels × 1000 steps = 704,000 pixel-steps.*budget of 640,000.*"
                                        r"at most 909 steps with 11 images or at most 10 images with 1000 steps"):
-        app.check_work(pipe, 11, 1000, "tiny")
-    assert "≤ **640,000**" in app.describe_model(pipe, "tiny")
-    assert app.work_budget(pipe, on_gpu=True) == 640_000 * app.GPU_BUDGET_FACTOR
+        store.check_work(pipe, 11, 1000, "tiny")
+    assert "≤ **640,000**" in store.describe(pipe, "tiny")
 
 
 def test_work_counts_model_evaluations_not_steps(pipe):
-    count = {s: app.evaluations(pipe, s, pipe.sampler_options(s, num_inference_steps=10)) for s in ("ddim", "heun", "pndm")}
+    count = {s: options.evaluations(pipe, s, pipe.sampler_options(s, num_inference_steps=10)) for s in ("ddim", "heun", "pndm")}
     assert count == {"ddim": 10, "heun": 19, "pndm": 19}
 
 
-def test_costlier_models_get_a_smaller_budget(pipe, monkeypatch):
-    assert 0 < app.flops_per_pixel(pipe) < app.REFERENCE_FLOPS  # counted on the meta device
-    monkeypatch.setattr(app, "flops_per_pixel", lambda p: 20 * app.REFERENCE_FLOPS)
-    assert app.work_budget(pipe, on_gpu=False) == app.WORK_BUDGET // 20
+def test_costlier_models_get_a_smaller_budget(studio, pipe, monkeypatch):
+    assert 0 < flops_per_pixel(pipe.unet.config) < settings.REFERENCE_FLOPS  # counted on the meta device
+    assert studio.store.flops(pipe) == flops_per_pixel(pipe.unet.config)
+    monkeypatch.setitem(studio.store._flops, pipe.unet, 20 * settings.REFERENCE_FLOPS)
+    assert studio.store.work_budget(pipe) == studio.settings.max_work // 20
 
 
 def test_cpu_cores(monkeypatch):
     monkeypatch.setenv("CPU_CORES", "3")
-    assert app.cpu_cores() == 3
+    assert cpu_cores() == 3
     monkeypatch.setenv("CPU_CORES", "many")
     with pytest.raises(ValueError, match="CPU_CORES"):
-        app.cpu_cores()
+        cpu_cores()
     monkeypatch.delenv("CPU_CORES")
-    assert app.cpu_cores() >= 1
+    assert cpu_cores() >= 1
+
+
+def test_settings_come_from_the_environment_at_start_not_import(monkeypatch):
+    monkeypatch.setenv("MAX_WORK", "1e6")
+    monkeypatch.setenv("COMPILE", "0")
+    monkeypatch.setenv("QUEUE_SIZE", "7")
+    s = Settings.from_env(default_model="x/y")
+    assert (s.max_work, s.compile, s.queue_size, s.default_model) == (1_000_000, False, 7, "x/y")
+    monkeypatch.setenv("MAX_MODELS", "lots")
+    with pytest.raises(ValueError, match="MAX_MODELS must be a number"):
+        Settings.from_env()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.max_work = 5
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -197,12 +228,38 @@ def test_model_store_errors_keep_the_current_model(studio, tiny_model):
         studio.store.get("not a repo id!")
     with pytest.raises(gr.Error, match="is a local path"):  # other local folders: only with allow_local
         studio.store.get(str(Path(tiny_model).parent))
+    for name in ("a" * 300, "owner/" + "b" * 5000, "x" * 255 + "/y", "a\x00b/c"):  # too long for the file system, NUL
+        with pytest.raises(gr.Error, match="model name|not a Hub repo id|not a usable"):
+            studio.store.get(name)
     assert studio.store.get(tiny_model) is current and studio.store.peek(tiny_model) is current
+
+
+def test_a_slow_load_does_not_block_loaded_models(studio, tiny_model, monkeypatch):
+    """Loading runs outside the store's lock: while one model downloads, requests for loaded ones go on."""
+    import threading
+
+    studio.store.get(tiny_model)
+    started = threading.Event()
+
+    def slow(key):
+        started.set()
+        time.sleep(3)
+        raise gr.Error("simulated slow failure")
+
+    monkeypatch.setattr(studio.store, "_load", slow)
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(gr.Error, studio.store.get, "someone/slow")))
+    t.start()
+    assert started.wait(10)
+    t0 = time.perf_counter()
+    assert studio.store.get(tiny_model) is not None
+    assert time.perf_counter() - t0 < 1.0
+    t.join()
 
 
 def test_model_store_is_a_bounded_lru(tmp_path):
     paths = [str(write_tiny_model(tmp_path / f"m{i}", seed=i)) for i in range(3)]
-    store = app.ModelStore(paths[0], capacity=2, allow_local=True)
+    store = models.ModelStore(Settings(default_model=paths[0], max_models=2, allow_local=True, compile=False))
     first = store.get(paths[0])
     store.get(paths[1])
     assert store.get(paths[0]) is first  # a hit refreshes it
@@ -212,7 +269,7 @@ def test_model_store_is_a_bounded_lru(tmp_path):
 
 def test_a_bad_local_checkpoint_gives_a_clear_error(tmp_path):
     (tmp_path / "broken").mkdir()
-    store = app.ModelStore(str(tmp_path / "broken"))
+    store = models.ModelStore(Settings(default_model=str(tmp_path / "broken")))
     with pytest.raises(gr.Error, match="No config.json"):
         store.get(None)
 
@@ -220,59 +277,53 @@ def test_a_bad_local_checkpoint_gives_a_clear_error(tmp_path):
 # ------------------------------------------------------------------------------------------- runs
 
 def test_frame_steps_keep_first_and_last():
-    assert app.frame_steps(5, 100) == {0, 1, 2, 3, 4}
-    picked = app.frame_steps(1000, 50)
+    assert frame_steps(5, 100) == {0, 1, 2, 3, 4}
+    picked = frame_steps(1000, 50)
     assert len(picked) == 50 and {0, 999} <= picked
-    assert app.frame_steps(10, 0) == set()
+    assert frame_steps(10, 0) == set()
 
 
-def test_sample_streams_previews_then_results(studio, monkeypatch):
-    monkeypatch.setattr(app, "PREVIEW_EVERY_S", 0.0)
+def test_sample_streams_previews_then_results(tiny_model):
+    studio = make_studio(tiny_model, preview_every_s=0.0)
     outs = run_all(studio.sample(studio.default_model, "ddim", 5, 3, steps=6, eta=0.0, variance_type="fixed_large"))
     assert len(outs) == 6  # five previews (one per step but the last), then the results
-    preview, *_ = outs[0]
-    assert preview.dtype == np.uint8 and preview.shape[-1] == 3 and preview.shape[1] >= app.PREVIEW_PX
-    grid, gallery, grid_file, info, traj = outs[-1]
-    assert len(gallery) == 3 and gallery[0].shape[0] >= app.GALLERY_PX
-    png = Image.open(grid_file)
-    assert png.format == "PNG" and png.size == (2 * 10 + 2, 2 * 10 + 2)  # 2x2 grid of 8 px images, 2 px padding
+    preview = png(outs[0][0])
+    assert preview.shape[-1] == 3 and preview.shape[1] >= settings.PREVIEW_PX
+    shown, grid_file, info, traj = outs[-1]
+    assert png(shown).shape[1] >= settings.DISPLAY_PX  # one view of the samples, upscaled for the page
+    grid = Image.open(grid_file)
+    assert grid.format == "PNG" and grid.size == (2 * 10 + 2, 2 * 10 + 2)  # the download: 2x2 grid of 8 px images
     assert "3 images" in info and "6 steps" in info and "6 model evaluations" in info
     assert len(traj) == 7 and traj.timesteps[-1] == -1 and traj.visited == traj.timesteps[:-1]
 
 
-def test_compiling_studio_queues_compiles_and_keeps_them_out_of_requests(tiny_model, monkeypatch):
-    """``python app.py`` compiles CPU models in the background (diffusion.fast, tested there): loading
-    queues the tabs' default batch sizes, a request queues its own, the compile waits while a request
-    runs (previews included), and the info line says which path served it."""
-    from diffusion import fast
+def test_studio_uses_a_compiled_package_where_one_exists(tiny_model, tmp_path, monkeypatch):
+    """Loading a model picks up its ahead-of-time package (never compiles during a request); the info line
+    says a run was compiled; with compile off, or without a package, it runs eagerly."""
+    from diffusion import compiled
 
-    queued = []
-    monkeypatch.setattr(fast.CompiledUNet, "_enqueue", lambda self, sig, x, t: queued.append(tuple(x.shape)))
-    monkeypatch.setattr(app, "COMPILE_BATCHES", (16, 4))
-    monkeypatch.setattr(app, "PREVIEW_EVERY_S", 0.0)
-    studio = app.Studio(tiny_model, compile=True)
+    if compiled.compiler_problem():
+        pytest.skip("no C++ compiler for Inductor")
+    monkeypatch.setenv("DIFFUSION_COMPILED_CACHE", str(tmp_path))
+    eager = make_studio(tiny_model)
+    assert eager.store.get(None).compiled is None
+    plain = make_studio(tiny_model, compile=True)
+    assert plain.store.get(None).compiled is None  # no package built: eager, nothing compiled
+    compiled.build(plain.store.get(None).unet, verbose=False)
+    studio = make_studio(tiny_model, compile=True)
     pipe = studio.store.get(None)
-    assert pipe.compiled is not None and pipe.compiled.background
-    assert queued == [(16, 1, 8, 8), (4, 1, 8, 8)]
-    serving = []
-    for out in studio.sample(studio.default_model, "ddim", 0, 2, steps=3, eta=0.0):
-        serving.append(pipe.compiled._busy_serving() and pipe.compiled._active == 1)
-    assert all(serving[:-1]) and pipe.compiled._active == 0  # previews were yielded inside the run
-    assert queued[-1] == (2, 1, 8, 8) and out[3].endswith("· eager (compiling)")
-    monkeypatch.setattr(pipe.compiled, "ready", lambda shape=None: True)
-    assert app.run_mode(pipe, 2) == " · compiled"
-    assert app.run_mode(app.Studio(tiny_model).store.get(None), 2) == ""  # not compiling: nothing said
-    queued.clear()
-    monkeypatch.setattr(app, "work_budget", lambda pipe: 4 * 8 * 8 * 20)  # a costly model: 4 images x 20 evaluations
-    app.Studio(tiny_model, compile=True).store.get(None)
-    assert queued == [(4, 1, 8, 8)]  # only the image counts its budget allows are compiled ahead
+    assert pipe.compiled is not None and "compiled ahead of time" in studio.store.describe(pipe, "tiny")
+    fast = run_all(studio.sample(studio.default_model, "ddim", 0, 2, steps=3, eta=0.0))[-1]
+    slow = run_all(eager.sample(eager.default_model, "ddim", 0, 2, steps=3, eta=0.0))[-1]
+    assert fast[2].endswith("· compiled") and not slow[2].endswith("compiled")
+    assert np.abs(png(fast[0]).astype(int) - png(slow[0]).astype(int)).max() <= 1  # the same pictures
 
 
 def test_same_seed_same_images(studio):
     kw = dict(steps=4, eta=0.0)
-    a = run_all(studio.sample(studio.default_model, "ddim", 11, 2, **kw))[-1][0]
-    b = run_all(studio.sample(studio.default_model, "ddim", 11, 2, **kw))[-1][0]
-    c = run_all(studio.sample(studio.default_model, "ddim", 12, 2, **kw))[-1][0]
+    a = png(run_all(studio.sample(studio.default_model, "ddim", 11, 2, **kw))[-1][0])
+    b = png(run_all(studio.sample(studio.default_model, "ddim", 11, 2, **kw))[-1][0])
+    c = png(run_all(studio.sample(studio.default_model, "ddim", 12, 2, **kw))[-1][0])
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
@@ -286,21 +337,27 @@ def test_sample_refuses_bad_requests_before_working(studio):
 
 
 def test_trajectory_frames_readout_and_files(studio, pipe, tmp_path):
-    opts = app.make_options(pipe, "ddpm", {"num_inference_steps": 30})
-    run = app.Run(pipe, "ddpm", opts, 2, 0, max_frames=10, model_name="tiny")
-    steps = list(run)
-    traj = run.trajectory
+    opts = options.make_options(pipe, "ddpm", {"num_inference_steps": 30})
+    run = runs.Run(pipe, "ddpm", opts, 2, 0)
+    from diffusion.trajectory import Trajectory
+
+    steps = []
+    traj = Trajectory(30, pipe.schedule, max_frames=10, images=2, meta={"sampler": "ddpm", "model": "tiny"})
+    for step in run:
+        traj.observe(step)
+        steps.append(step)
+    traj.finish(steps[-1].x_prev)
     assert len(steps) == 30 and run.evaluations == 30 and run.seconds > 0
     assert len(traj) == 11 and traj.steps[0] == 0 and traj.steps[-2] == 29 and traj.steps[-1] == 30
     assert traj.timesteps[0] == steps[0].t == 957 and traj.timesteps[-1] == -1  # leading spacing: 29 * (1000 // 30)
     assert traj.abar[0] == pytest.approx(pipe.schedule.alphas_cumprod[957].item())
     assert traj.sigma(0) == pytest.approx((1 - traj.abar[0]) ** 0.5) and traj.sigma(len(traj) - 1) == 0
     assert torch.equal(traj.x_t[0], steps[0].x_t.half()) and torch.equal(traj.x0[3], steps[traj.steps[3]].pred_x0.half())
-    assert "t = 957" in traj.readout(0) and "ᾱ_t" in traj.readout(0) and "σ_t" in traj.readout(0)
-    assert "sample" in traj.readout(len(traj) - 1)
-    xt, x0 = traj.pictures(0)
-    assert xt.shape == x0.shape and xt.shape[1] >= app.FRAME_PX
-    files = app.trajectory_files(traj, tmp_path)
+    assert "t = 957" in media.readout(traj, 0) and "ᾱ_t" in media.readout(traj, 0) and "σ_t" in media.readout(traj, 0)
+    assert "sample" in media.readout(traj, len(traj) - 1)
+    xt, x0 = media.frame_pictures(traj, 0)
+    assert xt.shape == x0.shape and xt.shape[1] >= settings.FRAME_PX
+    files = media.trajectory_files(traj, tmp_path, "tiny_ddpm")
     import imageio.v3 as iio
 
     gif = iio.imread(files["gif"], index=None)
@@ -313,10 +370,12 @@ def test_trajectory_frames_readout_and_files(studio, pipe, tmp_path):
     assert json.loads(str(data["meta"]))["sampler"] == "ddpm"
 
 
-def test_trajectory_memory_is_bounded(pipe, monkeypatch):
-    monkeypatch.setattr(app, "TRAJECTORY_BYTES", 2 * 2 * 16 * 64 * 10)  # room for 10 frames of 16 images
-    assert app.trajectory_budget_frames(pipe, 64) == 10
-    assert app.trajectory_budget_frames(pipe, 1) == app.MAX_FRAMES
+def test_trajectory_memory_is_bounded(pipe):
+    from diffusion.trajectory import Trajectory
+
+    budget = 2 * 2 * 16 * 64 * 10  # room for 10 frames of 16 images
+    assert Trajectory.frames_per_budget(pipe.image_shape, 16, budget, 100) == 10
+    assert Trajectory.frames_per_budget(pipe.image_shape, 1, budget, 100) == 100
 
 
 def test_show_trajectory_and_frames(studio, pipe):
@@ -325,7 +384,8 @@ def test_show_trajectory_and_frames(studio, pipe):
     assert slider["maximum"] == 5 and slider["value"] == 5 and "sample" in readout
     assert gif.endswith(".gif") and len(files) == 4 and len(fig.axes) == 2
     xt2, _, readout2 = studio.show_frame(2, traj)
-    assert "Frame 3 / 6" in readout2 and xt2.shape == xt.shape
+    assert "Frame 3 / 6" in readout2 and png(xt2).shape == png(xt).shape
+    assert studio.show_frame(2, traj)[0] == xt2  # written once per frame
     assert studio.show_frame(99, traj)[2].startswith("**Frame 6 / 6")
     # play: starts from 0 at the end, advances, stops at the sample
     start, timer, _, playing = studio.toggle_play(5, False, traj)
@@ -343,30 +403,30 @@ def test_compare_metrics_and_difference():
     a = {"sampler": "ddpm", "steps": 1000, "evaluations": 1000, "seconds": 10.0, "ms_per_step": 10.0}
     b = {"sampler": "ddim", "steps": 50, "evaluations": 50, "seconds": 0.5, "ms_per_step": 10.0}
     x = torch.rand(2, 1, 8, 8)
-    heat, same = app.difference_map(x, x.clone())
-    assert same["max_abs_difference"] == 0 and same["psnr_db"] == float("inf") and heat.shape[-1] == 3
-    heat, diff = app.difference_map(x, (x + 0.1).clamp(0, 1))
+    heat, same = runs.difference(x, x.clone())
+    assert same["max_abs_difference"] == 0 and same["psnr_db"] == float("inf") and heat.shape == (2, 3, 8, 8)
+    heat, diff = runs.difference(x, (x + 0.1).clamp(0, 1))
     assert 0 < diff["mean_abs_difference"] <= 0.1 + 1e-6 and diff["psnr_db"] > 19
-    m = app.compare_metrics(a, b, diff)
+    m = runs.compare_metrics(a, b, diff, "cpu (1 threads)")
     assert m["faster"] == "b" and m["speedup"] == 20.0 and m["evaluation_ratio"] == 20.0
-    md = app.metrics_markdown(m)
+    md = runs.metrics_markdown(m)
     assert "Speed-up: 20.0×" in md and "| Model evaluations | 1000 | 50 |" in md
     with pytest.raises(ValueError):
-        app.difference_map(x, torch.rand(1, 1, 8, 8))
+        runs.difference(x, torch.rand(1, 1, 8, 8))
 
 
-def test_compare_runs_both_panels_from_the_same_noise(studio, monkeypatch):
-    monkeypatch.setattr(app, "PREVIEW_EVERY_S", 1e9)  # only the first preview
+def test_compare_runs_both_panels_from_the_same_noise(tiny_model):
+    studio = make_studio(tiny_model, preview_every_s=1e9)  # only the first preview
     outs = run_all(studio.compare(studio.default_model, 4, 2, a_sampler="ddpm", a_steps=20, a_variance_type="fixed_small",
                                   b_sampler="ddim", b_steps=5, b_eta=0.0))
     img_a, img_b, (sa, sb), heat, md, metrics = outs[-1]
-    assert img_a.shape == img_b.shape == heat.shape and np.array_equal(sa, img_a) and np.array_equal(sb, img_b)
+    assert png(img_a).shape == png(img_b).shape == png(heat).shape and (sa, sb) == (img_a, img_b)
     assert metrics["a"]["steps"] == 20 and metrics["b"]["evaluations"] == 5 and metrics["a"]["options"]["variance_type"] == "fixed_small"
     assert "Speed-up" in md
     # DDIM with eta 0 and 5 steps from the same seed reproduces the same panel as a plain sample
     alone = run_all(studio.sample(studio.default_model, "ddim", 4, 2, steps=5, eta=0.0))[-1][0]
-    assert np.array_equal(alone, img_b)
-    monkeypatch.setattr(app, "WORK_BUDGET", 100_000)
+    assert np.array_equal(png(alone), png(img_b))
+    studio = make_studio(tiny_model, max_work=100_000)
     with pytest.raises(gr.Error, match="budget"):
         next(studio.compare(studio.default_model, 0, 64, a_sampler="ddpm", a_steps=1000, b_sampler="ddpm", b_steps=1000))
 
@@ -374,15 +434,15 @@ def test_compare_runs_both_panels_from_the_same_noise(studio, monkeypatch):
 # ------------------------------------------------------------------------------------------- schedule plot
 
 def test_schedule_plot_data(pipe):
-    visited = app.planned_timesteps(pipe, "ddim", app.make_options(pipe, "ddim", {"num_inference_steps": 10}))
+    visited = options.planned_timesteps(pipe, "ddim", options.make_options(pipe, "ddim", {"num_inference_steps": 10}))
     assert visited == list(range(900, -1, -100))
-    d = app.schedule_plot_data(pipe.schedule.alphas_cumprod, visited + [5000])
+    d = media.schedule_plot_data(pipe.schedule, visited + [5000])
     assert len(d["t"]) == len(d["abar"]) == 1000 and list(d["visited"]) == sorted(visited)
     assert np.allclose(d["visited_abar"], pipe.schedule.alphas_cumprod.numpy()[sorted(visited)])
     assert np.allclose(d["log_snr"], pipe.schedule.log_snr().numpy()) and np.all(np.diff(d["log_snr"]) < 0)
-    fig = app.schedule_figure(d, "t")
+    fig = media.schedule_figure(d, "t")
     assert len(fig.axes) == 2
-    assert app.Studio("nowhere").schedule_preview("nowhere", "ddim", steps=10) == gr.skip()  # no model loaded: no plot
+    assert make_studio("nowhere").schedule_preview("nowhere", "ddim", steps=10) == gr.skip()  # no model loaded: no plot
 
 
 # ------------------------------------------------------------------------------------------- memory
@@ -413,8 +473,8 @@ def served(tiny_model):
     """The app launched in this process; yields (client, url)."""
     from gradio_client import Client
 
-    demo = app.build_app(tiny_model)
-    _, url, _ = app.launch(demo, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
+    demo = ui.build_app(make_studio(tiny_model))
+    _, url, _ = ui.launch(demo, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
     client = Client(url, verbose=False)
     yield client, url, demo
     client.close()
@@ -433,13 +493,13 @@ def test_client_sees_two_named_endpoints(served):
 
 def test_client_sample(served, tiny_model):
     client, _, _ = served
-    grid, gallery, grid_file, info = client.predict(sampler="ddim", steps=5, eta=0.0, seed=3, num_images=4, api_name="/sample")
-    assert Image.open(grid).size[0] >= app.DISPLAY_PX and len(gallery) == 4
+    shown, grid_file, info = client.predict(sampler="ddim", steps=5, eta=0.0, seed=3, num_images=4, api_name="/sample")
+    assert Image.open(shown).size[0] >= settings.DISPLAY_PX
     assert Image.open(grid_file).size == (22, 22) and "4 images" in info
     # streaming: a job holds every yield (previews, then the result)
     job = client.submit(sampler="ddpm", steps=40, seed=3, num_images=2, api_name="/sample")
     outputs = job.outputs() if job.result() else []
-    assert len(outputs) >= 2 and "40 steps" in outputs[-1][3]
+    assert len(outputs) >= 2 and "40 steps" in outputs[-1][2]
 
 
 def test_client_compare(served):
@@ -457,7 +517,9 @@ def test_client_errors_are_clear(served, monkeypatch):
     client, _, _ = served
     with pytest.raises(AppError, match="nobody/nothing.*offline mode is on"):
         client.predict(model="nobody/nothing", steps=5, num_images=1, api_name="/sample")
-    monkeypatch.setattr(app, "WORK_BUDGET", 100_000)  # the server runs in this process
+    client, _, demo = served
+    store = demo.studio.store
+    monkeypatch.setattr(store, "settings", store.settings.replace(max_work=100_000))  # the server runs in this process
     with pytest.raises(AppError, match="above the CPU budget of 100,000"):
         client.predict(a_steps=1000, b_steps=50, num_images=4, api_name="/compare")
     monkeypatch.undo()
@@ -466,22 +528,28 @@ def test_client_errors_are_clear(served, monkeypatch):
     with pytest.raises(AppError):
         client.predict(steps=0, num_images=1, api_name="/sample")
     # the server still works afterwards
-    assert "**1 image**" in client.predict(steps=2, num_images=1, api_name="/sample")[3]
+    for field in ("steps", "seed", "num_images"):  # 2.5 is refused, not rounded by the widgets
+        with pytest.raises(AppError, match="whole number"):
+            client.predict(**{"steps": 2, "num_images": 1, field: 2.5}, api_name="/sample")
+    with pytest.raises(AppError, match="model name"):
+        client.predict(model="m" * 400, steps=2, num_images=1, api_name="/sample")
+    assert "**1 image**" in client.predict(steps=2, num_images=1, api_name="/sample")[2]
 
 
 def test_client_cancel_stops_a_long_run(served, monkeypatch):
     """Stop (a cancel) ends the generator on the server: the sampler takes no more steps."""
     client, _, _ = served
-    monkeypatch.setattr(app, "PREVIEW_EVERY_S", 0.05)
+    studio = served[2].studio
+    monkeypatch.setattr(studio, "settings", studio.settings.replace(preview_every_s=0.05))
     taken = [0]
-    plain_iter = app.Run.__iter__
+    plain_iter = runs.Run.__iter__
 
     def counting(run):
         for step in plain_iter(run):
             taken[0] += 1
             yield step
 
-    monkeypatch.setattr(app.Run, "__iter__", counting)
+    monkeypatch.setattr(runs.Run, "__iter__", counting)
     job = client.submit(sampler="ddpm", steps=1000, num_images=64, api_name="/sample")
     deadline = time.time() + 60
     while len(job.outputs()) < 2 and time.time() < deadline:
@@ -493,7 +561,7 @@ def test_client_cancel_stops_a_long_run(served, monkeypatch):
         last = taken[0]
         time.sleep(1.0)
     assert taken[0] == last < 1000  # stopped early, and stays stopped
-    assert "2 steps" in client.predict(steps=2, num_images=1, api_name="/sample")[3]  # the queue is free again
+    assert "2 steps" in client.predict(steps=2, num_images=1, api_name="/sample")[2]  # the queue is free again
 
 
 def test_hub_models_download_on_demand_and_a_failure_keeps_the_current_model(tiny_model, tmp_path):
@@ -526,15 +594,56 @@ def test_hub_models_download_on_demand_and_a_failure_keeps_the_current_model(tin
                     assert time.time() < deadline, "the app did not start"
                     time.sleep(0.3)
             client = Client(url, verbose=False)
-            info = client.predict(model="someone/tiny-ddpm", steps=3, num_images=2, api_name="/sample")[3]
+            info = client.predict(model="someone/tiny-ddpm", steps=3, num_images=2, api_name="/sample")[2]
             assert "2 images" in info and "3 steps" in info
             fetched = {path.split("/resolve/main/")[-1] for method, path in hub.requests if method == "GET"}
             assert {"unet/config.json", "unet/diffusion_pytorch_model.safetensors"} <= fetched
             with pytest.raises(AppError, match="No Hub repo named 'nobody/missing'"):
                 client.predict(model="nobody/missing", steps=3, num_images=1, api_name="/sample")
-            assert "1 image" in client.predict(steps=2, num_images=1, api_name="/sample")[3]
+            assert "1 image" in client.predict(steps=2, num_images=1, api_name="/sample")[2]
             client.close()
         finally:
             proc.terminate()
             proc.wait(20)
             log.close()
+
+
+# ------------------------------------------------------------------------------------------- temp folder
+
+def count_files(root: Path) -> int:
+    return sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+def test_temp_folder_stays_bounded_over_many_requests(tiny_model):
+    """Every picture and file a request makes lives in its own folder; only the newest ``keep_outputs``
+    folders stay (previews, result grids, Denoising files and frames alike)."""
+    studio = make_studio(tiny_model, keep_outputs=4, preview_every_s=0.0)
+    root = studio.outputs.root
+    sizes = []
+    for i in range(50):
+        traj = run_all(studio.sample(studio.default_model, "ddim", i, 2, steps=3))[-1][-1]
+        if i % 10 == 0:
+            studio.show_trajectory(traj)
+            studio.show_frame(1, traj)
+        sizes.append(count_files(root))
+    folders = [p for p in root.iterdir() if p.is_dir()]
+    assert len(folders) <= 4 and set(folders) <= set(studio.outputs._made)
+    assert max(sizes[10:]) <= max(sizes[:10]) + 20  # flat after the first few requests, not growing with them
+    studio.outputs.clear()
+    assert not root.exists()
+
+
+def test_served_app_keeps_gradio_cache_bounded(served, monkeypatch):
+    from gradio.utils import get_upload_folder
+
+    client, _, demo = served
+    monkeypatch.setattr(demo.studio.outputs, "keep", 3)
+    root, ours = Path(get_upload_folder()), demo.studio.outputs.root
+    client.predict(steps=2, num_images=1, api_name="/sample")
+    before = count_files(root) - count_files(root / "studio")
+    for seed in range(12):
+        client.predict(steps=2, num_images=2, seed=seed, api_name="/sample")
+    assert len([p for p in ours.iterdir() if p.is_dir()]) <= 3
+    after = count_files(root) - count_files(root / "studio")
+    new = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "studio" not in p.parts)
+    assert after <= before + 2, new[-20:]  # results are served in place, not copied

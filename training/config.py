@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from diffusion.samplers import get_sampler
+from diffusion.typed import coerce
 from diffusion.schedule import BETA_SCHEDULES, PREDICTIONS, ALIASES
 from diffusion.unet import UNetConfig
 
@@ -121,21 +122,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _parse_value(text: str) -> Any:
+def _parse_json(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
-
-
-TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a JSON object"}
-
-
-def _field_type(hint: Any) -> type:
-    """The plain type a field's value must have: str for ``Literal["a", "b"]``, dict for ``dict[str, Any]``."""
-    if typing.get_origin(hint) is Literal:
-        return type(typing.get_args(hint)[0])
-    return typing.get_origin(hint) or hint
 
 
 def resolve_config(config_file: str | None, overrides: list[str]) -> TrainConfig:
@@ -157,23 +148,26 @@ def resolve_config(config_file: str | None, overrides: list[str]) -> TrainConfig
         key = key.replace("-", "_")
         if key.startswith("unet."):
             values.setdefault("unet", {})
-            values["unet"] = {**values["unet"], key[5:]: _parse_value(text)}
+            values["unet"] = {**values["unet"], key[5:]: _parse_json(text)}
         else:
-            values[key] = _parse_value(text)
+            values[key] = text  # typed below, by the field's type hint
     names = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ValueError(f"Unknown config keys {', '.join(unknown)}; valid keys: {', '.join(names)}.")
     hints = typing.get_type_hints(TrainConfig)
     wrong = []
-    for key, value in values.items():  # "--lr=1" parses as int, "--run_dir=3" as int: coerce to the field's type
-        want = _field_type(hints[key])
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = value = float(value)
-        elif want is str and not isinstance(value, str):
-            values[key] = value = str(value)
-        if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
-            wrong.append(f"{key} must be {TYPE_NAMES.get(want, want.__name__)}, got {value!r}")
+    for key, value in values.items():  # "--lr=1e-4" -> 0.0001, "--download=yes" refused: diffusion.typed.coerce
+        if typing.get_origin(hints[key]) is dict or hints[key] is dict:
+            value = _parse_json(value) if isinstance(value, str) else value
+            if not isinstance(value, dict):
+                wrong.append(f"{key} must be a JSON object, got {value!r}")
+            values[key] = value
+            continue
+        try:
+            values[key] = coerce(key, hints[key], value)
+        except ValueError as e:
+            wrong.append(str(e).rstrip("."))
     if wrong:  # "--lr=abc" or "--download=yes": say so, rather than fail later comparing a str with 0
         raise ValueError("Invalid training config:\n  - " + "\n  - ".join(wrong))
     cfg = TrainConfig(**values)

@@ -69,7 +69,6 @@ def generate(pipe: DiffusionPipeline, sampler: str, options: Any, n: int, batch_
     device = pipe.device
     out: dict[int, np.ndarray] = {}
     evaluations = 0
-    spec = get_sampler(sampler)
     start = time.perf_counter()
     bar = tqdm(total=len(batches), desc=f"{sampler} {options.num_inference_steps} steps", unit="batch", disable=not progress)
     for b in batches:
@@ -78,8 +77,7 @@ def generate(pipe: DiffusionPipeline, sampler: str, options: Any, n: int, batch_
         x = torch.randn((size, *pipe.image_shape), generator=generator, device=device, dtype=pipe.unet.dtype)
         evaluations = 0
         step = None
-        pipe.unet.eval()
-        for step in spec.fn(pipe.model_fn(), x, pipe.schedule, options, generator):
+        for step in pipe.denoise(sampler, noise=x, generator=generator, options=options):
             evaluations += step.evaluations
         out[b] = to_uint8(to_unit(step.x_prev))
         bar.update(1)

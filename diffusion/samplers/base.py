@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..schedule import PREDICTIONS, NoiseSchedule, Prediction
+from ..typed import coerce
 
 Spacing = Literal["leading", "linspace", "trailing", "quad"]
 SPACINGS = typing.get_args(Spacing)
@@ -87,49 +88,14 @@ OPTION_RANGES: dict[str, Range] = {
     "eta": Range(0, 1, why="0: deterministic DDIM, 1: as noisy as DDPM"),
     "clip_sample_range": Range(0, open_low=True),
 }
-_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}
 
 
 def check_option(owner: str, name: str, hint: Any, value: Any) -> Any:
-    """``value`` for the option ``name`` of type ``hint``, normalised (numpy scalars to Python, a whole
-    float to int, an int to float, "true"/"false" to bool), or ValueError saying what is wrong: a wrong
-    type, a NaN or infinite float, a value outside :data:`OPTION_RANGES` or the hint's ``Literal``."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        rest = [a for a in args if a is not type(None)]
-        hint = rest[0] if len(rest) == 1 else Any
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        if all(isinstance(a, int) and not isinstance(a, bool) for a in args) and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if value not in args or (isinstance(value, bool) and not all(isinstance(a, bool) for a in args)):
-            raise ValueError(f"{owner}: {name}={value!r} is not one of {', '.join(map(repr, args))}.")
-        return value
-    if hint is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        ok = isinstance(value, bool)
-    elif hint is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        try:  # an int too large for a float (10**400) is not finite either
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-        except OverflowError:
-            ok = False
-        value = float(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str)
-    else:  # a type this check does not know: the sampler's own __post_init__ checks it
-        return value
-    if not ok:
-        raise ValueError(f"{name} must be {_TYPE_NAMES[hint]}, got {value!r}.")
-    if name in OPTION_RANGES and hint in (int, float):
+    """``value`` for the option ``name`` of type ``hint``, coerced by :func:`diffusion.typed.coerce`
+    (numpy scalars to Python, a whole float to int, text to its type), or ValueError saying what is
+    wrong: a wrong type, a NaN or infinite float, a value outside :data:`OPTION_RANGES` or the hint's ``Literal``."""
+    value = coerce(name, hint, value, owner)
+    if name in OPTION_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
         OPTION_RANGES[name].check(name, value)
     return value
 

@@ -1,15 +1,13 @@
 """The inference fast paths: oneDNN-reordered weights (UNet.frozen_weights), the channels-last
-GroupNorm detour, and torch.compile through diffusion.fast.CompiledUNet with its eager fallback."""
+GroupNorm detour, and the ahead-of-time compiled UNet (diffusion.compiled) with its eager fallback."""
 
 from __future__ import annotations
-
-import warnings
 
 import pytest
 import torch
 
 from conftest import DIFFUSERS_TINY, GOOGLE_TINY, random_diffusers_unet
-from diffusion import DiffusionPipeline, fast
+from diffusion import DiffusionPipeline, compiled
 from diffusion.unet import UNet, UNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,60 +75,72 @@ def test_pipeline_runs_frozen_and_samples_as_before():
     assert (got - expected).abs().max().item() <= 1e-5
 
 
-def test_compiled_matches_eager_compiles_in_background_and_survives_a_batch_change():
-    if fast.compiler_problem(torch.device("cpu")):
-        pytest.skip("no C++ compiler for Inductor")
-    torch.manual_seed(0)
-    unet = UNet(UNetConfig(**MICRO)).eval()
+def micro_unet(seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    unet = UNet(UNetConfig(**MICRO)).eval().requires_grad_(False)
     with torch.no_grad():
         for p in unet.parameters():
             p.normal_(0, 0.05)
-    compiled = fast.CompiledUNet(unet, background=True)
-    x = torch.randn(2, 1, 8, 8)
+    return unet
+
+
+def test_package_is_keyed_by_the_weights(tmp_path):
+    a, b = micro_unet(0), micro_unet(1)
+    assert compiled.package_path(a, tmp_path) == compiled.package_path(micro_unet(0), tmp_path)
+    assert compiled.package_path(a, tmp_path) != compiled.package_path(b, tmp_path)
+    a.to(memory_format=torch.channels_last)  # the layout is not part of the key: the values are
+    assert compiled.package_path(a, tmp_path) == compiled.package_path(micro_unet(0), tmp_path)
+    assert compiled.load(a, tmp_path) is None  # nothing built: None, silently (sampling stays eager)
+
+
+def test_compiled_package_matches_eager_for_any_batch_and_timestep(tmp_path):
+    if compiled.compiler_problem():
+        pytest.skip("no C++ compiler for Inductor")
+    unet = micro_unet()
+    path = compiled.build(unet, tmp_path, verbose=False)
+    assert path.is_file() and path.suffix == ".pt2" and not list(tmp_path.glob(".*tmp*"))  # written atomically
+    assert compiled.build(unet, tmp_path) == path  # built once: the second call finds it
+    net = compiled.load(unet, tmp_path)
+    assert net is not None
     with torch.no_grad():
-        first = compiled(x, 17)  # nothing compiled yet: answered eagerly, compiled in the background
-        assert torch.equal(first, unet(x, torch.tensor(17.0)))
-        assert compiled.wait(timeout=600) and compiled.error is None and compiled.ready(x.shape)
-        compiled.background = False  # from here on a new batch size compiles at its first call
-        for batch in (2, 3):  # the batch dimension is dynamic: 3 reuses the graph of 2
+        for batch in (1, 3, compiled.MAX_BATCH):  # the batch dimension is dynamic
             x = torch.randn(batch, 1, 8, 8)
             for t in (17, 640.5):
-                assert (compiled(x, t) - unet(x, torch.tensor(t))).abs().max().item() <= 1e-5
-    assert compiled.ready((3, 1, 8, 8)) and compiled.error is None
+                assert net.applies(x)
+                assert (net(x, t) - unet(x, torch.tensor(float(t)))).abs().max().item() <= 1e-5
+        big = torch.randn(compiled.MAX_BATCH + 1, 1, 8, 8)  # beyond the package's range: the eager UNet
+        assert not net.applies(big) and torch.equal(net(big, 5), unet(big, torch.tensor(5.0)))
+    # a pipeline samples through it where it exists, with the eager pipeline's numbers
+    pipe = DiffusionPipeline(unet, {})
+    eager = pipe.sample("ddim", n=2, seed=1, num_inference_steps=4)
+    assert pipe.compile(cache_dir=tmp_path) and pipe.compiled is not None
+    assert (pipe.sample("ddim", n=2, seed=1, num_inference_steps=4) - eager).abs().max().item() <= 1e-5
+    assert not DiffusionPipeline(micro_unet(2), {}).compile(cache_dir=tmp_path)  # other weights: no package
 
 
-def test_no_compiler_falls_back_to_eager(monkeypatch):
+def test_no_compiler_stays_eager_with_one_warning(monkeypatch, tmp_path):
     import torch._inductor.cpp_builder as cpp_builder
 
     def missing():
         raise RuntimeError("Failed to find a working C++ compiler. Tried: ('g++',)")
 
     monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
-    ours, _ = ours_and_reference(DIFFUSERS_TINY)
-    pipe = DiffusionPipeline(ours, {})
+    pipe = DiffusionPipeline(micro_unet(), {})
     with pytest.warns(RuntimeWarning, match="C\\+\\+ compiler"):
-        pipe.compile(batch_sizes=(2,))
-    x = torch.randn(2, 1, 16, 16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # warned once, at compile(), not at every call
-        got = pipe.compiled(x, 10)
-    with torch.no_grad():
-        assert torch.equal(got, ours(x, torch.tensor(10.0)))
-    assert "C++ compiler" in pipe.compiled.error
+        assert pipe.compile(build=True, cache_dir=tmp_path) is False
+    assert pipe.compiled is None and not list(tmp_path.iterdir())
+    assert pipe.sample("ddim", n=1, seed=0, num_inference_steps=2).shape == (1, 1, 8, 8)
 
 
-def test_compile_error_falls_back_to_eager(monkeypatch):
-    def broken(module, **kwargs):
-        def call(*args, **kw):
-            raise RuntimeError("InductorError: simulated lowering failure")
-        return call
+def test_a_corrupt_package_is_refused_with_a_warning(tmp_path):
+    unet = micro_unet()
+    path = compiled.package_path(unet, tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a package")
+    with pytest.warns(RuntimeWarning, match="compiled UNet is unavailable"):
+        assert compiled.load(unet, tmp_path) is None
 
-    monkeypatch.setattr(torch, "compile", broken)
-    ours, _ = ours_and_reference(DIFFUSERS_TINY)
-    compiled = fast.CompiledUNet(ours)
-    x = torch.randn(2, 1, 16, 16)
-    with pytest.warns(RuntimeWarning, match="simulated lowering failure"):
-        got = compiled(x, 10)
-    with torch.no_grad():
-        assert torch.equal(got, ours(x, torch.tensor(10.0)))
-        compiled(x, 11)  # no second warning, no second attempt
+
+def test_compile_command_line(tmp_path, capsys):
+    assert compiled.main([str(tmp_path / "missing"), "--cache-dir", str(tmp_path)]) == 2
+    assert "error:" in capsys.readouterr().err

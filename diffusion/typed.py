@@ -1,0 +1,78 @@
+"""Values of typed fields from what people type: one coercion for sampler options (CLI ``--option``,
+studio widgets, scheduler configs) and training configs (``--key=value``)."""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from typing import Any, Literal
+
+import numpy as np
+
+TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}
+
+
+def coerce(name: str, hint: Any, value: Any, owner: str = "") -> Any:
+    """``value`` as the type ``hint`` wants, or ValueError naming ``name``, the type and the value.
+
+    Accepted: the type itself; numpy scalars; text as typed on a command line ("50", "0.5", "true");
+    a whole float for an int (a number widget's 50.0); an int for a float. Refused: a non-whole number
+    for an int (2.5 steps), NaN and infinite floats, booleans for numbers, a value outside a ``Literal``.
+    Types it does not know (dicts, tuples...) pass through unchanged."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else Any
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        kind = type(args[0])
+        if kind is not str and isinstance(value, str):
+            try:
+                value = coerce(name, kind, value, owner)
+            except ValueError:
+                pass
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if value not in args or (isinstance(value, bool) and not all(isinstance(a, bool) for a in args)):
+            raise ValueError(f"{owner + ': ' if owner else ''}{name}={value!r} is not one of {', '.join(map(repr, args))}.")
+        return value
+    if hint is bool:
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            value = value.strip().lower() == "true"
+        ok = isinstance(value, bool)
+    elif hint is int:
+        if isinstance(value, str):
+            value = _number(value, int)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        if isinstance(value, str):
+            value = _number(value, float)
+        try:  # an int too large for a float (10**400) is not finite either
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+        except OverflowError:
+            ok = False
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:
+        return value
+    if not ok:
+        raise ValueError(f"{name} must be {TYPE_NAMES[hint]}, got {value!r}.")
+    return value
+
+
+def _number(text: str, kind: type) -> Any:
+    """``text`` as an int or float if it reads as one (ints also from "50.0"), else the text unchanged."""
+    for cast in (int, float) if kind is int else (float,):
+        try:
+            return cast(text.strip())
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,212 @@
+"""What the studio's buttons do: generators that yield output tuples and raise ``gr.Error`` with what to
+change. Usable without a server (the tests drive them directly)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+import torch
+
+import diffusion
+from diffusion import images as dimages
+from diffusion.samplers import SAMPLERS, SamplerOptions
+from diffusion.trajectory import Trajectory
+
+from . import media
+from .models import ModelStore
+from .options import check_count, evaluations, make_options, planned_timesteps, split_options
+from .runs import Run, Throttle, compare_metrics, difference, metrics_markdown, time_left
+from .settings import BUNDLED_MODEL, DISPLAY_PX, HUB_PRESETS, MAX_IMAGES, MAX_SEED, PREVIEW_PX, PROGRESS_EVERY_S, Settings
+
+NO_RUN = "Run **Generate** on the Sample tab first."
+
+
+class Studio:
+    """The app's handlers over a :class:`ModelStore` and the bounded :class:`media.OutputFolders`."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.store = ModelStore(self.settings)
+        self.outputs = media.OutputFolders(self.settings.keep_outputs)
+
+    @property
+    def default_model(self) -> str:
+        return self.store.default
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        name = Path(self.default_model).name or self.default_model
+        label = f"{name} (bundled)" if self.default_model == BUNDLED_MODEL else name
+        return [(label, self.default_model)] + [(p, p) for p in HUB_PRESETS if p != self.default_model]
+
+    def device(self, pipe: diffusion.DiffusionPipeline) -> str:
+        kind = pipe.device.type
+        return f"{kind} ({torch.get_num_threads()} threads)" if kind == "cpu" else kind
+
+    def fetch(self, model: str) -> None:
+        """Load ``model`` (downloading it if needed): the UI runs this in its own queue before sampling,
+        so a slow or failing download does not hold the sampling queue."""
+        self.store.get(model)
+
+    def _prepare(self, model: str, seed: Any, num_images: Any) -> tuple[diffusion.DiffusionPipeline, int, int]:
+        n = check_count(num_images, "The number of images", 1, MAX_IMAGES)
+        seed = check_count(seed, "The seed", 0, MAX_SEED)
+        return self.store.get(model), n, seed
+
+    def _options(self, pipe: diffusion.DiffusionPipeline, sampler: str | None, values: dict[str, Any]) -> SamplerOptions:
+        return make_options(pipe, sampler, values)
+
+    # -- Sample ------------------------------------------------------------------------------------
+
+    def sample(self, model: str, sampler: str, seed: float, num_images: float,
+               progress: gr.Progress = gr.Progress(), **options: Any) -> Iterator[tuple]:
+        """Sample images, streaming predicted-x0 previews. Yields (picture, PNG grid file, info, trajectory);
+        the last yield holds the results. Options: any sampler option (``steps``, ``eta``...)."""
+        pipe, n, seed = self._prepare(model, seed, num_images)
+        opts = self._options(pipe, sampler, split_options(options))
+        name = self.store.name(model)
+        self.store.check_work(pipe, n, evaluations(pipe, sampler, opts), name)
+        run = Run(pipe, sampler, opts, n, seed, record=True, model_name=name)
+        folder = self.outputs.new()
+        show, tick = Throttle(self.settings.preview_every_s), Throttle(PROGRESS_EVERY_S)
+        start = time.perf_counter()
+        progress(0, desc=f"{sampler.upper()}: starting")
+        for step in run:
+            last = run.done == run.total
+            if tick(last):
+                progress(run.done / run.total, desc=f"{sampler.upper()} step {run.done}/{run.total} · "
+                                                    f"{time_left(run.done, run.total, time.perf_counter() - start)}")
+            if show() and not last:
+                pic = media.save_png(media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX),
+                                     folder / f"preview{run.done:04d}.png")
+                info = f"Step {run.done} / {run.total} · t = {media._t(step.t)} · predicted x0 preview"
+                yield pic, gr.skip(), info, gr.skip()
+        assert run.images is not None
+        stem = f"{media.slug(name)}_{sampler}_{run.done}steps_seed{seed}"
+        grid_path = folder / f"{stem}.png"
+        dimages.save_grid(run.images, grid_path)
+        st = run.stats()
+        compiled = " · compiled" if pipe.compiled is not None and pipe.compiled.covers(n) else ""
+        info = (f"**{n} image{'s' if n != 1 else ''}** · {sampler.upper()} · {st['steps']} steps · "
+                f"{st['evaluations']} model evaluations · {st['seconds']:.2f} s ({st['ms_per_step']:.0f} ms/step) · "
+                f"seed {seed} · {self.device(pipe)}{compiled}")
+        shown = media.save_png(media.picture(run.images, DISPLAY_PX), folder / f"{stem}_shown.png")
+        yield shown, str(grid_path), info, run.trajectory
+
+    # -- Compare -----------------------------------------------------------------------------------
+
+    def compare(self, model: str, seed: float, num_images: float, progress: gr.Progress = gr.Progress(),
+                **panels: Any) -> Iterator[tuple]:
+        """Two samplers from the same x_T (the seed's). Keyword options are prefixed ``a_`` / ``b_``
+        (``a_sampler``, ``a_steps``, ``b_eta``...). Yields (image A, image B, slider pair, difference
+        map, metrics Markdown, metrics dict)."""
+        samplers = {p: panels.get(f"{p}_sampler") for p in "ab"}
+        pipe, n, seed = self._prepare(model, seed, num_images)
+        opts = {p: self._options(pipe, samplers[p], split_options(panels, f"{p}_")) for p in "ab"}
+        self.store.check_work(pipe, n, sum(evaluations(pipe, samplers[p], opts[p]) for p in "ab"), self.store.name(model))
+        total_steps = sum(o.num_inference_steps for o in opts.values())
+        folder = self.outputs.new()
+        runs: dict[str, Run] = {}
+        show, tick = Throttle(self.settings.preview_every_s), Throttle(PROGRESS_EVERY_S)
+        start, done = time.perf_counter(), 0
+        for p in "ab":
+            runs[p] = run = Run(pipe, samplers[p], opts[p], n, seed)
+            label = f"Panel {p.upper()} ({samplers[p].upper()})"
+            for step in run:
+                done += 1
+                if tick(done == total_steps):
+                    progress(done / total_steps, desc=f"{label} step {run.done}/{run.total} · "
+                                                      f"{time_left(done, total_steps, time.perf_counter() - start)}")
+                if show() and run.done < run.total:
+                    pic = media.save_png(media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX),
+                                         folder / f"preview-{p}{run.done:04d}.png")
+                    md = f"{label}: step {run.done} / {run.total} · t = {media._t(step.t)}"
+                    a_img, b_img = (pic, gr.skip()) if p == "a" else (gr.skip(), pic)
+                    yield a_img, b_img, gr.skip(), gr.skip(), md, gr.skip()
+            if p == "a" and run.images is not None:  # panel A's result stays up while B runs
+                pic = media.save_png(media.picture(run.images), folder / "a.png")
+                yield pic, gr.skip(), gr.skip(), gr.skip(), f"{label}: done in {run.seconds:.2f} s", gr.skip()
+        a, b = runs["a"], runs["b"]
+        assert a.images is not None and b.images is not None and a.first_x_t is not None and b.first_x_t is not None
+        if not torch.equal(a.first_x_t, b.first_x_t):  # both start from the seed's x_T; guard the promise
+            raise gr.Error("Internal error: the two panels did not start from the same x_T.")
+        heat, diff = difference(a.images, b.images)
+        metrics = compare_metrics(a.stats(), b.stats(), diff, self.device(pipe))
+        pa = media.save_png(media.picture(a.images), folder / "a.png")
+        pb = media.save_png(media.picture(b.images), folder / "b.png")
+        pd = media.save_png(media.picture(heat), folder / "difference.png")
+        yield pa, pb, (pa, pb), pd, metrics_markdown(metrics), metrics
+
+    # -- Denoising ---------------------------------------------------------------------------------
+
+    def show_trajectory(self, traj: Trajectory | None) -> tuple:
+        """After a run: the scrubber at the sample, the schedule plot, GIF / MP4 / ZIP / NPZ."""
+        if traj is None or len(traj) == 0:
+            return gr.update(maximum=1, value=0), None, None, NO_RUN, gr.skip(), None, None, None
+        last = len(traj) - 1
+        traj.meta.pop("_folder", None)
+        folder = self._frame_folder(traj)
+        xt, x0 = self.frame_files(traj, last)
+        meta = traj.meta
+        stem = f"{media.slug(str(meta.get('model', 'model')))}_{meta.get('sampler', '')}_{traj.num_steps}steps"
+        title = f"{str(meta.get('sampler', '')).upper()} · {traj.num_steps} steps · {media.slug(str(meta.get('model', '')))}"
+        fig = media.schedule_figure(media.schedule_plot_data(traj.schedule, traj.visited), title)
+        files = media.trajectory_files(traj, folder, stem)
+        mp4 = str(files["mp4"]) if "mp4" in files else None
+        return (gr.update(maximum=last, value=last), xt, x0, media.readout(traj, last), fig, str(files["gif"]), mp4,
+                [str(p) for p in files.values()])
+
+    def _frame_folder(self, traj: Trajectory) -> Path:
+        """The folder of a trajectory's pictures (made anew if the bounded temp folder dropped it)."""
+        folder = Path(traj.meta.get("_folder", ""))
+        if not traj.meta.get("_folder") or not folder.is_dir():
+            folder = self.outputs.new()
+            traj.meta["_folder"] = str(folder)
+        return folder
+
+    def frame_files(self, traj: Trajectory, i: int) -> tuple[str, str]:
+        """Frame i's x_t and predicted x0 as PNG files (written once per trajectory and frame)."""
+        folder = self._frame_folder(traj)
+        paths = (folder / f"frame{i:03d}_xt.png", folder / f"frame{i:03d}_x0.png")
+        if not all(p.is_file() for p in paths):
+            for pic, path in zip(media.frame_pictures(traj, i), paths):
+                media.save_png(pic, path)
+        return str(paths[0]), str(paths[1])
+
+    def show_frame(self, index: float, traj: Trajectory | None) -> tuple:
+        if traj is None or len(traj) == 0:
+            return None, None, NO_RUN
+        i = int(min(max(0, index or 0), len(traj) - 1))
+        return (*self.frame_files(traj, i), media.readout(traj, i))
+
+    @staticmethod
+    def advance(index: float, playing: bool, traj: Trajectory | None) -> tuple:
+        """One tick of the play button: the next frame, stopping at the sample."""
+        if traj is None or not playing:
+            return gr.skip(), gr.Timer(active=False), gr.update(value="▶ Play"), False
+        i = int(index or 0) + 1
+        if i >= len(traj) - 1:
+            return len(traj) - 1, gr.Timer(active=False), gr.update(value="▶ Play"), False
+        return i, gr.skip(), gr.skip(), True
+
+    @staticmethod
+    def toggle_play(index: float, playing: bool, traj: Trajectory | None) -> tuple:
+        if traj is None or playing:
+            return gr.skip(), gr.Timer(active=False), gr.update(value="▶ Play"), False
+        start = 0 if int(index or 0) >= len(traj) - 1 else gr.skip()
+        return start, gr.Timer(active=True), gr.update(value="Pause"), True
+
+    def schedule_preview(self, model: str, sampler: str, **options: Any) -> Any:
+        """The schedule plot for the current Sample settings, before anything runs."""
+        pipe = self.store.peek(model)
+        if pipe is None or sampler not in SAMPLERS:
+            return gr.skip()
+        try:
+            opts = make_options(pipe, sampler, split_options(options))
+            visited = planned_timesteps(pipe, sampler, opts)
+        except gr.Error:
+            return gr.skip()
+        return media.schedule_figure(media.schedule_plot_data(pipe.schedule, visited),
+                                     f"{sampler.upper()} · {opts.num_inference_steps} steps (planned)")

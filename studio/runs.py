@@ -1,0 +1,147 @@
+"""One sampler run as the studio drives it (timed, its trajectory kept), and what compares two runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import gradio as gr
+import numpy as np
+import torch
+
+import diffusion
+from diffusion.samplers import SamplerOptions, Step
+from diffusion.trajectory import Trajectory
+
+from .settings import MAX_FRAMES, TRAJECTORY_BYTES, TRAJECTORY_IMAGES
+
+
+@dataclass
+class Run:
+    """One sampler run from the seed's x_T, through :meth:`DiffusionPipeline.denoise`. Iterate it to
+    step; afterwards ``images`` ([0, 1]), ``seconds`` (time in the sampler only), ``evaluations`` and,
+    with ``record``, ``trajectory`` are set."""
+
+    pipe: diffusion.DiffusionPipeline
+    sampler: str
+    options: SamplerOptions
+    n: int
+    seed: int
+    record: bool = False
+    model_name: str = ""
+    seconds: float = 0.0
+    evaluations: int = 0
+    done: int = 0
+    images: torch.Tensor | None = None
+    first_x_t: torch.Tensor | None = None
+    trajectory: Trajectory | None = None
+
+    @property
+    def total(self) -> int:
+        return int(self.options.num_inference_steps)
+
+    def __iter__(self) -> Iterator[Step]:
+        if self.record:
+            keep = min(self.n, TRAJECTORY_IMAGES)
+            frames = Trajectory.frames_per_budget(self.pipe.image_shape, keep, TRAJECTORY_BYTES, MAX_FRAMES)
+            self.trajectory = Trajectory(self.total, self.pipe.schedule, frames, keep,
+                                         meta={"model": self.model_name, "sampler": self.sampler,
+                                               "options": dataclasses.asdict(self.options)})
+        steps = self.pipe.denoise(self.sampler, n=self.n, seed=self.seed, options=self.options)
+        last = None
+        while True:
+            t0 = time.perf_counter()
+            try:
+                step = next(steps)
+            except StopIteration:
+                break
+            except ValueError as e:  # the library's messages are written for users
+                raise gr.Error(str(e)) from None
+            self.seconds += time.perf_counter() - t0
+            self.evaluations += step.evaluations
+            self.done += 1
+            if self.first_x_t is None:
+                self.first_x_t = step.x_t[:1].detach().cpu()
+            if self.trajectory is not None:
+                self.trajectory.observe(step)
+            last = step
+            yield step
+        if last is None:
+            raise gr.Error("The sampler produced no steps.")
+        self.images = diffusion.to_unit(last.x_prev).float().cpu()
+        if self.trajectory is not None:
+            self.trajectory.finish(last.x_prev)
+
+    def stats(self) -> dict[str, Any]:
+        return {"sampler": self.sampler, "steps": self.done, "evaluations": self.evaluations,
+                "seconds": round(self.seconds, 4),
+                "ms_per_step": round(1000 * self.seconds / max(1, self.done), 3),
+                "ms_per_evaluation": round(1000 * self.seconds / max(1, self.evaluations), 3),
+                "options": dataclasses.asdict(self.options)}
+
+
+class Throttle:
+    """True on the first call, then at most every ``seconds`` (and whenever forced)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = -math.inf
+
+    def __call__(self, force: bool = False) -> bool:
+        now = time.perf_counter()
+        if force or now - self.last >= self.seconds:
+            self.last = now
+            return True
+        return False
+
+
+def time_left(done: int, total: int, elapsed: float) -> str:
+    if done <= 0:
+        return "…"
+    left = elapsed / done * max(0, total - done)
+    return f"{left:.1f} s left" if left < 90 else f"{left / 60:.1f} min left"
+
+
+def difference(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """|a - b| of two [0, 1] batches as heat-map images (magma, scaled to the maximum) and summary numbers."""
+    if a.shape != b.shape:
+        raise ValueError(f"Cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}.")
+    from matplotlib import colormaps
+
+    diff = (a.float() - b.float()).abs().mean(dim=1, keepdim=True)  # (N, 1, H, W), averaged over channels
+    mse = ((a.float() - b.float()) ** 2).mean().item()
+    peak = diff.max().item()
+    stats = {"mean_abs_difference": round(diff.mean().item(), 6), "max_abs_difference": round(peak, 6),
+             "psnr_db": round(10 * math.log10(1 / mse), 3) if mse > 0 else math.inf}
+    scaled = (diff / peak if peak > 0 else diff)[:, 0].numpy()  # (N, H, W) in [0, 1]
+    coloured = torch.from_numpy(np.ascontiguousarray(colormaps["magma"](scaled)[..., :3])).permute(0, 3, 1, 2).float()
+    return coloured, stats
+
+
+def compare_metrics(a: dict[str, Any], b: dict[str, Any], diff: dict[str, float], device: str) -> dict[str, Any]:
+    """Both runs' stats, the speed-up of the faster one and the image difference."""
+    fast, slow = ("b", "a") if b["seconds"] <= a["seconds"] else ("a", "b")
+    runs = {"a": a, "b": b}
+    speedup = runs[slow]["seconds"] / runs[fast]["seconds"] if runs[fast]["seconds"] > 0 else math.inf
+    eval_ratio = runs[slow]["evaluations"] / max(1, runs[fast]["evaluations"])
+    return {"a": a, "b": b, "faster": fast, "speedup": round(speedup, 3), "evaluation_ratio": round(eval_ratio, 3),
+            "difference": diff, "device": device}
+
+
+def metrics_markdown(m: dict[str, Any]) -> str:
+    a, b = m["a"], m["b"]
+    rows = [("Sampler", a["sampler"].upper(), b["sampler"].upper()), ("Steps", a["steps"], b["steps"]),
+            ("Model evaluations", a["evaluations"], b["evaluations"]),
+            ("Wall time", f"{a['seconds']:.2f} s", f"{b['seconds']:.2f} s"),
+            ("ms per step", f"{a['ms_per_step']:.1f}", f"{b['ms_per_step']:.1f}")]
+    table = "| | Panel A | Panel B |\n|---|---:|---:|\n" + "\n".join(f"| {r[0]} | {r[1]} | {r[2]} |" for r in rows)
+    fast, slow = m["faster"], "a" if m["faster"] == "b" else "b"
+    d = m["difference"]
+    return (f"{table}\n\n**Speed-up: {m['speedup']:.1f}×** — panel {fast.upper()} ({m[fast]['sampler'].upper()}) is "
+            f"{m['speedup']:.1f}× faster than panel {slow.upper()} ({m[slow]['sampler'].upper()}) with "
+            f"{m['evaluation_ratio']:.1f}× fewer model evaluations, on {m['device']}.  \n"
+            f"Difference: mean |A−B| = {d['mean_abs_difference']:.3f}, max = {d['max_abs_difference']:.3f}, "
+            f"PSNR = {d['psnr_db']:.1f} dB (images in [0, 1]).")

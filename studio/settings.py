@@ -1,0 +1,78 @@
+"""The studio's limits and switches: a frozen dataclass read from the environment and the command line
+in :func:`studio.main.main`, never at import."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+APP_DIR = Path(__file__).resolve().parents[1]
+BUNDLED_MODEL = "checkpoints/fashion-mnist"
+HUB_PRESETS = ("google/ddpm-cifar10-32", "google/ddpm-ema-church-256", "google/ddpm-ema-celebahq-256",
+               "anton-l/ddpm-butterflies-128")
+
+# Work is counted in pixel-steps (images x pixels x model evaluations). The CPU budget is for a model
+# costing up to REFERENCE_FLOPS per pixel and evaluation (the bundled Fashion-MNIST UNet) and shrinks in
+# proportion for costlier ones (google/ddpm-cifar10-32 costs ~17x more per pixel).
+REFERENCE_FLOPS = 710_000
+GPU_BUDGET_FACTOR = 50
+MAX_IMAGES = 64
+MAX_SEED = 2**53 - 1  # what a browser's number holds exactly
+MAX_FRAMES = 100  # trajectory frames cached for the scrubber
+ANIMATION_FRAMES = 50  # of which the GIF / MP4 use at most this many
+TRAJECTORY_IMAGES = 16  # images kept in the trajectory
+TRAJECTORY_BYTES = 24 * 2**20
+DISPLAY_PX = 512  # result grids are upscaled (nearest neighbour, integer factor) to at least this width
+PREVIEW_PX = 256  # streamed previews: smaller, the page scales them up (pixelated)
+FRAME_PX = 320
+STATE_TTL_S = 3600
+PROGRESS_EVERY_S = 0.1
+
+
+def _env_number(name: str, default: float, kind: type = int) -> Any:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(float(text))
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}.") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {text!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What an operator may change (environment variable in brackets)."""
+
+    default_model: str = BUNDLED_MODEL  # DEFAULT_MODEL: a model folder or Hub repo id
+    allow_local: bool = False  # ALLOW_LOCAL_MODELS=1: accept any local folder typed in the Model box
+    max_work: int = 16_000_000  # MAX_WORK: pixel-steps one CPU request may cost (bundled-model FLOPs)
+    max_models: int = 3  # MAX_MODELS: models kept loaded (least recently used out)
+    queue_size: int = 20  # QUEUE_SIZE
+    preview_every_s: float = 0.5  # PREVIEW_EVERY: stream an x0 preview at most this often (each costs CPU)
+    compile: bool = True  # COMPILE=0 / --no-compile: never use compiled UNet packages
+    build_compiled: bool = False  # --compile: build the default model's package before serving
+    keep_outputs: int = 48  # KEEP_OUTPUTS: request folders of pictures and files kept in the temp folder
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """The environment's values, then ``overrides`` (those not None)."""
+        env = dict(
+            default_model=os.environ.get("DEFAULT_MODEL", "").strip() or BUNDLED_MODEL,
+            allow_local=os.environ.get("ALLOW_LOCAL_MODELS", "") == "1",
+            max_work=_env_number("MAX_WORK", cls.max_work),
+            max_models=_env_number("MAX_MODELS", cls.max_models),
+            queue_size=_env_number("QUEUE_SIZE", cls.queue_size),
+            preview_every_s=_env_number("PREVIEW_EVERY", cls.preview_every_s, float),
+            compile=os.environ.get("COMPILE", "1") != "0",
+            keep_outputs=_env_number("KEEP_OUTPUTS", cls.keep_outputs),
+        )
+        return cls(**{**env, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
