@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffusion.hub import load
+from diffusion import load
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from .hub import atomic_write
+from .files import atomic_write
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from . import hub
+from .files import CheckpointError
 from .samplers import BaseOptions, Step, get_sampler
 from .schedule import NoiseSchedule
-from .unet import UNet
+from .unet import UNet, UNetConfig, load_state_dict_strict
 
 # diffusers' DDPMScheduler defaults: what a scheduler config means when it leaves a key out.
 SCHEDULER_DEFAULTS: dict[str, Any] = {
@@ -148,15 +151,46 @@ class DiffusionPipeline:
             pass
         return to_unit(step.x_prev)
 
+    @classmethod
+    def from_pretrained(cls, source: str | Path, revision: str | None = None, *, cache_dir: str | None = None,
+                        local_files_only: bool = False, device: str | torch.device = "cpu") -> "DiffusionPipeline":
+        """Load a pipeline from a local folder or a Hub repo id (``owner/name``), diffusers format, either
+        layout (:func:`diffusion.hub.load_checkpoint`). Hub files are fetched with ``huggingface_hub`` (its
+        cache, ``revision`` pinning; offline when ``local_files_only`` or ``HF_HUB_OFFLINE=1``).
+        Raises :class:`diffusion.CheckpointError` with the reason."""
+        checkpoint = hub.load_checkpoint(source, revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        kind = checkpoint.unet_config.get("_class_name", "UNet2DModel")
+        if kind != "UNet2DModel":
+            raise CheckpointError(f"{checkpoint.source} holds a {kind}; only pixel-space DDPM models (UNet2DModel) are supported.")
+        try:
+            unet = UNet(UNetConfig.from_dict(checkpoint.unet_config))
+            load_state_dict_strict(unet, checkpoint.state_dict)
+            pipe = cls(unet.eval(), checkpoint.scheduler_config, checkpoint.source)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"Cannot load {checkpoint.source}: {e}") from None
+        return pipe.to(device)
+
     def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-        from .hub import save_pretrained
+        """Write the diffusers pipeline layout (loads with :meth:`from_pretrained` and diffusers'
+        ``DDPMPipeline.from_pretrained``): ``model_index.json``, ``unet/config.json``,
+        ``unet/diffusion_pytorch_model.safetensors``, ``scheduler/scheduler_config.json``, then
+        ``extra_files`` (name -> text). Every file is written atomically."""
+        scheduler_config = {**self.config, **{k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}}
+        return hub.write_folder(directory, self.unet.config.to_dict(), self.unet.state_dict(), scheduler_config, extra_files)
 
-        return save_pretrained(self, directory, extra_files)
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload DDPM pipeline", extra_files: dict[str, str] | None = None) -> str:
+        """Create the Hub repo ``repo_id`` if needed and upload :meth:`save_pretrained`'s folder; returns the commit URL."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, extra_files)
+            return hub.upload_folder(repo_id, tmp, private=private, token=token, commit_message=commit_message)
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        from .hub import push_to_hub
 
-        return push_to_hub(self, repo_id, **kwargs)
+def load(source: str | Path, revision: str | None = None, *, cache_dir: str | None = None,
+         local_files_only: bool = False, device: str | torch.device = "cpu") -> DiffusionPipeline:
+    """``diffusion.load``: the short form of :meth:`DiffusionPipeline.from_pretrained`."""
+    return DiffusionPipeline.from_pretrained(source, revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                                             device=device)
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

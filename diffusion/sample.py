@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .hub import CheckpointError, check_writable, load
+from .files import CheckpointError, check_writable
 from .images import save_grid
-from .pipeline import DiffusionPipeline, to_unit
+from .pipeline import DiffusionPipeline, load, to_unit
 from .samplers import SAMPLERS, SPACINGS, Step
 
 

@@ -20,7 +20,7 @@ import torch
 import diffusion
 import diffusion.sample as cli
 from diffusion import CheckpointError
-from diffusion.hub import atomic_write, check_writable
+from diffusion.files import atomic_write, check_writable
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.samplers import SAMPLERS, get_sampler
 from diffusion.samplers.base import OPTION_RANGES, check_option

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.hub import atomic_write
+from diffusion.files import atomic_write
 from diffusion.unet import UNet
 from training.config import resolve_config
 from training.data import load_images

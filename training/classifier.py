@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from diffusion.hub import atomic_write
+from diffusion.files import atomic_write
 
 from .data import DEBIAN_FASHION_MNIST, load_images
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from diffusion.hub import CheckpointError, atomic_write, check_writable, load
+from diffusion.files import CheckpointError, atomic_write, check_writable
 from diffusion.images import to_uint8
-from diffusion.pipeline import DiffusionPipeline, to_unit
+from diffusion.pipeline import DiffusionPipeline, load, to_unit
 from diffusion.sample import add_sampler_arguments, check_device, sampler_overrides
 from diffusion.samplers import get_sampler
 

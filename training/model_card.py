@@ -19,7 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import diffusion
-from diffusion.hub import atomic_write
+from diffusion.files import atomic_write
 from diffusion.images import save_grid
 
 

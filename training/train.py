@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import diffusion
-from diffusion.hub import CheckpointError, atomic_write, check_writable, save_pretrained
+from diffusion.files import CheckpointError, atomic_write, check_writable
 from diffusion.images import save_grid
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedule import NoiseSchedule
@@ -94,7 +94,7 @@ def export(cfg: TrainConfig, ema: UNet, out_dir: Path, step: int) -> Path:
     """Write the EMA model in diffusers' layout, with the resolved training config beside it."""
     pipe = DiffusionPipeline(copy.deepcopy(ema).float().cpu().eval(), cfg.scheduler_config(), str(out_dir))
     extra = {"training_config.json": json.dumps({**cfg.to_dict(), "trained_steps": step}, indent=2) + "\n"}
-    save_pretrained(pipe, out_dir, extra)
+    pipe.save_pretrained(out_dir, extra)
     if cfg.push_to_hub:
         url = pipe.push_to_hub(cfg.push_to_hub, extra_files=extra)
         print(f"pushed to {url}")
