@@ -1,7 +1,7 @@
 """Quality per time: Frechet distance against sampling wall time, one line per sampler, from a table
 written by ``python -m training.evaluate --table`` (every row's time was measured in that same run).
 
-    python benchmarks/quality_per_time.py runs/eval/table/table.json --out runs/eval/quality-per-time.png
+    python -m benchmarks.quality_per_time runs/eval/table/table.json --out runs/eval/quality-per-time.png
 
 Prints, for each row, its time and FD as ratios against DDIM (eta 0) at 100 steps, the baseline the
 fewer-evaluation samplers aim for (the same quality with 10 to 20 model evaluations).

@@ -2,9 +2,9 @@
 weights, same optimiser and the same training step as training/train.py (q_sample, MSE on the
 target, backward, gradient clipping, AdamW, warmup LR, EMA).
 
-    python benchmarks/train_speed.py                  # fashion-mnist config, batch 64, CPU fp32 + bf16 (+ CUDA)
-    python benchmarks/train_speed.py --quick          # a rough number in about a minute
-    python benchmarks/train_speed.py --config cifar10 --batch 128 --devices cuda --precisions bf16
+    python -m benchmarks.train_speed                  # fashion-mnist config, batch 64, CPU fp32 + bf16 (+ CUDA)
+    python -m benchmarks.train_speed --quick          # a rough number in about a minute
+    python -m benchmarks.train_speed --config cifar10 --batch 128 --devices cuda --precisions bf16
 
 Models are measured interleaved (ours, diffusers, ours, ...) after a warm-up, and the median of
 the repeats is reported, so a slow patch of a shared machine hits both about equally. On a CPU,
@@ -22,8 +22,6 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

@@ -1,8 +1,8 @@
 """UNet speed: ours against diffusers' UNet2DModel holding the same weights, in one run.
 
-    python benchmarks/unet_speed.py                 # CPU fp32 at batch 1 and 16, plus bf16 autocast
-    python benchmarks/unet_speed.py --compile       # also both models through torch.compile
-    python benchmarks/unet_speed.py --device cuda
+    python -m benchmarks.unet_speed                 # CPU fp32 at batch 1 and 16, plus bf16 autocast
+    python -m benchmarks.unet_speed --compile       # also both models through torch.compile
+    python -m benchmarks.unet_speed --device cuda
 
 The google CIFAR-10 architecture (35.7 M parameters, random weights). Ours runs eagerly as the
 pipeline runs it: channels-last convolution weights, inside ``UNet.frozen_weights`` (the pipeline enters
@@ -20,8 +20,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

@@ -162,12 +162,12 @@ def test_stopped_and_resumed_run_is_bit_identical(images, tmp_path, capsys):
 
 
 def test_killed_cli_run_resumes_from_its_newest_checkpoint(images, tmp_path, capsys):
-    """SIGKILL a real `python training/train.py CONFIG` mid-run, resume, and match an uninterrupted run."""
+    """SIGKILL a real `python -m training.train CONFIG` mid-run, resume, and match an uninterrupted run."""
     killed = tmp_path / "killed"
     config_file = tmp_path / "tiny.json"
     config_file.write_text(json.dumps(settings(images, killed, steps=10_000)))
     with (tmp_path / "out.txt").open("w") as out:
-        proc = subprocess.Popen([sys.executable, "training/train.py", str(config_file)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "training.train", str(config_file)], cwd=ROOT,
                                 env=SUBPROCESS_ENV, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 120
@@ -195,9 +195,9 @@ def test_killed_cli_run_resumes_from_its_newest_checkpoint(images, tmp_path, cap
 
 
 def torchrun(images: Path, run_dir: Path, steps: int) -> str:
-    """`torchrun --nproc_per_node=2 training/train.py ...` on CPU (gloo); its stdout."""
+    """`torchrun --nproc_per_node=2 -m training.train ...` on CPU (gloo); its stdout."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "training/train.py", *as_args(settings(images, run_dir, steps=steps, deterministic=False))]
+           "-m", "training.train", *as_args(settings(images, run_dir, steps=steps, deterministic=False))]
     proc = subprocess.run(cmd, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout

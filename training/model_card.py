@@ -1,8 +1,8 @@
 """Turn a finished run into a shippable model folder: the EMA export, a loss curve, an 8x8 grid of
 DDIM-50 samples from seed 0, and a model card README with the exact command and numbers.
 
-    python training/model_card.py --run runs/fashion-mnist --out checkpoints/fashion-mnist \
-        --command "python training/train.py fashion-mnist"
+    python -m training.model_card --run runs/fashion-mnist --out checkpoints/fashion-mnist \
+        --command "python -m training.train fashion-mnist"
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import diffusion
 from diffusion.files import atomic_write

@@ -1,7 +1,7 @@
 """Train a DDPM (Ho et al. 2020, Algorithm 1) on one CPU or GPU, or many through torchrun.
 
-    python training/train.py fashion-mnist --steps=2000 --lr=1e-4
-    torchrun --nproc_per_node=8 training/train.py cifar10
+    python -m training.train fashion-mnist --steps=2000 --lr=1e-4     (or diffusion-train, after pip install -e .)
+    torchrun --nproc_per_node=8 -m training.train cifar10
 
 Checkpoints (model, EMA, optimizer, step, RNG states, config) go to RUN_DIR/checkpoints every
 ``ckpt_every`` steps, written atomically; a restarted run resumes from the newest valid one.
@@ -21,9 +21,6 @@ import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.distributed as dist

@@ -1,0 +1,1 @@
+"""Measurements behind the README's numbers; run from the repository root as modules: ``python -m benchmarks.unet_speed``."""
