@@ -67,8 +67,10 @@ def check_writable(path: str | Path, what: str = "file") -> Path:
         try:
             fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=existing)
         except OSError as e:
-            raise ValueError(f"Cannot write {shown}: no file can be created in {_short(str(existing))} ({e.strerror or e}). "
-                             f"Choose a {what} you can write to.") from None
+            raise ValueError(
+                f"Cannot write {shown}: no file can be created in {_short(str(existing))} ({e.strerror or e}). "
+                f"Choose a {what} you can write to."
+            ) from None
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -94,8 +96,10 @@ def check_not_lfs_pointer(path: Path, what: str = "the file") -> None:
     except OSError:
         return  # the reader reports it
     if head == LFS_POINTER:
-        raise CheckpointError(f"{path} is a Git LFS pointer, not {what}: fetch the real files with `git lfs pull` in the repository "
-                              "it came from (after `git lfs install`).")
+        raise CheckpointError(
+            f"{path} is a Git LFS pointer, not {what}: fetch the real files with `git lfs pull` in the repository "
+            "it came from (after `git lfs install`)."
+        )
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -107,7 +111,9 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, download or export it again.") from None
+        raise CheckpointError(
+            f"{path} is not valid JSON ({e}); the checkpoint is damaged, download or export it again."
+        ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} should hold a JSON object.")
     return data

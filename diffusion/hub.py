@@ -27,7 +27,8 @@ __all__ = ["Checkpoint", "CheckpointError", "DIFFUSERS_VERSION", "hub_reachable"
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 LAYOUTS = ("unet", "")  # subfolder first, then the root
 DIFFUSERS_VERSION = "0.42.1"
-HUB_PROBE_TIMEOUT = float(os.environ.get("HUB_PROBE_TIMEOUT", 3.0))  # seconds the Hub gets to answer before we go cache-only
+# Seconds the Hub gets to answer before we go cache-only.
+HUB_PROBE_TIMEOUT = float(os.environ.get("HUB_PROBE_TIMEOUT", 3.0))
 
 
 class Checkpoint(NamedTuple):
@@ -47,7 +48,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"Cannot read {path}: {e}. The file is damaged or incomplete; download or export it again.") from None
+            raise CheckpointError(
+                f"Cannot read {path}: {e}. The file is damaged or incomplete; download or export it again."
+            ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -75,7 +78,9 @@ def read_folder(root: Path) -> Checkpoint:
     weights = next((folder / w for w in WEIGHTS if (folder / w).is_file()), None)
     if weights is None:
         raise CheckpointError(f"No weights next to {config}: expected {' or '.join(WEIGHTS)}.")
-    sched = next((p for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json") if p.is_file()), None)
+    sched = next(
+        (p for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json") if p.is_file()), None
+    )
     scheduler_config = read_json(sched) if sched else {}
     return Checkpoint(read_json(config), read_weights(weights), scheduler_config, str(root))
 
@@ -133,7 +138,13 @@ def read_hub(repo_id: str, revision: str | None = None, cache_dir: str | None = 
              local_files_only: bool = False) -> Checkpoint:
     """The configs and weights of the Hub repo ``repo_id``, either layout, through huggingface_hub's cache."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     # Unreachable (no network, a firewall): the cache alone, at once, rather than each file after ~25 s of retries.
     online = not (local_files_only or constants.HF_HUB_OFFLINE) and hub_reachable()
@@ -142,31 +153,48 @@ def read_hub(repo_id: str, revision: str | None = None, cache_dir: str | None = 
     try:
         config = _download_first(repo_id, ["unet/config.json", "config.json"], kw)
         if config is None:
-            raise CheckpointError(f"The Hub repo {shown} has no unet/config.json or config.json: it is not a diffusers UNet model.")
+            raise CheckpointError(
+                f"The Hub repo {shown} has no unet/config.json or config.json: it is not a diffusers UNet model."
+            )
         sub = "unet/" if config.replace(os.sep, "/").endswith("unet/config.json") else ""
         weights = _download_first(repo_id, [sub + w for w in WEIGHTS], kw)
         if weights is None:
-            raise CheckpointError(f"The Hub repo {shown} has {sub}config.json but no {sub}{WEIGHTS[0]} or {sub}{WEIGHTS[1]}.")
+            raise CheckpointError(
+                f"The Hub repo {shown} has {sub}config.json but no {sub}{WEIGHTS[0]} or {sub}{WEIGHTS[1]}."
+            )
         try:
             sched = _download_first(repo_id, ["scheduler/scheduler_config.json", "scheduler_config.json"], kw)
         except LocalEntryNotFoundError:
             sched = None
     except GatedRepoError:
-        raise CheckpointError(f"The Hub repo {shown} is gated: accept its terms on the Hub and log in with `hf auth login`.") from None
+        raise CheckpointError(
+            f"The Hub repo {shown} is gated: accept its terms on the Hub and log in with `hf auth login`."
+        ) from None
     except RepositoryNotFoundError:
-        raise CheckpointError(f"No Hub repo named {shown} (or it is private: log in with `hf auth login`). Check the spelling, e.g. 'google/ddpm-cifar10-32'.") from None
+        raise CheckpointError(
+            f"No Hub repo named {shown} (or it is private: log in with `hf auth login`). "
+            "Check the spelling, e.g. 'google/ddpm-cifar10-32'."
+        ) from None
     except RevisionNotFoundError:
         raise CheckpointError(f"The Hub repo {shown} has no revision {_short(repr(revision))}.") from None
     except HFValidationError as e:
-        raise CheckpointError(f"{shown} is neither a local folder nor a valid Hub repo id ({_short(str(e), 200)}).") from None
-    except LocalEntryNotFoundError:
-        why = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only)" if constants.HF_HUB_OFFLINE or local_files_only
-               else "the Hugging Face Hub could not be reached")
         raise CheckpointError(
-            f"Cannot load {shown}: {why} and the repo is not in the local cache ({cache_dir or constants.HF_HUB_CACHE}). "
+            f"{shown} is neither a local folder nor a valid Hub repo id ({_short(str(e), 200)})."
+        ) from None
+    except LocalEntryNotFoundError:
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE=1 or local_files_only)"
+            if constants.HF_HUB_OFFLINE or local_files_only
+            else "the Hugging Face Hub could not be reached"
+        )
+        raise CheckpointError(
+            f"Cannot load {shown}: {why} and the repo is not in the local cache "
+            f"({cache_dir or constants.HF_HUB_CACHE}). "
             "Connect to the internet once to download it, or pass a local model folder."
         ) from None
-    return Checkpoint(read_json(Path(config)), read_weights(Path(weights)), read_json(Path(sched)) if sched else {}, repo_id)
+    return Checkpoint(
+        read_json(Path(config)), read_weights(Path(weights)), read_json(Path(sched)) if sched else {}, repo_id
+    )
 
 
 def load_checkpoint(source: str | Path, revision: str | None = None, *, cache_dir: str | None = None,
@@ -178,12 +206,17 @@ def load_checkpoint(source: str | Path, revision: str | None = None, *, cache_di
     """
     text = str(source)
     if not text.strip():
-        raise CheckpointError("No model given: pass a model folder (e.g. checkpoints/fashion-mnist) or a Hub repo id (e.g. google/ddpm-cifar10-32).")
+        raise CheckpointError(
+            "No model given: pass a model folder (e.g. checkpoints/fashion-mnist) "
+            "or a Hub repo id (e.g. google/ddpm-cifar10-32)."
+        )
     try:
         path = Path(source).expanduser()
         is_dir, exists = path.is_dir(), path.exists()
     except (OSError, ValueError) as e:  # a name too long for the filesystem, a NUL byte...
-        raise CheckpointError(f"{_short(text)} is neither a model folder nor a Hub repo id ({getattr(e, 'strerror', None) or e}).") from None
+        raise CheckpointError(
+            f"{_short(text)} is neither a model folder nor a Hub repo id ({getattr(e, 'strerror', None) or e})."
+        ) from None
     if is_dir:
         return read_folder(path)
     if exists:

@@ -161,7 +161,9 @@ class DiffusionPipeline:
         checkpoint = hub.load_checkpoint(source, revision, cache_dir=cache_dir, local_files_only=local_files_only)
         kind = checkpoint.unet_config.get("_class_name", "UNet2DModel")
         if kind != "UNet2DModel":
-            raise CheckpointError(f"{checkpoint.source} holds a {kind}; only pixel-space DDPM models (UNet2DModel) are supported.")
+            raise CheckpointError(
+                f"{checkpoint.source} holds a {kind}; only pixel-space DDPM models (UNet2DModel) are supported."
+            )
         try:
             unet = UNet(UNetConfig.from_dict(checkpoint.unet_config))
             load_state_dict_strict(unet, checkpoint.state_dict)
@@ -175,12 +177,14 @@ class DiffusionPipeline:
         ``DDPMPipeline.from_pretrained``): ``model_index.json``, ``unet/config.json``,
         ``unet/diffusion_pytorch_model.safetensors``, ``scheduler/scheduler_config.json``, then
         ``extra_files`` (name -> text). Every file is written atomically."""
-        scheduler_config = {**self.config, **{k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}}
-        return hub.write_folder(directory, self.unet.config.to_dict(), self.unet.state_dict(), scheduler_config, extra_files)
+        given = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
+        return hub.write_folder(directory, self.unet.config.to_dict(), self.unet.state_dict(), {**self.config, **given},
+                                extra_files)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
                     commit_message: str = "Upload DDPM pipeline", extra_files: dict[str, str] | None = None) -> str:
-        """Create the Hub repo ``repo_id`` if needed and upload :meth:`save_pretrained`'s folder; returns the commit URL."""
+        """Create the Hub repo ``repo_id`` if needed and upload :meth:`save_pretrained`'s folder;
+        returns the commit URL."""
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, extra_files)
             return hub.upload_folder(repo_id, tmp, private=private, token=token, commit_message=commit_message)

@@ -33,7 +33,9 @@ def import_graph() -> dict[str, set[str]]:
                     origin = ".".join(base + ([node.module] if node.module else []))
                 else:
                     origin = node.module or ""
-                for alias in node.names:  # `from . import hub` names diffusion.hub; `from .hub import load`, diffusion.hub
+                for (
+                    alias
+                ) in node.names:  # `from . import hub` names diffusion.hub; `from .hub import load`, diffusion.hub
                     targets.add(f"{origin}.{alias.name}" if f"{origin}.{alias.name}" in modules else origin)
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", required=True, help="the run folder (holds export/, log.csv)")
     p.add_argument("--out", required=True)
     p.add_argument("--command", required=True, help="the command that trained it, for the card")
-    p.add_argument("--note", default="", help="a sentence about the run for the card (e.g. what else shared the machine)")
+    p.add_argument(
+        "--note", default="", help="a sentence about the run for the card (e.g. what else shared the machine)"
+    )
     p.add_argument("--section", action="append", default=[], metavar="FILE.md",
                    help="markdown appended to the card (measured tables, the recipe comparison); repeatable")
     args = p.parse_args(argv)
