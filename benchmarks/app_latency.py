@@ -83,7 +83,9 @@ def start_app(model: str | None, cores: str | None, compile: bool) -> tuple[subp
 def file_urls(value) -> list[str]:
     """Every file URL in an endpoint's output (the client was made with ``download_files=False``)."""
     if isinstance(value, dict):
-        return [value["url"]] if isinstance(value.get("url"), str) else [u for v in value.values() for u in file_urls(v)]
+        return (
+            [value["url"]] if isinstance(value.get("url"), str) else [u for v in value.values() for u in file_urls(v)]
+        )
     if isinstance(value, (list, tuple)):
         return [u for v in value for u in file_urls(v)]
     return []
@@ -91,6 +93,7 @@ def file_urls(value) -> list[str]:
 
 def fetch_all(urls: list[str]) -> int:
     """Fetch the files in parallel, as a browser does: total bytes."""
+
     def get(url: str) -> int:
         with urllib.request.urlopen(url, timeout=30) as r:
             return len(r.read())
@@ -121,14 +124,23 @@ def measure(client, images: int, steps: int, seed: int, timeout: float) -> dict:
     info = result[3]
     sampler_s = float(re.search(r"([0-9.]+) s \(", info).group(1))
     mode = "compiled" if info.rstrip().endswith("compiled") else "eager (compiling)" if "compiling" in info else "eager"
-    return {"first_preview_s": first if first is not None else total, "result_s": total, "with_files_s": with_files,
-            "bytes": size, "updates": len(job.outputs()), "sampler_s": sampler_s, "mode": mode}
+    return {
+        "first_preview_s": first if first is not None else total,
+        "result_s": total,
+        "with_files_s": with_files,
+        "bytes": size,
+        "updates": len(job.outputs()),
+        "sampler_s": sampler_s,
+        "mode": mode,
+    }
 
 
 def describe(m: dict, images: int, steps: int) -> str:
-    return (f"first preview {m['first_preview_s']:.3f} s, {images}-image DDIM-{steps} result {m['result_s']:.3f} s, "
-            f"its {m['bytes'] // 1024} KiB of images fetched {m['with_files_s']:.3f} s ({m['updates']} streamed updates; "
-            f"{m['sampler_s']:.2f} s in the sampler; {m['mode']})")
+    return (
+        f"first preview {m['first_preview_s']:.3f} s, {images}-image DDIM-{steps} result {m['result_s']:.3f} s, "
+        f"its {m['bytes'] // 1024} KiB of images fetched {m['with_files_s']:.3f} s ({m['updates']} streamed updates; "
+        f"{m['sampler_s']:.2f} s in the sampler; {m['mode']})"
+    )
 
 
 def wait_compiled(client, images: int, timeout: float) -> float | None:
@@ -182,16 +194,28 @@ def main() -> None:
             runs.append(measure(client, args.images, args.steps, r, args.timeout))
             print(f"run {r + 1}: " + describe(runs[-1], args.images, args.steps), flush=True)
         client.close()
-        med = {k: statistics.median(m[k] for m in runs) for k in ("first_preview_s", "result_s", "with_files_s", "sampler_s")}
-        summary = {"url": url, "model": args.model or "app default", "images": args.images, "steps": args.steps,
-                   "first_request": first_request, "compiled_after_s": compiled_after,
-                   "modes": sorted({m["mode"] for m in runs}), **{k: round(v, 3) for k, v in med.items()},
-                   # the baseline of the same runs: the sampler's own time on the server
-                   "result_over_sampler": round(med["result_s"] / med["sampler_s"], 3),
-                   "first_preview_target_s": TARGET_FIRST_PREVIEW_S, "result_target_s": TARGET_RESULT_S,
-                   "first_preview_ok": med["first_preview_s"] <= TARGET_FIRST_PREVIEW_S,
-                   "result_ok": med["with_files_s"] <= TARGET_RESULT_S,
-                   "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)}
+        med = {
+            k: statistics.median(m[k] for m in runs)
+            for k in ("first_preview_s", "result_s", "with_files_s", "sampler_s")
+        }
+        summary = {
+            "url": url,
+            "model": args.model or "app default",
+            "images": args.images,
+            "steps": args.steps,
+            "first_request": first_request,
+            "compiled_after_s": compiled_after,
+            "modes": sorted({m["mode"] for m in runs}),
+            **{k: round(v, 3) for k, v in med.items()},
+            # the baseline of the same runs: the sampler's own time on the server
+            "result_over_sampler": round(med["result_s"] / med["sampler_s"], 3),
+            "first_preview_target_s": TARGET_FIRST_PREVIEW_S,
+            "result_target_s": TARGET_RESULT_S,
+            "first_preview_ok": med["first_preview_s"] <= TARGET_FIRST_PREVIEW_S,
+            "result_ok": med["with_files_s"] <= TARGET_RESULT_S,
+            "cpu_count": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        }
         print(json.dumps(summary))
     finally:
         if proc is not None:

@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from diffusion import load
 from diffusion.machine import unet_flops
@@ -70,8 +68,11 @@ def main() -> None:
 
     # Every convolution's input, recorded at the request's batch size.
     calls: list[tuple[torch.nn.Conv2d, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, i[0].clone())))
-             for m in unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: calls.append((m, i[0].clone())))
+        for m in unet.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     with torch.no_grad():
         unet(x, t)
     for h in hooks:
@@ -85,19 +86,36 @@ def main() -> None:
     rate = max(peak, peak2)
 
     print(f"{torch.get_num_threads()} torch threads; {args.images} images x {args.steps} steps")
-    print(f"UNet: {flops_step / args.images / 1e9:.3f} GFLOP per image and step; the request: {request / 1e9:.0f} GFLOP")
+    print(
+        f"UNet: {flops_step / args.images / 1e9:.3f} GFLOP per image and step; the request: {request / 1e9:.0f} GFLOP"
+    )
     print(f"fp32 matrix product: {peak / 1e9:.0f} and {peak2 / 1e9:.0f} GFLOP/s -> floor {request / rate:.2f} s")
-    print(f"convolutions: {conv * 1e3:.1f} ms per step ({conv_flops / conv / 1e9:.0f} GFLOP/s, "
-          f"{conv_flops / flops_step:.1%} of the FLOPs) -> {conv * args.steps:.2f} s per request")
-    print(f"whole eager UNet step: {step * 1e3:.1f} ms -> {step * args.steps:.2f} s per request "
-          f"({(step - conv) * 1e3:.1f} ms per step outside the convolutions)")
-    print(json.dumps({
-        "model": args.model, "images": args.images, "steps": args.steps, "threads": torch.get_num_threads(),
-        "gflop_per_image_step": round(flops_step / args.images / 1e9, 4), "request_gflop": round(request / 1e9, 1),
-        "matmul_gflops": round(rate / 1e9, 1), "floor_s": round(request / rate, 3),
-        "conv_s": round(conv * args.steps, 3), "conv_over_floor": round(conv * args.steps / (request / rate), 3),
-        "eager_s": round(step * args.steps, 3), "eager_over_floor": round(step * args.steps / (request / rate), 3),
-    }))
+    print(
+        f"convolutions: {conv * 1e3:.1f} ms per step ({conv_flops / conv / 1e9:.0f} GFLOP/s, "
+        f"{conv_flops / flops_step:.1%} of the FLOPs) -> {conv * args.steps:.2f} s per request"
+    )
+    print(
+        f"whole eager UNet step: {step * 1e3:.1f} ms -> {step * args.steps:.2f} s per request "
+        f"({(step - conv) * 1e3:.1f} ms per step outside the convolutions)"
+    )
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "images": args.images,
+                "steps": args.steps,
+                "threads": torch.get_num_threads(),
+                "gflop_per_image_step": round(flops_step / args.images / 1e9, 4),
+                "request_gflop": round(request / 1e9, 1),
+                "matmul_gflops": round(rate / 1e9, 1),
+                "floor_s": round(request / rate, 3),
+                "conv_s": round(conv * args.steps, 3),
+                "conv_over_floor": round(conv * args.steps / (request / rate), 3),
+                "eager_s": round(step * args.steps, 3),
+                "eager_over_floor": round(step * args.steps / (request / rate), 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Quality per time: Frechet distance against sampling wall time, one line per sampler, from a table
 written by ``python -m training.evaluate --table`` (every row's time was measured in that same run).
 
-    python benchmarks/quality_per_time.py runs/eval/table/table.json --out runs/eval/quality-per-time.png
+    python -m benchmarks.quality_per_time runs/eval/table/table.json --out runs/eval/quality-per-time.png
 
 Prints, for each row, its time and FD as ratios against DDIM (eta 0) at 100 steps, the baseline the
 fewer-evaluation samplers aim for (the same quality with 10 to 20 model evaluations).
@@ -19,7 +19,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 BASELINE = "ddim-eta0-100"
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#8fbc8f"]
+COLORS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#000000",
+    "#8fbc8f",
+]
 
 
 def family(row: dict) -> str:
@@ -27,9 +40,17 @@ def family(row: dict) -> str:
     if row["sampler"] == "ddpm":
         return f"DDPM {o['variance_type'].replace('_', '-')}"
     if row["sampler"] == "ddim":
-        extra = " (x0 not clipped)" if not o.get("clip_sample", True) else " (eps from clipped x0)" if o.get("use_clipped_model_output") else ""
+        extra = (
+            " (x0 not clipped)"
+            if not o.get("clip_sample", True)
+            else " (eps from clipped x0)"
+            if o.get("use_clipped_model_output")
+            else ""
+        )
         return f"DDIM eta {o['eta']:g}{extra}"
-    return {"dpm-solver++": "DPM-Solver++(2M)", "pndm": "PNDM", "euler": "Euler", "heun": "Heun"}.get(row["sampler"], row["sampler"])
+    return {"dpm-solver++": "DPM-Solver++(2M)", "pndm": "PNDM", "euler": "Euler", "heun": "Heun"}.get(
+        row["sampler"], row["sampler"]
+    )
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -40,8 +61,14 @@ def plot(rows: list[dict], out: Path) -> None:
     markers = "osD^v<>p*h"
     for i, (name, rs) in enumerate(families.items()):
         rs = sorted(rs, key=lambda r: r["seconds_per_1000"])
-        ax.plot([r["seconds_per_1000"] for r in rs], [r["fd"] for r in rs], marker=markers[i % len(markers)], label=name,
-                color=COLORS[i % len(COLORS)], linestyle="-" if i < len(COLORS) else "--")
+        ax.plot(
+            [r["seconds_per_1000"] for r in rs],
+            [r["fd"] for r in rs],
+            marker=markers[i % len(markers)],
+            label=name,
+            color=COLORS[i % len(COLORS)],
+            linestyle="-" if i < len(COLORS) else "--",
+        )
         for r in rs:
             ax.annotate(str(r["model_evaluations"]), (r["seconds_per_1000"], r["fd"]), textcoords="offset points",
                         xytext=(4, 3), fontsize=7)
@@ -66,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         raise SystemExit(f"{args.table} has no scored rows.")
     base = next((r for r in rows if r["name"] == BASELINE), None)
-    print(f"{'row':24s} {'NFE':>5s} {'FD':>8s} {'s/1000':>8s}" + (f" {'time/base':>9s} {'FD/base':>8s}" if base else ""))
+    print(
+        f"{'row':24s} {'NFE':>5s} {'FD':>8s} {'s/1000':>8s}" + (f" {'time/base':>9s} {'FD/base':>8s}" if base else "")
+    )
     for r in sorted(rows, key=lambda r: r["seconds_per_1000"]):
         line = f"{r['name']:24s} {r['model_evaluations']:5d} {r['fd']:8.3f} {r['seconds_per_1000']:8.2f}"
         if base:

@@ -2,9 +2,9 @@
 weights, same optimiser and the same training step as training/train.py (q_sample, MSE on the
 target, backward, gradient clipping, AdamW, warmup LR, EMA).
 
-    python benchmarks/train_speed.py                  # fashion-mnist config, batch 64, CPU fp32 + bf16 (+ CUDA)
-    python benchmarks/train_speed.py --quick          # a rough number in about a minute
-    python benchmarks/train_speed.py --config cifar10 --batch 128 --devices cuda --precisions bf16
+    python -m benchmarks.train_speed                  # fashion-mnist config, batch 64, CPU fp32 + bf16 (+ CUDA)
+    python -m benchmarks.train_speed --quick          # a rough number in about a minute
+    python -m benchmarks.train_speed --config cifar10 --batch 128 --devices cuda --precisions bf16
 
 Models are measured interleaved (ours, diffusers, ours, ...) after a warm-up, and the median of
 the repeats is reported, so a slow patch of a shared machine hits both about equally. On a CPU,
@@ -18,15 +18,10 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-
 
 from diffusion.schedule import NoiseSchedule
 from diffusion.unet import UNet
@@ -86,7 +81,9 @@ def images_per_s(step, x0: torch.Tensor, steps: int, device: torch.device) -> tu
     return n / (time.perf_counter() - wall), n / (time.process_time() - cpu)
 
 
-def bench(cfg, device: torch.device, precision: str, batch: int, warmup: int, steps: int, repeats: int) -> dict[str, tuple[float, float]]:
+def bench(
+    cfg, device: torch.device, precision: str, batch: int, warmup: int, steps: int, repeats: int
+) -> dict[str, tuple[float, float]]:
     ours, theirs = build(cfg, device)
     runs = {"ours": make_step(ours, ours, cfg, device, precision),
             "diffusers": make_step(theirs, lambda x, t: theirs(x, t).sample, cfg, device, precision)}
@@ -98,11 +95,15 @@ def bench(cfg, device: torch.device, precision: str, batch: int, warmup: int, st
     for r in range(repeats):  # interleaved, alternating who goes first
         for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
             results[name].append(images_per_s(runs[name], x0, steps, device))
-    return {name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for name, v in results.items()}
+    return {
+        name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for name, v in results.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default="fashion-mnist", help="a training config (name in training/configs or path)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if available)")
@@ -118,8 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = resolve_config(args.config, [])
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-    print(f"config {args.config}: {cfg.channels}x{cfg.image_size}x{cfg.image_size}, UNet {cfg.unet.get('block_out_channels')}, "
-          f"batch {args.batch}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
+    print(
+        f"config {args.config}: {cfg.channels}x{cfg.image_size}x{cfg.image_size}, "
+        f"UNet {cfg.unet.get('block_out_channels')}, "
+        f"batch {args.batch}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
+        flush=True,
+    )
     print(f"{'device':<8}{'precision':<11}{'ours img/s':>12}{'diffusers img/s':>17}{'ours/diffusers':>16}"
           f"{'ours img/CPU-s':>16}{'diffusers img/CPU-s':>21}{'ours/diffusers':>16}")
     for name in devices:

@@ -1,8 +1,8 @@
 """UNet speed: ours against diffusers' UNet2DModel holding the same weights, in one run.
 
-    python benchmarks/unet_speed.py                 # CPU fp32 at batch 1 and 16, plus bf16 autocast
-    python benchmarks/unet_speed.py --compile       # also both models through torch.compile
-    python benchmarks/unet_speed.py --device cuda
+    python -m benchmarks.unet_speed                 # CPU fp32 at batch 1 and 16, plus bf16 autocast
+    python -m benchmarks.unet_speed --compile       # also both models through torch.compile
+    python -m benchmarks.unet_speed --device cuda
 
 The google CIFAR-10 architecture (35.7 M parameters, random weights). Ours runs eagerly as the
 pipeline runs it: channels-last convolution weights, inside ``UNet.frozen_weights`` (the pipeline enters
@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -54,7 +50,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
     p.add_argument("--reps", type=int, default=3, help="calls per model per round")
     p.add_argument("--no-bf16", action="store_true")
-    p.add_argument("--channels-last-diffusers", action="store_true", help="also time diffusers with channels-last weights")
+    p.add_argument(
+        "--channels-last-diffusers", action="store_true", help="also time diffusers with channels-last weights"
+    )
     p.add_argument("--compile", action="store_true", help="also time both models through torch.compile")
     args = p.parse_args()
 
@@ -73,7 +71,10 @@ def main() -> None:
     ref_cl.load_state_dict(ref.state_dict())
     ref_cl.to(args.device, memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in ours.parameters()) / 1e6
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {n_params:.1f} M parameters")
+    print(
+        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{n_params:.1f} M parameters"
+    )
 
     def run_ref(x, t):
         with torch.inference_mode():
@@ -116,7 +117,10 @@ def main() -> None:
             ref_s.append(timed(run_ref, x, t, args.reps, args.device))
             our_s.append(timed(run_ours, x, t, args.reps, args.device))
         r, o = batch / statistics.median(ref_s), batch / statistics.median(our_s)
-        print(f"batch {batch:3d} fp32: diffusers {r:7.2f} image-steps/s | ours {o:7.2f} image-steps/s | ratio {o / r:.2f} | max |diff| {diff:.1e}")
+        print(
+            f"batch {batch:3d} fp32: diffusers {r:7.2f} image-steps/s | ours {o:7.2f} image-steps/s | "
+            f"ratio {o / r:.2f} | max |diff| {diff:.1e}"
+        )
         if args.compile:
             compile_s = {}
             for name, fn in (("ours", run_ours_c), ("diffusers", run_ref_c)):
@@ -132,18 +136,30 @@ def main() -> None:
                 our_cs.append(timed(run_ours_c, x, t, args.reps, args.device))
             r2, o2 = batch / statistics.median(ref_s2), batch / statistics.median(our_s2)
             rc, oc = batch / statistics.median(ref_cs), batch / statistics.median(our_cs)
-            print(f"batch {batch:3d} compiled: diffusers {rc:7.2f} | ours {oc:7.2f} image-steps/s | ours compiled / diffusers compiled "
-                  f"{oc / rc:.2f} | ours compiled / diffusers eager {oc / r2:.2f} (eager in these rounds: diffusers {r2:.2f}, ours {o2:.2f}) "
-                  f"| compile s: ours {compile_s['ours']:.0f}, diffusers {compile_s['diffusers']:.0f} | max |diff| {diff_c:.1e}")
+            print(
+                f"batch {batch:3d} compiled: diffusers {rc:7.2f} | ours {oc:7.2f} image-steps/s | "
+                f"ours compiled / diffusers compiled {oc / rc:.2f} | ours compiled / diffusers eager {oc / r2:.2f} "
+                f"(eager in these rounds: diffusers {r2:.2f}, ours {o2:.2f}) "
+                f"| compile s: ours {compile_s['ours']:.0f}, diffusers {compile_s['diffusers']:.0f} "
+                f"| max |diff| {diff_c:.1e}"
+            )
         if args.channels_last_diffusers:
             c = batch / statistics.median([timed(run_ref_cl, x, t, args.reps, args.device) for _ in range(args.rounds)])
-            print(f"batch {batch:3d} fp32: diffusers moved to channels-last by hand {c:7.2f} image-steps/s (ours / that: {o / c:.2f})")
+            print(
+                f"batch {batch:3d} fp32: diffusers moved to channels-last by hand {c:7.2f} image-steps/s "
+                f"(ours / that: {o / c:.2f})"
+            )
         if not args.no_bf16:
             bf16_out = run_ours_bf16(x, t).float()
             dev = (bf16_out - run_ours(x, t)).abs().max().item()
             run_ours_bf16(x, t)
-            b = batch / statistics.median([timed(run_ours_bf16, x, t, args.reps, args.device) for _ in range(max(1, args.rounds // 2))])
-            print(f"batch {batch:3d} bf16 autocast (ours): {b:7.2f} image-steps/s, {b / o:.2f}x fp32, max |bf16 - fp32| {dev:.1e}")
+            b = batch / statistics.median(
+                [timed(run_ours_bf16, x, t, args.reps, args.device) for _ in range(max(1, args.rounds // 2))]
+            )
+            print(
+                f"batch {batch:3d} bf16 autocast (ours): {b:7.2f} image-steps/s, {b / o:.2f}x fp32, "
+                f"max |bf16 - fp32| {dev:.1e}"
+            )
 
 
 if __name__ == "__main__":

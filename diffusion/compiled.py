@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .hub import atomic_write  # moves to .files
-from .unet import UNet
+from . import hub
+from .files import atomic_write
+from .unet import UNet, build_unet
 
 MAX_BATCH = 64  # the largest batch a package takes (the studio's image limit); larger batches run eagerly
 FORMAT = 1  # bump when what a package holds changes
@@ -52,9 +53,20 @@ def _cpu_flags() -> str:
 def package_key(unet: UNet) -> str:
     """A hash of everything a package depends on: weights, config, torch, CPU instruction set."""
     h = hashlib.sha256()
-    h.update(json.dumps({"format": FORMAT, "config": repr(unet.config), "torch": torch.__version__,
-                         "capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine(),
-                         "flags": _cpu_flags(), "python": sys.version_info[:2], "max_batch": MAX_BATCH}).encode())
+    h.update(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "config": repr(unet.config),
+                "torch": torch.__version__,
+                "capability": torch.backends.cpu.get_cpu_capability(),
+                "machine": platform.machine(),
+                "flags": _cpu_flags(),
+                "python": sys.version_info[:2],
+                "max_batch": MAX_BATCH,
+            }
+        ).encode()
+    )
     for name, tensor in sorted(unet.state_dict().items()):
         h.update(name.encode())
         plain = torch.empty(tensor.shape, dtype=tensor.dtype).copy_(tensor.detach())  # row-major, whatever the layout
@@ -96,8 +108,12 @@ class CompiledUNet:
         return 1 <= batch <= MAX_BATCH
 
     def applies(self, x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.covers(x.shape[0])
-                and not torch.is_grad_enabled())
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.covers(x.shape[0])
+            and not torch.is_grad_enabled()
+        )
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float32)
@@ -125,7 +141,9 @@ def build(unet: UNet, folder: str | Path | None = None, verbose: bool = True) ->
         print(f"compiling the UNet ahead of time into {path} (about a minute on 2 CPU cores)...", flush=True)
     with torch.no_grad():
         program = torch.export.export(ref, (x, torch.tensor(500.0)), dynamic_shapes=({0: batch}, None))
-    atomic_write(path, lambda p: torch._inductor.aoti_compile_and_package(program, package_path=str(p)), keep_suffix=True)
+    atomic_write(
+        path, lambda p: torch._inductor.aoti_compile_and_package(program, package_path=str(p)), keep_suffix=True
+    )
     if verbose:
         print(f"compiled in {time.perf_counter() - start:.0f} s", flush=True)
     return path
@@ -140,25 +158,27 @@ def load(unet: UNet, folder: str | Path | None = None, build_missing: bool = Fal
             return None
         return CompiledUNet(unet, path)
     except Exception as e:  # noqa: BLE001 - a missing compiler, a corrupt package: eager still works
-        warnings.warn(f"The compiled UNet is unavailable ({type(e).__name__}: {e}); sampling runs eagerly.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"The compiled UNet is unavailable ({type(e).__name__}: {e}); sampling runs eagerly.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m diffusion.compiled MODEL...``: build the packages of these models."""
-    from . import load as load_model
-
-    p = argparse.ArgumentParser(prog="python -m diffusion.compiled", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m diffusion.compiled", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("models", nargs="+", help="model folders or Hub repo ids")
     p.add_argument("--cache-dir", default=None, help=f"where packages go (default {cache_dir()})")
     args = p.parse_args(argv)
     for model in args.models:
         try:
-            pipe = load_model(model, device="cpu")
-            print(build(pipe.unet, args.cache_dir))
-        except (ValueError, RuntimeError, OSError) as e:
+            checkpoint = hub.load_checkpoint(model)
+            print(build(build_unet(checkpoint.unet_config, checkpoint.state_dict), args.cache_dir))
+        except (ValueError, TypeError, RuntimeError, OSError) as e:
             print(f"error: {model}: {e}", file=sys.stderr)
             return 2
     return 0

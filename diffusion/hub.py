@@ -1,4 +1,6 @@
-"""Checkpoint I/O in diffusers' format: load from a folder or the Hugging Face Hub, save, push.
+"""Checkpoint I/O in diffusers' format, on configs and tensors only: read a folder or a Hugging Face Hub repo,
+write a folder, upload one. :class:`diffusion.DiffusionPipeline` builds on it (``from_pretrained``,
+``save_pretrained``, ``push_to_hub``); this module never imports the pipeline.
 
 Layouts read: ``unet/`` + ``scheduler/`` subfolders (diffusers pipelines) or flat (``config.json`` +
 ``scheduler_config.json`` at the root, as in ``google/ddpm-cifar10-32``). Weights: ``.safetensors``
@@ -7,125 +9,35 @@ first; a ``.bin`` is opened only with ``torch.load(weights_only=True)``, so no c
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
-import secrets
-import stat
-import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .pipeline import DiffusionPipeline
-from .unet import UNet, UNetConfig, load_state_dict_strict
+from .files import CheckpointError, _short, atomic_write, check_not_lfs_pointer, read_json, write_json
+
+__all__ = ["Checkpoint", "CheckpointError", "DIFFUSERS_VERSION", "hub_reachable", "load_checkpoint", "model_index",
+           "read_folder", "read_hub", "read_weights", "upload_folder", "write_folder"]
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 LAYOUTS = ("unet", "")  # subfolder first, then the root
 DIFFUSERS_VERSION = "0.42.1"
-HUB_PROBE_TIMEOUT = float(os.environ.get("HUB_PROBE_TIMEOUT", 3.0))  # seconds the Hub gets to answer before we go cache-only
+# Seconds the Hub gets to answer before we go cache-only.
+HUB_PROBE_TIMEOUT = float(os.environ.get("HUB_PROBE_TIMEOUT", 3.0))
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with the reason and what to do."""
+class Checkpoint(NamedTuple):
+    """What a diffusers model folder or Hub repo holds, read but not built into a model."""
 
-
-def atomic_write(path: Path, write: Callable[[Path], None], keep_suffix: bool = False) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file.
-    ``keep_suffix`` ends the temporary name with the path's suffix, for writers that pick the format from it.
-    The file gets the mode a plain ``open(path, "w")`` would give: the existing file's, else 0666 less the umask."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        mode = None
-    suffix = ".tmp" + (path.suffix if keep_suffix else "")
-    while True:  # mkstemp's unique name, but created with 0666 so that the umask applies (mkstemp forces 0600)
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        if mode is not None:
-            os.chmod(tmp, mode)
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def check_writable(path: str | Path, what: str = "file") -> Path:
-    """Raise ValueError, saying what to do, unless :func:`atomic_write` can write the file ``path``
-    (``what="file"``) or files into the folder ``path`` (``what="folder"``), folders to create included.
-    Tried for real, with a file created and removed in the nearest existing folder, so it holds for root,
-    read-only mounts and /proc alike; call it before the work whose result goes there."""
-    path = Path(path).expanduser()
-    shown = _short(str(path))
-    try:
-        if what == "file" and path.is_dir():
-            raise ValueError(f"{shown} is a folder; give a file name, e.g. {_short(str(path / 'samples.png'))}.")
-        if what == "folder" and path.exists() and not path.is_dir():
-            raise ValueError(f"{shown} is a file, not a folder; give a folder (it is created if missing).")
-        folder = path.parent if what == "file" else path
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise ValueError(f"Cannot write {shown}: {_short(str(existing))} is a file, not a folder.")
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=existing)
-        except OSError as e:
-            raise ValueError(f"Cannot write {shown}: no file can be created in {_short(str(existing))} ({e.strerror or e}). "
-                             f"Choose a {what} you can write to.") from None
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"Cannot write {shown}: {e.strerror or e}. Choose a {what} you can write to.") from None
-    return path
-
-
-def _short(text: str, limit: int = 120) -> str:
-    """``text`` cut to ``limit`` characters for a message (a 10,000-character argument stays one short line),
-    control characters escaped (a NUL or a newline in an argument does not break the line)."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 4:]} ({len(text):,} characters)"
-
-
-LFS_POINTER = b"version https://git-lfs"
-
-
-def check_not_lfs_pointer(path: Path, what: str = "the file") -> None:
-    """Raise CheckpointError if ``path`` is a Git LFS pointer (a clone without ``git lfs``) instead of the file."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(LFS_POINTER))
-    except OSError:
-        return  # the reader reports it
-    if head == LFS_POINTER:
-        raise CheckpointError(f"{path} is a Git LFS pointer, not {what}: fetch the real files with `git lfs pull` in the repository "
-                              "it came from (after `git lfs install`).")
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    check_not_lfs_pointer(Path(path))
-    try:
-        data = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, download or export it again.") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} should hold a JSON object.")
-    return data
+    unet_config: dict[str, Any]  # unet/config.json (or the root config.json of the flat layout)
+    state_dict: dict[str, torch.Tensor]  # the UNet weights, as stored (diffusers' names, old or new)
+    scheduler_config: dict[str, Any]  # scheduler/scheduler_config.json (or the root one); {} if there is none
+    source: str  # the folder or the repo id, for messages and model cards
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -136,7 +48,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"Cannot read {path}: {e}. The file is damaged or incomplete; download or export it again.") from None
+            raise CheckpointError(
+                f"Cannot read {path}: {e}. The file is damaged or incomplete; download or export it again."
+            ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -152,19 +66,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def build_pipeline(unet_config: dict[str, Any], weights: dict[str, torch.Tensor], scheduler_config: dict[str, Any], source: str) -> DiffusionPipeline:
-    cls = unet_config.get("_class_name", "UNet2DModel")
-    if cls != "UNet2DModel":
-        raise CheckpointError(f"{source} holds a {cls}; only pixel-space DDPM models (UNet2DModel) are supported.")
-    try:
-        unet = UNet(UNetConfig.from_dict(unet_config))
-        load_state_dict_strict(unet, weights)
-        return DiffusionPipeline(unet.eval(), scheduler_config, source)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"Cannot load {source}: {e}") from None
-
-
-def _load_folder(root: Path) -> DiffusionPipeline:
+def read_folder(root: Path) -> Checkpoint:
+    """The configs and weights of the diffusers model folder ``root``, either layout."""
     for sub in LAYOUTS:
         config = root / sub / "config.json"
         if config.is_file():
@@ -175,9 +78,11 @@ def _load_folder(root: Path) -> DiffusionPipeline:
     weights = next((folder / w for w in WEIGHTS if (folder / w).is_file()), None)
     if weights is None:
         raise CheckpointError(f"No weights next to {config}: expected {' or '.join(WEIGHTS)}.")
-    sched = next((p for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json") if p.is_file()), None)
+    sched = next(
+        (p for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json") if p.is_file()), None
+    )
     scheduler_config = read_json(sched) if sched else {}
-    return build_pipeline(read_json(config), read_weights(weights), scheduler_config, str(root))
+    return Checkpoint(read_json(config), read_weights(weights), scheduler_config, str(root))
 
 
 def _download_first(repo_id: str, candidates: list[str], kw: dict[str, Any]) -> str | None:
@@ -229,9 +134,17 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
     return bool(answered and answered[0])
 
 
-def _load_hub(repo_id: str, revision: str | None, cache_dir: str | None, local_files_only: bool) -> DiffusionPipeline:
+def read_hub(repo_id: str, revision: str | None = None, cache_dir: str | None = None,
+             local_files_only: bool = False) -> Checkpoint:
+    """The configs and weights of the Hub repo ``repo_id``, either layout, through huggingface_hub's cache."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     # Unreachable (no network, a firewall): the cache alone, at once, rather than each file after ~25 s of retries.
     online = not (local_files_only or constants.HF_HUB_OFFLINE) and hub_reachable()
@@ -240,57 +153,77 @@ def _load_hub(repo_id: str, revision: str | None, cache_dir: str | None, local_f
     try:
         config = _download_first(repo_id, ["unet/config.json", "config.json"], kw)
         if config is None:
-            raise CheckpointError(f"The Hub repo {shown} has no unet/config.json or config.json: it is not a diffusers UNet model.")
+            raise CheckpointError(
+                f"The Hub repo {shown} has no unet/config.json or config.json: it is not a diffusers UNet model."
+            )
         sub = "unet/" if config.replace(os.sep, "/").endswith("unet/config.json") else ""
         weights = _download_first(repo_id, [sub + w for w in WEIGHTS], kw)
         if weights is None:
-            raise CheckpointError(f"The Hub repo {shown} has {sub}config.json but no {sub}{WEIGHTS[0]} or {sub}{WEIGHTS[1]}.")
+            raise CheckpointError(
+                f"The Hub repo {shown} has {sub}config.json but no {sub}{WEIGHTS[0]} or {sub}{WEIGHTS[1]}."
+            )
         try:
             sched = _download_first(repo_id, ["scheduler/scheduler_config.json", "scheduler_config.json"], kw)
         except LocalEntryNotFoundError:
             sched = None
     except GatedRepoError:
-        raise CheckpointError(f"The Hub repo {shown} is gated: accept its terms on the Hub and log in with `hf auth login`.") from None
+        raise CheckpointError(
+            f"The Hub repo {shown} is gated: accept its terms on the Hub and log in with `hf auth login`."
+        ) from None
     except RepositoryNotFoundError:
-        raise CheckpointError(f"No Hub repo named {shown} (or it is private: log in with `hf auth login`). Check the spelling, e.g. 'google/ddpm-cifar10-32'.") from None
+        raise CheckpointError(
+            f"No Hub repo named {shown} (or it is private: log in with `hf auth login`). "
+            "Check the spelling, e.g. 'google/ddpm-cifar10-32'."
+        ) from None
     except RevisionNotFoundError:
         raise CheckpointError(f"The Hub repo {shown} has no revision {_short(repr(revision))}.") from None
     except HFValidationError as e:
-        raise CheckpointError(f"{shown} is neither a local folder nor a valid Hub repo id ({_short(str(e), 200)}).") from None
-    except LocalEntryNotFoundError:
-        why = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only)" if constants.HF_HUB_OFFLINE or local_files_only
-               else "the Hugging Face Hub could not be reached")
         raise CheckpointError(
-            f"Cannot load {shown}: {why} and the repo is not in the local cache ({cache_dir or constants.HF_HUB_CACHE}). "
+            f"{shown} is neither a local folder nor a valid Hub repo id ({_short(str(e), 200)})."
+        ) from None
+    except LocalEntryNotFoundError:
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE=1 or local_files_only)"
+            if constants.HF_HUB_OFFLINE or local_files_only
+            else "the Hugging Face Hub could not be reached"
+        )
+        raise CheckpointError(
+            f"Cannot load {shown}: {why} and the repo is not in the local cache "
+            f"({cache_dir or constants.HF_HUB_CACHE}). "
             "Connect to the internet once to download it, or pass a local model folder."
         ) from None
-    return build_pipeline(read_json(Path(config)), read_weights(Path(weights)), read_json(Path(sched)) if sched else {}, repo_id)
+    return Checkpoint(
+        read_json(Path(config)), read_weights(Path(weights)), read_json(Path(sched)) if sched else {}, repo_id
+    )
 
 
-def load(source: str | Path, revision: str | None = None, *, cache_dir: str | None = None,
-         local_files_only: bool = False, device: str | torch.device = "cpu") -> DiffusionPipeline:
-    """Load a pipeline from a local folder or a Hub repo id (``owner/name``), diffusers format.
+def load_checkpoint(source: str | Path, revision: str | None = None, *, cache_dir: str | None = None,
+                    local_files_only: bool = False) -> Checkpoint:
+    """Read a checkpoint from a local folder or a Hub repo id (``owner/name``), diffusers format.
 
     Hub files are fetched with ``huggingface_hub`` (its cache, ``revision`` pinning; offline when
     ``local_files_only`` or ``HF_HUB_OFFLINE=1``). Raises :class:`CheckpointError` with the reason.
     """
     text = str(source)
     if not text.strip():
-        raise CheckpointError("No model given: pass a model folder (e.g. checkpoints/fashion-mnist) or a Hub repo id (e.g. google/ddpm-cifar10-32).")
+        raise CheckpointError(
+            "No model given: pass a model folder (e.g. checkpoints/fashion-mnist) "
+            "or a Hub repo id (e.g. google/ddpm-cifar10-32)."
+        )
     try:
         path = Path(source).expanduser()
         is_dir, exists = path.is_dir(), path.exists()
     except (OSError, ValueError) as e:  # a name too long for the filesystem, a NUL byte...
-        raise CheckpointError(f"{_short(text)} is neither a model folder nor a Hub repo id ({getattr(e, 'strerror', None) or e}).") from None
+        raise CheckpointError(
+            f"{_short(text)} is neither a model folder nor a Hub repo id ({getattr(e, 'strerror', None) or e})."
+        ) from None
     if is_dir:
-        pipe = _load_folder(path)
-    elif exists:
+        return read_folder(path)
+    if exists:
         raise CheckpointError(f"{_short(text)} is a file; pass the model folder that holds config.json.")
-    elif text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1):
+    if text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1):
         raise CheckpointError(f"No model folder at {_short(text)}.")
-    else:
-        pipe = _load_hub(text, revision, cache_dir, local_files_only)
-    return pipe.to(device)
+    return read_hub(text, revision, cache_dir, local_files_only)
 
 
 def model_index() -> dict[str, Any]:
@@ -298,14 +231,16 @@ def model_index() -> dict[str, Any]:
             "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
 
 
-def save_pretrained(pipe: DiffusionPipeline, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-    """Write the diffusers pipeline layout (loads with :func:`load` and ``DDPMPipeline.from_pretrained``):
-    ``model_index.json``, ``unet/config.json``, ``unet/diffusion_pytorch_model.safetensors``,
-    ``scheduler/scheduler_config.json``. Every file is written atomically."""
+def write_folder(directory: str | Path, unet_config: dict[str, Any], state_dict: dict[str, torch.Tensor],
+                 scheduler_config: dict[str, Any], extra_files: dict[str, str] | None = None) -> Path:
+    """Write the diffusers pipeline layout (read by :func:`load_checkpoint` and ``DDPMPipeline.from_pretrained``):
+    ``model_index.json``, ``unet/config.json``, ``unet/diffusion_pytorch_model.safetensors`` (float32),
+    ``scheduler/scheduler_config.json`` (a ``DDPMScheduler`` unless the config names another class), then
+    ``extra_files`` (name -> text). Every file is written atomically."""
     out = Path(directory)
-    unet_config = {**pipe.unet.config.to_dict(), "_diffusers_version": DIFFUSERS_VERSION}
-    sched = {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION, **pipe.config, **{k: v for k, v in pipe.scheduler_config.items() if not k.startswith("_")}}
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in pipe.unet.state_dict().items()}
+    unet_config = {**unet_config, "_diffusers_version": DIFFUSERS_VERSION}
+    sched = {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION, **scheduler_config}
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
     atomic_write(out / "unet" / WEIGHTS[0], lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     write_json(out / "unet" / "config.json", unet_config)
     write_json(out / "scheduler" / "scheduler_config.json", sched)
@@ -315,14 +250,12 @@ def save_pretrained(pipe: DiffusionPipeline, directory: str | Path, extra_files:
     return out
 
 
-def push_to_hub(pipe: DiffusionPipeline, repo_id: str, *, private: bool = False, token: str | None = None,
-                commit_message: str = "Upload DDPM pipeline", extra_files: dict[str, str] | None = None) -> str:
-    """Create ``repo_id`` if needed and upload :func:`save_pretrained`'s folder; returns the commit URL."""
+def upload_folder(repo_id: str, folder: str | Path, *, private: bool = False, token: str | None = None,
+                  commit_message: str = "Upload DDPM pipeline") -> str:
+    """Create the Hub repo ``repo_id`` if needed and upload ``folder`` to it; returns the commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(pipe, tmp, extra_files)
-        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
     return str(info)

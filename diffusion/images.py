@@ -8,7 +8,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from .hub import atomic_write
+
+from .files import atomic_write
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -76,6 +77,8 @@ def _has_pyav() -> bool:
 def _ffmpeg_write(path: Path, frames: Sequence[np.ndarray], fps: int) -> None:
     import imageio.v2 as iio2
 
-    with iio2.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1) as w:
+    with iio2.get_writer(
+        path, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1
+    ) as w:
         for f in frames:
             w.append_data(f)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -10,9 +11,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 from tqdm import tqdm
 
+from . import compiled, hub
+from .files import CheckpointError
 from .samplers import BaseOptions, Step, get_sampler
 from .schedule import NoiseSchedule
-from .unet import UNet
+from .unet import UNet, build_unet
 
 if TYPE_CHECKING:
     from .trajectory import Trajectory
@@ -43,7 +46,9 @@ def parse_scheduler_config(config: dict[str, Any]) -> dict[str, Any]:
             cfg[k] = SCHEDULER_DEFAULTS[k]
     cfg["variance_type"] = _VARIANCE_ALIASES.get(cfg["variance_type"], cfg["variance_type"])
     if cfg["variance_type"] in ("learned", "learned_range"):
-        raise ValueError("This model predicts its own variance (variance_type='learned*'), which these samplers do not support.")
+        raise ValueError(
+            "This model predicts its own variance (variance_type='learned*'), which these samplers do not support."
+        )
     if cfg.get("thresholding"):
         raise ValueError("Dynamic thresholding (thresholding=true in the scheduler config) is not supported.")
     if cfg.get("rescale_betas_zero_snr"):
@@ -62,7 +67,9 @@ class DiffusionPipeline:
     def __post_init__(self) -> None:
         self.config = parse_scheduler_config(self.scheduler_config)
         c = self.config
-        self.schedule = NoiseSchedule.from_config(c["beta_schedule"], c["num_train_timesteps"], c["beta_start"], c["beta_end"], c["trained_betas"])
+        self.schedule = NoiseSchedule.from_config(
+            c["beta_schedule"], c["num_train_timesteps"], c["beta_start"], c["beta_end"], c["trained_betas"]
+        )
         self.compiled: Any = None  # a diffusion.compiled.CompiledUNet once compile() found or built one
 
     @property
@@ -125,16 +132,22 @@ class DiffusionPipeline:
         """Sample through the UNet's ahead-of-time compiled package (:mod:`diffusion.compiled`) from
         now on, if it exists (``build``: compile it first when missing, about a minute on 2 CPU cores).
         Returns whether a package is in use; without one (or off the CPU) sampling stays eager."""
-        from . import compiled
-
         self.compiled = None
         if self.device.type == "cpu" and self.unet.dtype == torch.float32:
             self.compiled = compiled.load(self.unet, cache_dir, build_missing=build)
         return self.compiled is not None
 
-    def denoise(self, sampler: str = "ddim", n: int = 1, seed: int = 0, *, noise: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, options: BaseOptions | None = None,
-                **overrides: Any) -> Iterator[Step]:
+    def denoise(
+        self,
+        sampler: str = "ddim",
+        n: int = 1,
+        seed: int = 0,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        options: BaseOptions | None = None,
+        **overrides: Any,
+    ) -> Iterator[Step]:
         """Yield every step of ``sampler`` from the seed's x_T (or ``noise``): the one sampling loop
         that the CLI, the studio, evaluation and training's sample grids all drive. ``options``:
         from :meth:`sampler_options` (else built from ``overrides``). The same generator draws x_T and
@@ -145,16 +158,28 @@ class DiffusionPipeline:
             x = self.initial_noise(n, seed, generator)
         else:
             if tuple(noise.shape[1:]) != self.image_shape or noise.ndim != 4:
-                raise ValueError(f"The starting noise has shape {tuple(noise.shape)}; this model takes "
-                                 f"(n, {', '.join(map(str, self.image_shape))}).")
+                raise ValueError(
+                    f"The starting noise has shape {tuple(noise.shape)}; this model takes "
+                    f"(n, {', '.join(map(str, self.image_shape))})."
+                )
             x = noise.to(self.device, self.unet.dtype)
         self.unet.eval()
         yield from get_sampler(sampler).fn(self.model_fn(), x, self.schedule, opts, generator)
 
-    def sample(self, sampler: str = "ddim", n: int = 1, seed: int = 0, *, noise: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, options: BaseOptions | None = None,
-               batch_size: int | None = None, progress: bool = False, trajectory: Trajectory | None = None,
-               **overrides: Any) -> torch.Tensor:
+    def sample(
+        self,
+        sampler: str = "ddim",
+        n: int = 1,
+        seed: int = 0,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        options: BaseOptions | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+        trajectory: Trajectory | None = None,
+        **overrides: Any,
+    ) -> torch.Tensor:
         """Images in [0, 1], shape (n, C, H, W): the last step of :meth:`denoise`, ``batch_size`` images
         at a time (x_T of all images is drawn first, then each batch's steps draw from the same generator,
         so one batch equals diffusers' pipeline). ``progress``: a tqdm bar over all steps; ``trajectory``
@@ -164,11 +189,12 @@ class DiffusionPipeline:
         x = self.initial_noise(n, seed, generator) if noise is None else noise
         batch = batch_size or len(x)
         finals = []
-        with tqdm(total=opts.num_inference_steps * -(-len(x) // batch), desc=sampler, unit="step",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=opts.num_inference_steps * -(-len(x) // batch), desc=sampler, unit="step", disable=not progress
+        ) as bar:
             for b in range(0, len(x), batch):
                 step = None
-                for step in self.denoise(sampler, noise=x[b:b + batch], generator=generator, options=opts):
+                for step in self.denoise(sampler, noise=x[b : b + batch], generator=generator, options=opts):
                     if trajectory is not None and b == 0:
                         trajectory.observe(step)
                     bar.update(1)
@@ -179,15 +205,71 @@ class DiffusionPipeline:
                 finals.append(to_unit(step.x_prev))
         return torch.cat(finals)
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        revision: str | None = None,
+        *,
+        cache_dir: str | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> "DiffusionPipeline":
+        """Load a pipeline from a local folder or a Hub repo id (``owner/name``), diffusers format, either
+        layout (:func:`diffusion.hub.load_checkpoint`). Hub files are fetched with ``huggingface_hub`` (its
+        cache, ``revision`` pinning; offline when ``local_files_only`` or ``HF_HUB_OFFLINE=1``).
+        Raises :class:`diffusion.CheckpointError` with the reason."""
+        checkpoint = hub.load_checkpoint(source, revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        kind = checkpoint.unet_config.get("_class_name", "UNet2DModel")
+        if kind != "UNet2DModel":
+            raise CheckpointError(
+                f"{checkpoint.source} holds a {kind}; only pixel-space DDPM models (UNet2DModel) are supported."
+            )
+        try:
+            unet = build_unet(checkpoint.unet_config, checkpoint.state_dict)
+            pipe = cls(unet, checkpoint.scheduler_config, checkpoint.source)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"Cannot load {checkpoint.source}: {e}") from None
+        return pipe.to(device)
+
     def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-        from .hub import save_pretrained
+        """Write the diffusers pipeline layout (loads with :meth:`from_pretrained` and diffusers'
+        ``DDPMPipeline.from_pretrained``): ``model_index.json``, ``unet/config.json``,
+        ``unet/diffusion_pytorch_model.safetensors``, ``scheduler/scheduler_config.json``, then
+        ``extra_files`` (name -> text). Every file is written atomically."""
+        given = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
+        return hub.write_folder(
+            directory, self.unet.config.to_dict(), self.unet.state_dict(), {**self.config, **given}, extra_files
+        )
 
-        return save_pretrained(self, directory, extra_files)
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str = "Upload DDPM pipeline",
+        extra_files: dict[str, str] | None = None,
+    ) -> str:
+        """Create the Hub repo ``repo_id`` if needed and upload :meth:`save_pretrained`'s folder;
+        returns the commit URL."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, extra_files)
+            return hub.upload_folder(repo_id, tmp, private=private, token=token, commit_message=commit_message)
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        from .hub import push_to_hub
 
-        return push_to_hub(self, repo_id, **kwargs)
+def load(
+    source: str | Path,
+    revision: str | None = None,
+    *,
+    cache_dir: str | None = None,
+    local_files_only: bool = False,
+    device: str | torch.device = "cpu",
+) -> DiffusionPipeline:
+    """``diffusion.load``: the short form of :meth:`DiffusionPipeline.from_pretrained`."""
+    return DiffusionPipeline.from_pretrained(
+        source, revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device
+    )
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

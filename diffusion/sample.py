@@ -1,6 +1,6 @@
 """Sample a DDPM from the command line.
 
-    python -m diffusion.sample --model google/ddpm-cifar10-32 --sampler ddim --steps 50 --eta 0 --seed 0 -n 16 --out grid.png
+    python -m diffusion.sample --model google/ddpm-cifar10-32 --sampler ddim --steps 50 --eta 0 -n 16 --out grid.png
     python -m diffusion.sample --model checkpoints/fashion-mnist --sampler ddpm --steps 1000 --process process.png
 
 Defaults for every option not given are those of the checkpoint's scheduler config, as in diffusers.
@@ -16,12 +16,11 @@ from typing import Any
 
 import torch
 
-from .hub import CheckpointError, check_writable, load
+from .files import CheckpointError, check_writable
 from .images import save_grid
-from .pipeline import DiffusionPipeline
+from .pipeline import DiffusionPipeline, load
 from .samplers import SAMPLERS, SPACINGS
 from .trajectory import Trajectory
-
 
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 
@@ -35,8 +34,11 @@ def _int_arg(low: int, high: int | None = None) -> Any:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{value} is out of range: give {low} to {high}" if high is not None
-                                             else f"{value} is out of range: give at least {low}")
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range: give {low} to {high}"
+                if high is not None
+                else f"{value} is out of range: give at least {low}"
+            )
         return value
 
     parse.__name__ = "integer"
@@ -52,11 +54,15 @@ def check_device(name: str) -> str:
         raise argparse.ArgumentTypeError(f"{name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{name!r}: CUDA is not available on this machine (no GPU or driver, or a CPU-only "
-                                             "PyTorch); use --device cpu")
+            raise argparse.ArgumentTypeError(
+                f"{name!r}: CUDA is not available on this machine (no GPU or driver, or a CPU-only "
+                "PyTorch); use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+            raise argparse.ArgumentTypeError(
+                f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise argparse.ArgumentTypeError(f"{name!r}: MPS is not available on this machine; use --device cpu")
@@ -74,24 +80,46 @@ class Parser(argparse.ArgumentParser):
 
 def add_sampler_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     """--model, --sampler and the sampler options (shared with ``training.evaluate``)."""
-    p.add_argument("--model", required=model_required, help="a model folder (diffusers layout) or a Hugging Face Hub repo id")
+    p.add_argument(
+        "--model", required=model_required, help="a model folder (diffusers layout) or a Hugging Face Hub repo id"
+    )
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit to pin")
     p.add_argument("--offline", action="store_true", help="use only the local Hub cache")
     p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
-    p.add_argument("--steps", type=_int_arg(1), default=None, help="number of sampling steps (default: the sampler's: DDPM 1000, DDIM 50)")
+    p.add_argument(
+        "--steps",
+        type=_int_arg(1),
+        default=None,
+        help="number of sampling steps (default: the sampler's: DDPM 1000, DDIM 50)",
+    )
     p.add_argument("--eta", type=float, default=None, help="DDIM noise scale: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--variance-type", choices=["fixed_small", "fixed_large"], default=None, help="DDPM posterior variance")
+    p.add_argument(
+        "--variance-type", choices=["fixed_small", "fixed_large"], default=None, help="DDPM posterior variance"
+    )
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="timestep selection")
     clip = p.add_mutually_exclusive_group()
-    clip.add_argument("--clip", dest="clip_sample", action="store_true", default=None, help="clip predicted x0 to [-1, 1]")
+    clip.add_argument(
+        "--clip", dest="clip_sample", action="store_true", default=None, help="clip predicted x0 to [-1, 1]"
+    )
     clip.add_argument("--no-clip", dest="clip_sample", action="store_false", help="do not clip predicted x0")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other sampler option, e.g. use_clipped_model_output=true")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other sampler option, e.g. use_clipped_model_output=true",
+    )
 
 
 def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The sampler options given on the command line (None: the checkpoint's or the sampler's default)."""
-    options: dict[str, Any] = {"num_inference_steps": args.steps, "eta": args.eta, "variance_type": args.variance_type,
-                               "timestep_spacing": args.spacing, "clip_sample": args.clip_sample}
+    options: dict[str, Any] = {
+        "num_inference_steps": args.steps,
+        "eta": args.eta,
+        "variance_type": args.variance_type,
+        "timestep_spacing": args.spacing,
+        "clip_sample": args.clip_sample,
+    }
     for item in args.option:
         if "=" not in item:
             raise ValueError(f"--option wants KEY=VALUE, got {item!r}")
@@ -101,7 +129,9 @@ def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m diffusion.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(
+        prog="python -m diffusion.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_sampler_arguments(p)
     p.add_argument("--seed", type=_int_arg(0, MAX_SEED), default=0)
     p.add_argument("-n", "--num-images", type=_int_arg(1), default=16)
@@ -119,7 +149,9 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.process:
         check_writable(args.process, "file")
         if Path(args.process).expanduser().resolve() == Path(args.out).expanduser().resolve():
-            raise ValueError(f"--process and --out name the same file ({args.out}); give the process picture another name.")
+            raise ValueError(
+                f"--process and --out name the same file ({args.out}); give the process picture another name."
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError (CUDA) is a RuntimeError, and so is the CPU's
         if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "can't allocate memory" not in str(e):
             raise
-        print(f"error: out of memory on {args.device} for {args.num_images} images ({args.batch_size or args.num_images} "
-              "at once); lower -n or --batch-size.", file=sys.stderr)
+        print(
+            f"error: out of memory on {args.device} for {args.num_images} images ({args.batch_size or args.num_images} "
+            "at once); lower -n or --batch-size.",
+            file=sys.stderr,
+        )
     except OSError as e:  # a full disk while saving, a folder removed meanwhile...
         print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
     except KeyboardInterrupt:
@@ -147,14 +182,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sample(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any) -> int:
-    print(f"{pipe.source}: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f} M parameters, {args.sampler} {opts}")
+    print(
+        f"{pipe.source}: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f} M parameters, {args.sampler} {opts}"
+    )
     trajectory = None
     if args.process:
-        trajectory = Trajectory(opts.num_inference_steps, pipe.schedule,
-                                max_frames=args.process_frames, images=4)
+        trajectory = Trajectory(opts.num_inference_steps, pipe.schedule, max_frames=args.process_frames, images=4)
     start = time.perf_counter()
-    images = pipe.sample(args.sampler, args.num_images, args.seed, options=opts, batch_size=args.batch_size,
-                         progress=True, trajectory=trajectory)
+    images = pipe.sample(
+        args.sampler,
+        args.num_images,
+        args.seed,
+        options=opts,
+        batch_size=args.batch_size,
+        progress=True,
+        trajectory=trajectory,
+    )
     save_grid(images, args.out)
     print(f"saved {args.num_images} images to {args.out} ({time.perf_counter() - start:.1f} s)")
     if trajectory is not None:

@@ -20,7 +20,9 @@ PREDICTIONS = ("epsilon", "sample", "v_prediction")
 ALIASES = {"quadratic": "scaled_linear", "cosine": "squaredcos_cap_v2"}
 
 
-def make_betas(schedule: str, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def make_betas(
+    schedule: str, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> torch.Tensor:
     """beta_1..beta_T in float64. ``linear``: DDPM (Ho et al. 2020, Sec. 4); ``scaled_linear`` (alias
     ``quadratic``): linear in sqrt(beta); ``squaredcos_cap_v2`` (alias ``cosine``): Nichol & Dhariwal
     2021, eq. 17 with betas capped at 0.999; ``sigmoid``: GeoDiff (Xu et al. 2022)."""
@@ -38,7 +40,9 @@ def make_betas(schedule: str, num_train_timesteps: int = 1000, beta_start: float
         return torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)], dtype=torch.float64)
     if schedule == "sigmoid":
         return torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
-    raise ValueError(f"Unknown beta schedule {schedule!r}; choose one of {', '.join(BETA_SCHEDULES)} (or 'quadratic', 'cosine').")
+    raise ValueError(
+        f"Unknown beta schedule {schedule!r}; choose one of {', '.join(BETA_SCHEDULES)} (or 'quadratic', 'cosine')."
+    )
 
 
 @dataclass
@@ -59,10 +63,16 @@ class NoiseSchedule:
                     beta_end: float = 0.02, trained_betas: list[float] | None = None) -> "NoiseSchedule":
         name = ALIASES.get(beta_schedule, beta_schedule)
         if trained_betas is not None:
-            return cls(torch.tensor(trained_betas, dtype=torch.float64), name, torch.tensor(trained_betas, dtype=torch.float32))
+            return cls(
+                torch.tensor(trained_betas, dtype=torch.float64), name, torch.tensor(trained_betas, dtype=torch.float32)
+            )
         betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
-        f32 = {"linear": lambda: torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32),
-               "scaled_linear": lambda: torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2}
+        f32 = {
+            "linear": lambda: torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32),
+            "scaled_linear": lambda: (
+                torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+            ),
+        }
         return cls(betas, name, f32[name]() if name in f32 else None)
 
     def __post_init__(self) -> None:
@@ -99,7 +109,9 @@ class NoiseSchedule:
         a = self.alphas_cumprod
         return self._at(a.sqrt(), t, x0) * noise - self._at((1 - a).sqrt(), t, x0) * x0
 
-    def training_target(self, prediction: Prediction, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def training_target(
+        self, prediction: Prediction, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         """What the network learns to output for each prediction type."""
         if prediction == "epsilon":
             return noise
@@ -120,7 +132,9 @@ class NoiseSchedule:
         return self._at(coef0, t, x0) * x0 + self._at(coeft, t, x0) * x_t, self._at(var, t, x0)
 
 
-def to_x0_eps(prediction: Prediction, model_output: torch.Tensor, x_t: torch.Tensor, abar_t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+def to_x0_eps(
+    prediction: Prediction, model_output: torch.Tensor, x_t: torch.Tensor, abar_t: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert a model output of any prediction type into (x0, epsilon) at noise level abar_t.
 
     epsilon: x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)   (Ho et al. 2020, eq. 15)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .hub import atomic_write  # moves to .files
+from .files import atomic_write
 from .pipeline import to_unit
 from .samplers import Step
 from .schedule import NoiseSchedule
@@ -97,11 +97,20 @@ class Trajectory:
 
     def save_npz(self, path: str | Path) -> Path:
         """Every frame as arrays, with a JSON ``meta`` entry describing the layout."""
-        meta = {**{k: v for k, v in self.meta.items() if not k.startswith("_")}, "layout": "frames x images x channels x height x width, model space [-1, 1]; "
-                                       "the last frame is the sample (timestep -1)"}
-        arrays = dict(x_t=torch.stack(self.x_t).numpy(), pred_x0=torch.stack(self.x0).numpy(),
-                      timesteps=np.array(self.timesteps), step_index=np.array(self.steps), alpha_bar=np.array(self.abar),
-                      visited_timesteps=np.array(self.visited), meta=np.array(json.dumps(meta, default=str)))
+        meta = {
+            **{k: v for k, v in self.meta.items() if not k.startswith("_")},
+            "layout": "frames x images x channels x height x width, model space [-1, 1]; "
+            "the last frame is the sample (timestep -1)",
+        }
+        arrays = dict(
+            x_t=torch.stack(self.x_t).numpy(),
+            pred_x0=torch.stack(self.x0).numpy(),
+            timesteps=np.array(self.timesteps),
+            step_index=np.array(self.steps),
+            alpha_bar=np.array(self.abar),
+            visited_timesteps=np.array(self.visited),
+            meta=np.array(json.dumps(meta, default=str)),
+        )
         path = Path(path)
         atomic_write(path, lambda p: np.savez_compressed(p, **arrays), keep_suffix=True)
         return path

@@ -39,7 +39,9 @@ def coerce(name: str, hint: Any, value: Any, owner: str = "") -> Any:
         if kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         if value not in args or (isinstance(value, bool) and not all(isinstance(a, bool) for a in args)):
-            raise ValueError(f"{owner + ': ' if owner else ''}{name}={value!r} is not one of {', '.join(map(repr, args))}.")
+            raise ValueError(
+                f"{owner + ': ' if owner else ''}{name}={value!r} is not one of {', '.join(map(repr, args))}."
+            )
         return value
     if hint is bool:
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):

@@ -78,10 +78,14 @@ class UNetConfig:
             ("up_block_types", self.up_block_types, UP_BLOCK_TYPES),
         ):
             if len(types) != levels:
-                raise ValueError(f"{name} has {len(types)} entries but block_out_channels has {levels}; give one per level.")
+                raise ValueError(
+                    f"{name} has {len(types)} entries but block_out_channels has {levels}; give one per level."
+                )
             for t in types:
                 if t not in allowed:
-                    raise ValueError(f"Unsupported block type {t!r} in {name}; this UNet supports {', '.join(allowed)}.")
+                    raise ValueError(
+                        f"Unsupported block type {t!r} in {name}; this UNet supports {', '.join(allowed)}."
+                    )
         unsupported = {
             "time_embedding_type": (self.time_embedding_type, "positional"),
             "resnet_time_scale_shift": (self.resnet_time_scale_shift, "default"),
@@ -101,7 +105,10 @@ class UNetConfig:
             raise ValueError("in_channels, out_channels and layers_per_block must be positive.")
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
-                raise ValueError(f"block_out_channels {list(self.block_out_channels)} must be multiples of norm_num_groups={self.norm_num_groups}.")
+                raise ValueError(
+                    f"block_out_channels {list(self.block_out_channels)} must be multiples of "
+                    f"norm_num_groups={self.norm_num_groups}."
+                )
             if self.attention_head_dim is not None and c % self.attention_head_dim:
                 raise ValueError(f"block width {c} is not a multiple of attention_head_dim={self.attention_head_dim}.")
         factor = 2 ** (levels - 1)
@@ -179,15 +186,31 @@ class Conv2d(nn.Conv2d):
                 w, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape))
             cache[self] = entry = (key, packed)
         return torch.ops.mkldnn._convolution_pointwise(
-            x, entry[1], self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups, "none", [], None)
+            x,
+            entry[1],
+            self.bias,
+            list(self.padding),
+            list(self.stride),
+            list(self.dilation),
+            self.groups,
+            "none",
+            [],
+            None,
+        )
 
 
 def group_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     """``norm(x)``; in eager mode a channels-last ``x`` with fewer than 4 channels per group is
     normalised in NCHW layout: ATen's channels-last GroupNorm kernel is 2 to 10x slower there (the
     Fashion-MNIST UNet's 32 and 64 channels in 32 groups), which costs more than the copy."""
-    if (not torch.compiler.is_compiling() and x.ndim == 4 and norm.num_channels // norm.num_groups < 4
-            and x.device.type == "cpu" and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+    if (
+        not torch.compiler.is_compiling()
+        and x.ndim == 4
+        and norm.num_channels // norm.num_groups < 4
+        and x.device.type == "cpu"
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
         x = x.contiguous()
     return norm(x)
 
@@ -241,7 +264,10 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         h = group_norm(self.group_norm, x).flatten(2).transpose(1, 2)  # (B, HW, C)
-        q, k, v = (proj(h).view(b, -1, self.heads, c // self.heads).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
+        q, k, v = (
+            proj(h).view(b, -1, self.heads, c // self.heads).transpose(1, 2)
+            for proj in (self.to_q, self.to_k, self.to_v)
+        )
         h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         h = self.to_out[0](h.transpose(1, 2).reshape(b, -1, c))
         out = h.transpose(1, 2).reshape(b, c, hgt, wid) + x
@@ -277,10 +303,13 @@ class DownBlock(nn.Module):
         super().__init__()
         g, eps = cfg.norm_num_groups, cfg.norm_eps
         self.resnets = nn.ModuleList(
-            ResnetBlock(cin if i == 0 else cout, cout, cfg.time_embed_dim, g, eps, cfg.dropout) for i in range(cfg.layers_per_block)
+            ResnetBlock(cin if i == 0 else cout, cout, cfg.time_embed_dim, g, eps, cfg.dropout)
+            for i in range(cfg.layers_per_block)
         )
         if attention:
-            self.attentions = nn.ModuleList(AttentionBlock(cout, cfg.attention_head_dim, g, eps) for _ in range(cfg.layers_per_block))
+            self.attentions = nn.ModuleList(
+                AttentionBlock(cout, cfg.attention_head_dim, g, eps) for _ in range(cfg.layers_per_block)
+            )
         self.downsamplers = None if last else nn.ModuleList([Downsample(cout, cfg.downsample_padding)])
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -304,7 +333,14 @@ class UpBlock(nn.Module):
         super().__init__()
         g, eps, n = cfg.norm_num_groups, cfg.norm_eps, cfg.layers_per_block + 1
         self.resnets = nn.ModuleList(
-            ResnetBlock((prev if i == 0 else cout) + (skip_in if i == n - 1 else cout), cout, cfg.time_embed_dim, g, eps, cfg.dropout)
+            ResnetBlock(
+                (prev if i == 0 else cout) + (skip_in if i == n - 1 else cout),
+                cout,
+                cfg.time_embed_dim,
+                g,
+                eps,
+                cfg.dropout,
+            )
             for i in range(n)
         )
         if attention:
@@ -330,7 +366,9 @@ class MidBlock(nn.Module):
         g, eps, s = cfg.norm_num_groups, cfg.norm_eps, cfg.mid_block_scale_factor
         head_dim = cfg.attention_head_dim or channels
         groups = cfg.attn_norm_num_groups or g
-        self.resnets = nn.ModuleList(ResnetBlock(channels, channels, cfg.time_embed_dim, g, eps, cfg.dropout, s) for _ in range(2))
+        self.resnets = nn.ModuleList(
+            ResnetBlock(channels, channels, cfg.time_embed_dim, g, eps, cfg.dropout, s) for _ in range(2)
+        )
         self.attentions = nn.ModuleList([AttentionBlock(channels, head_dim, groups, eps, s)])
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
@@ -355,7 +393,14 @@ class UNet(nn.Module):
         self.mid_block = MidBlock(cfg, ch[-1])
         rev = ch[::-1]
         self.up_blocks = nn.ModuleList(
-            UpBlock(cfg, rev[max(i - 1, 0)], rev[i], rev[min(i + 1, len(ch) - 1)], kind == "AttnUpBlock2D", last=i == len(ch) - 1)
+            UpBlock(
+                cfg,
+                rev[max(i - 1, 0)],
+                rev[i],
+                rev[min(i + 1, len(ch) - 1)],
+                kind == "AttnUpBlock2D",
+                last=i == len(ch) - 1,
+            )
             for i, kind in enumerate(cfg.up_block_types)
         )
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
@@ -426,7 +471,11 @@ def load_state_dict_strict(model: UNet, state_dict: dict[str, torch.Tensor]) -> 
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and state_dict[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         def head(items: list[str]) -> str:
             return ", ".join(items[:5]) + (f" (and {len(items) - 5} more)" if len(items) > 5 else "")
@@ -437,5 +486,16 @@ def load_state_dict_strict(model: UNet, state_dict: dict[str, torch.Tensor]) -> 
             problems.append(f"{len(unexpected)} unexpected keys: {head(unexpected)}")
         if shapes:
             problems.append(f"{len(shapes)} shape mismatches: {head(shapes)}")
-        raise ValueError("The weights do not fit the UNet config: " + "; ".join(problems) + ". Check that config.json belongs to these weights.")
+        raise ValueError(
+            "The weights do not fit the UNet config: "
+            + "; ".join(problems)
+            + ". Check that config.json belongs to these weights."
+        )
     model.load_state_dict(state_dict, strict=True)
+
+
+def build_unet(config: dict, state_dict: dict[str, torch.Tensor]) -> UNet:
+    """A UNet from a diffusers ``config.json`` dict and its weights (every key must match), in eval mode."""
+    unet = UNet(UNetConfig.from_dict(config))
+    load_state_dict_strict(unet, state_dict)
+    return unet.eval()

@@ -2,6 +2,7 @@
 # Installs everything the project needs on a Debian/Ubuntu machine:
 #   bash scripts/setup.sh          Debian's Fashion-MNIST files + the Python requirements
 #   bash scripts/setup.sh --test   also Chromium (browser test) and the test requirements
+# then `pip install -e . --no-deps` (the packages and the diffusion-* commands, see pyproject.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +29,5 @@ if [ "$with_tests" = 1 ]; then
 else
   python -m pip install -q -r requirements.txt
 fi
+# The project itself, editable: the packages diffusion/training/studio and the diffusion-* commands.
+python -m pip install -q -e . --no-deps

@@ -19,7 +19,16 @@ from . import media
 from .models import ModelStore
 from .options import check_count, evaluations, make_options, planned_timesteps, split_options
 from .runs import Run, Throttle, compare_metrics, difference, metrics_markdown, time_left
-from .settings import BUNDLED_MODEL, DISPLAY_PX, HUB_PRESETS, MAX_IMAGES, MAX_SEED, PREVIEW_PX, PROGRESS_EVERY_S, Settings
+from .settings import (
+    BUNDLED_MODEL,
+    DISPLAY_PX,
+    HUB_PRESETS,
+    MAX_IMAGES,
+    MAX_SEED,
+    PREVIEW_PX,
+    PROGRESS_EVERY_S,
+    Settings,
+)
 
 NO_RUN = "Run **Generate** on the Sample tab first."
 
@@ -55,13 +64,22 @@ class Studio:
         seed = check_count(seed, "The seed", 0, MAX_SEED)
         return self.store.get(model), n, seed
 
-    def _options(self, pipe: diffusion.DiffusionPipeline, sampler: str | None, values: dict[str, Any]) -> SamplerOptions:
+    def _options(
+        self, pipe: diffusion.DiffusionPipeline, sampler: str | None, values: dict[str, Any]
+    ) -> SamplerOptions:
         return make_options(pipe, sampler, values)
 
     # -- Sample ------------------------------------------------------------------------------------
 
-    def sample(self, model: str, sampler: str, seed: float, num_images: float,
-               progress: gr.Progress = gr.Progress(), **options: Any) -> Iterator[tuple]:
+    def sample(
+        self,
+        model: str,
+        sampler: str,
+        seed: float,
+        num_images: float,
+        progress: gr.Progress = gr.Progress(),
+        **options: Any,
+    ) -> Iterator[tuple]:
         """Sample images, streaming predicted-x0 previews. Yields (picture, PNG grid file, info, trajectory);
         the last yield holds the results. Options: any sampler option (``steps``, ``eta``...)."""
         pipe, n, seed = self._prepare(model, seed, num_images)
@@ -76,11 +94,15 @@ class Studio:
         for step in run:
             last = run.done == run.total
             if tick(last):
-                progress(run.done / run.total, desc=f"{sampler.upper()} step {run.done}/{run.total} · "
-                                                    f"{time_left(run.done, run.total, time.perf_counter() - start)}")
+                progress(
+                    run.done / run.total,
+                    desc=f"{sampler.upper()} step {run.done}/{run.total} · "
+                    f"{time_left(run.done, run.total, time.perf_counter() - start)}",
+                )
             if show() and not last:
-                pic = media.save_png(media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX),
-                                     folder / f"preview{run.done:04d}.png")
+                pic = media.save_png(
+                    media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX), folder / f"preview{run.done:04d}.png"
+                )
                 info = f"Step {run.done} / {run.total} · t = {media._t(step.t)} · predicted x0 preview"
                 yield pic, gr.skip(), info, gr.skip()
         assert run.images is not None
@@ -89,23 +111,28 @@ class Studio:
         dimages.save_grid(run.images, grid_path)
         st = run.stats()
         compiled = " · compiled" if pipe.compiled is not None and pipe.compiled.covers(n) else ""
-        info = (f"**{n} image{'s' if n != 1 else ''}** · {sampler.upper()} · {st['steps']} steps · "
-                f"{st['evaluations']} model evaluations · {st['seconds']:.2f} s ({st['ms_per_step']:.0f} ms/step) · "
-                f"seed {seed} · {self.device(pipe)}{compiled}")
+        info = (
+            f"**{n} image{'s' if n != 1 else ''}** · {sampler.upper()} · {st['steps']} steps · "
+            f"{st['evaluations']} model evaluations · {st['seconds']:.2f} s ({st['ms_per_step']:.0f} ms/step) · "
+            f"seed {seed} · {self.device(pipe)}{compiled}"
+        )
         shown = media.save_png(media.picture(run.images, DISPLAY_PX), folder / f"{stem}_shown.png")
         yield shown, str(grid_path), info, run.trajectory
 
     # -- Compare -----------------------------------------------------------------------------------
 
-    def compare(self, model: str, seed: float, num_images: float, progress: gr.Progress = gr.Progress(),
-                **panels: Any) -> Iterator[tuple]:
+    def compare(
+        self, model: str, seed: float, num_images: float, progress: gr.Progress = gr.Progress(), **panels: Any
+    ) -> Iterator[tuple]:
         """Two samplers from the same x_T (the seed's). Keyword options are prefixed ``a_`` / ``b_``
         (``a_sampler``, ``a_steps``, ``b_eta``...). Yields (image A, image B, slider pair, difference
         map, metrics Markdown, metrics dict)."""
         samplers = {p: panels.get(f"{p}_sampler") for p in "ab"}
         pipe, n, seed = self._prepare(model, seed, num_images)
         opts = {p: self._options(pipe, samplers[p], split_options(panels, f"{p}_")) for p in "ab"}
-        self.store.check_work(pipe, n, sum(evaluations(pipe, samplers[p], opts[p]) for p in "ab"), self.store.name(model))
+        self.store.check_work(
+            pipe, n, sum(evaluations(pipe, samplers[p], opts[p]) for p in "ab"), self.store.name(model)
+        )
         total_steps = sum(o.num_inference_steps for o in opts.values())
         folder = self.outputs.new()
         runs: dict[str, Run] = {}
@@ -117,11 +144,16 @@ class Studio:
             for step in run:
                 done += 1
                 if tick(done == total_steps):
-                    progress(done / total_steps, desc=f"{label} step {run.done}/{run.total} · "
-                                                      f"{time_left(done, total_steps, time.perf_counter() - start)}")
+                    progress(
+                        done / total_steps,
+                        desc=f"{label} step {run.done}/{run.total} · "
+                        f"{time_left(done, total_steps, time.perf_counter() - start)}",
+                    )
                 if show() and run.done < run.total:
-                    pic = media.save_png(media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX),
-                                         folder / f"preview-{p}{run.done:04d}.png")
+                    pic = media.save_png(
+                        media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX),
+                        folder / f"preview-{p}{run.done:04d}.png",
+                    )
                     md = f"{label}: step {run.done} / {run.total} · t = {media._t(step.t)}"
                     a_img, b_img = (pic, gr.skip()) if p == "a" else (gr.skip(), pic)
                     yield a_img, b_img, gr.skip(), gr.skip(), md, gr.skip()
@@ -151,12 +183,21 @@ class Studio:
         xt, x0 = self.frame_files(traj, last)
         meta = traj.meta
         stem = f"{media.slug(str(meta.get('model', 'model')))}_{meta.get('sampler', '')}_{traj.num_steps}steps"
-        title = f"{str(meta.get('sampler', '')).upper()} · {traj.num_steps} steps · {media.slug(str(meta.get('model', '')))}"
+        sampler, model = str(meta.get("sampler", "")), media.slug(str(meta.get("model", "")))
+        title = f"{sampler.upper()} · {traj.num_steps} steps · {model}"
         fig = media.schedule_figure(media.schedule_plot_data(traj.schedule, traj.visited), title)
         files = media.trajectory_files(traj, folder, stem)
         mp4 = str(files["mp4"]) if "mp4" in files else None
-        return (gr.update(maximum=last, value=last), xt, x0, media.readout(traj, last), fig, str(files["gif"]), mp4,
-                [str(p) for p in files.values()])
+        return (
+            gr.update(maximum=last, value=last),
+            xt,
+            x0,
+            media.readout(traj, last),
+            fig,
+            str(files["gif"]),
+            mp4,
+            [str(p) for p in files.values()],
+        )
 
     def _frame_folder(self, traj: Trajectory) -> Path:
         """The folder of a trajectory's pictures (made anew if the bounded temp folder dropped it)."""
@@ -208,5 +249,7 @@ class Studio:
             visited = planned_timesteps(pipe, sampler, opts)
         except gr.Error:
             return gr.skip()
-        return media.schedule_figure(media.schedule_plot_data(pipe.schedule, visited),
-                                     f"{sampler.upper()} · {opts.num_inference_steps} steps (planned)")
+        return media.schedule_figure(
+            media.schedule_plot_data(pipe.schedule, visited),
+            f"{sampler.upper()} · {opts.num_inference_steps} steps (planned)",
+        )

@@ -16,23 +16,35 @@ from .ui import build_app, launch
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python app.py", description="DDPM / DDIM Studio (Gradio).")
-    p.add_argument("--model", default=None, help=f"default model folder or Hub id (env DEFAULT_MODEL; default {BUNDLED_MODEL})")
+    p.add_argument(
+        "--model", default=None, help=f"default model folder or Hub id (env DEFAULT_MODEL; default {BUNDLED_MODEL})"
+    )
     p.add_argument("--allow-local", action="store_true", help="accept any local model folder typed in the Model box")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME"), help="address to listen on")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     compile_ = p.add_mutually_exclusive_group()
-    compile_.add_argument("--compile", action="store_true",
-                          help="build the default model's ahead-of-time compiled UNet first if it is missing (about a "
-                               "minute on 2 CPU cores), then serve")
-    compile_.add_argument("--no-compile", action="store_true",
-                          help="run models eagerly (env COMPILE=0); by default a compiled package is used where one exists")
+    compile_.add_argument(
+        "--compile",
+        action="store_true",
+        help="build the default model's ahead-of-time compiled UNet first if it is missing (about a "
+        "minute on 2 CPU cores), then serve",
+    )
+    compile_.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="run models eagerly (env COMPILE=0); by default a compiled package is used where one exists",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = Settings.from_env(default_model=args.model, allow_local=args.allow_local or None,
-                                 compile=False if args.no_compile else None, build_compiled=args.compile or None)
+    settings = Settings.from_env(
+        default_model=args.model,
+        allow_local=args.allow_local or None,
+        compile=False if args.no_compile else None,
+        build_compiled=args.compile or None,
+    )
     threads = configure_threads()
     studio = Studio(settings)
     if settings.compile and settings.build_compiled:
@@ -43,8 +55,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo = build_app(studio)
     pipe = studio.store.peek(settings.default_model)
     mode = "compiled ahead of time" if pipe is not None and pipe.compiled is not None else "eager"
-    print(f"[studio] torch uses {threads} thread(s); the default model runs {mode}; CPU budget {settings.max_work:,} "
-          "pixel-steps")
+    print(
+        f"[studio] torch uses {threads} thread(s); the default model runs {mode}; CPU budget {settings.max_work:,} "
+        "pixel-steps"
+    )
     try:
         launch(demo, server_name=args.host, server_port=args.port)
     finally:

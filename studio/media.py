@@ -68,7 +68,7 @@ class OutputFolders:
             d.mkdir(parents=True, exist_ok=True)
             self._made.append(d)
             if len(self._made) > self.keep:
-                old, self._made = self._made[:-self.keep], self._made[-self.keep:]
+                old, self._made = self._made[: -self.keep], self._made[-self.keep :]
                 for folder in old:
                     shutil.rmtree(folder, ignore_errors=True)
         return d
@@ -90,10 +90,13 @@ def save_png(array: np.ndarray, path: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ trajectory
 
+
 def frame_pictures(traj: Trajectory, i: int, min_size: int = FRAME_PX) -> tuple[np.ndarray, np.ndarray]:
     """Frame i as two RGB grids: x_t and the predicted x0."""
-    return (picture(diffusion.to_unit(traj.x_t[i].float()), min_size),
-            picture(diffusion.to_unit(traj.x0[i].float()), min_size))
+    return (
+        picture(diffusion.to_unit(traj.x_t[i].float()), min_size),
+        picture(diffusion.to_unit(traj.x0[i].float()), min_size),
+    )
 
 
 def _t(t: float) -> str:
@@ -104,8 +107,11 @@ def readout(traj: Trajectory, i: int) -> str:
     """t, abar_t and sigma_t of frame i, as Markdown."""
     if traj.timesteps[i] < 0:
         return f"**Frame {i + 1} / {len(traj)}** · the sample x₀ after {traj.num_steps} steps · ᾱ = 1 · σ = 0"
-    return (f"**Frame {i + 1} / {len(traj)}** · step {traj.steps[i] + 1} / {traj.num_steps} · **t = {_t(traj.timesteps[i])}** "
-            f"· ᾱ_t = {traj.abar[i]:.4f} · σ_t = √(1−ᾱ_t) = {traj.sigma(i):.4f}")
+    return (
+        f"**Frame {i + 1} / {len(traj)}** · step {traj.steps[i] + 1} / {traj.num_steps} "
+        f"· **t = {_t(traj.timesteps[i])}** "
+        f"· ᾱ_t = {traj.abar[i]:.4f} · σ_t = √(1−ᾱ_t) = {traj.sigma(i):.4f}"
+    )
 
 
 def composite(traj: Trajectory, i: int, min_size: int = 160) -> np.ndarray:
@@ -116,8 +122,11 @@ def composite(traj: Trajectory, i: int, min_size: int = 160) -> np.ndarray:
     body = np.concatenate([a, np.full((a.shape[0], 8, 3), 255, np.uint8), b], axis=1)
     strip = Image.new("RGB", (body.shape[1], 18), "white")
     t = traj.timesteps[i]
-    text = (f"t={_t(t)}  abar={traj.abar[i]:.4f}  sigma={traj.sigma(i):.3f}" if t >= 0
-            else f"sample after {traj.num_steps} steps")
+    text = (
+        f"t={_t(t)}  abar={traj.abar[i]:.4f}  sigma={traj.sigma(i):.3f}"
+        if t >= 0
+        else f"sample after {traj.num_steps} steps"
+    )
     ImageDraw.Draw(strip).text((4, 3), f"x_t | predicted x0    {text}", fill="black")
     return np.concatenate([body, np.asarray(strip)], axis=0)
 
@@ -148,13 +157,20 @@ def trajectory_files(traj: Trajectory, folder: Path, stem: str) -> dict[str, Pat
 
 # ------------------------------------------------------------------------------------------ schedule plot
 
+
 def schedule_plot_data(schedule: NoiseSchedule, visited: list[float] | list[int]) -> dict[str, np.ndarray]:
     """abar_t and log-SNR (the schedule's) over t = 0..T-1, and their values at the visited timesteps."""
     abar = schedule.alphas_cumprod.numpy()
     log_snr = schedule.log_snr().numpy()
     v = np.array(sorted({int(round(t)) for t in visited if 0 <= round(t) < len(abar)}), dtype=np.int64)
-    return {"t": np.arange(len(abar)), "abar": abar, "log_snr": log_snr,
-            "visited": v, "visited_abar": abar[v], "visited_log_snr": log_snr[v]}
+    return {
+        "t": np.arange(len(abar)),
+        "abar": abar,
+        "log_snr": log_snr,
+        "visited": v,
+        "visited_abar": abar[v],
+        "visited_log_snr": log_snr[v],
+    }
 
 
 def schedule_figure(data: dict[str, np.ndarray], title: str = "") -> Any:
@@ -164,8 +180,14 @@ def schedule_figure(data: dict[str, np.ndarray], title: str = "") -> Any:
     fig = Figure(figsize=(6.4, 4.2), dpi=100, layout="constrained")
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     ax1.plot(data["t"], data["abar"], color="#4c72b0", lw=1.5)
-    ax1.scatter(data["visited"], data["visited_abar"], s=10, color="#dd8452", zorder=3,
-                label=f"{len(data['visited'])} visited timesteps")
+    ax1.scatter(
+        data["visited"],
+        data["visited_abar"],
+        s=10,
+        color="#dd8452",
+        zorder=3,
+        label=f"{len(data['visited'])} visited timesteps",
+    )
     ax1.set_ylabel("ᾱ_t")
     ax1.legend(loc="upper right", fontsize=8)
     ax2.plot(data["t"], data["log_snr"], color="#55a868", lw=1.5)

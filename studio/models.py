@@ -37,8 +37,11 @@ class ModelStore:
         or a Hub repo id. gr.Error says what is wrong with anything else."""
         choice = (choice or "").strip() or self.default
         if len(choice) > MAX_NAME:
-            raise gr.Error(f"That model name is {len(choice)} characters long; Hub repo ids are owner/name, at most "
-                           "96 characters each. Pick a model from the list or type a repo id.", title="Unknown model")
+            raise gr.Error(
+                f"That model name is {len(choice)} characters long; Hub repo ids are owner/name, at most "
+                "96 characters each. Pick a model from the list or type a repo id.",
+                title="Unknown model",
+            )
         try:
             if choice == self.default:
                 path = Path(choice).expanduser()
@@ -47,14 +50,23 @@ class ModelStore:
             if local.exists():
                 if self.settings.allow_local and local.is_dir():
                     return str(local.resolve())
-                raise gr.Error(f"{choice!r} is a local path; this app loads only its bundled model and Hub repos "
-                               "(start it with --allow-local to load local folders).", title="Local folders are off")
+                raise gr.Error(
+                    f"{choice!r} is a local path; this app loads only its bundled model and Hub repos "
+                    "(start it with --allow-local to load local folders).",
+                    title="Local folders are off",
+                )
         except OSError as e:  # a name the file system refuses (too long a component, a NUL byte...)
-            raise gr.Error(f"{choice[:80]!r} is not a usable model name ({e.strerror or e}). Type a Hub repo id as "
-                           "owner/name, e.g. google/ddpm-cifar10-32.", title="Unknown model") from None
+            raise gr.Error(
+                f"{choice[:80]!r} is not a usable model name ({e.strerror or e}). Type a Hub repo id as "
+                "owner/name, e.g. google/ddpm-cifar10-32.",
+                title="Unknown model",
+            ) from None
         if not HUB_ID.match(choice):
-            raise gr.Error(f"{choice[:120]!r} is not a Hub repo id. Type one as owner/name, e.g. google/ddpm-cifar10-32, "
-                           "or pick a model from the list.", title="Unknown model")
+            raise gr.Error(
+                f"{choice[:120]!r} is not a Hub repo id. Type one as owner/name, e.g. google/ddpm-cifar10-32, "
+                "or pick a model from the list.",
+                title="Unknown model",
+            )
         return choice
 
     def peek(self, choice: str | None) -> diffusion.DiffusionPipeline | None:
@@ -91,8 +103,9 @@ class ModelStore:
         except diffusion.CheckpointError as e:
             raise gr.Error(str(e), title="Cannot load this model") from None
         except OSError as e:  # network failures that escape huggingface_hub's own errors
-            raise gr.Error(f"Cannot download {key!r}: {e}. Check the connection or pick another model.",
-                           title="Download failed") from None
+            raise gr.Error(
+                f"Cannot download {key!r}: {e}. Check the connection or pick another model.", title="Download failed"
+            ) from None
         pipe.unet.eval().requires_grad_(False)
         if self.settings.compile:
             pipe.compile()  # the ahead-of-time compiled package, if one was built for these weights
@@ -135,7 +148,9 @@ class ModelStore:
             raise gr.Error(
                 f"This request is {n} images × {h}×{w} pixels × {evaluations} steps = {work:,} pixel-steps, above the "
                 f"{'GPU' if pipe.device.type == 'cuda' else 'CPU'} budget of {budget:,} for {name} (images × pixels × "
-                f"steps). Use {' or '.join(hints) or 'fewer images and steps'}.", title="Too much work")
+                f"steps). Use {' or '.join(hints) or 'fewer images and steps'}.",
+                title="Too much work",
+            )
         return work
 
     def describe(self, pipe: diffusion.DiffusionPipeline, name: str) -> str:
@@ -145,11 +160,13 @@ class ModelStore:
         budget = self.work_budget(pipe)
         params = sum(p.numel() for p in pipe.unet.parameters())
         runs = " · compiled ahead of time" if pipe.compiled is not None else ""
-        return (f"**{name}** · {c}×{h}×{w} · {params / 1e6:.1f}M parameters · "
-                f"{self.flops(pipe) / 1e6:.2f} MFLOP per pixel-step · T = {pipe.schedule.num_train_timesteps} "
-                f"· {cfg['beta_schedule']} betas · predicts {cfg['prediction_type']} · {pipe.device.type.upper()}{runs}  \n"
-                f"Budget per request: images × pixels × steps ≤ **{budget:,}** (e.g. {max(1, budget // (h * w * 1000))} "
-                f"images × 1000 steps or {max(1, min(MAX_IMAGES, budget // (h * w * 50)))} images × 50 steps at {h}×{w}).")
+        return (
+            f"**{name}** · {c}×{h}×{w} · {params / 1e6:.1f}M parameters · "
+            f"{self.flops(pipe) / 1e6:.2f} MFLOP per pixel-step · T = {pipe.schedule.num_train_timesteps} "
+            f"· {cfg['beta_schedule']} betas · predicts {cfg['prediction_type']} · {pipe.device.type.upper()}{runs}  \n"
+            f"Budget per request: images × pixels × steps ≤ **{budget:,}** (e.g. {max(1, budget // (h * w * 1000))} "
+            f"images × 1000 steps or {max(1, min(MAX_IMAGES, budget // (h * w * 50)))} images × 50 steps at {h}×{w})."
+        )
 
     def name(self, choice: str | None) -> str:
         """A short name for files and titles: the folder name of a local model, the repo id otherwise."""

@@ -14,24 +14,39 @@ from diffusion.samplers import SAMPLERS, SamplerOptions, get_sampler
 from diffusion.typed import coerce
 
 PRIMARY_OPTIONS = ("num_inference_steps", "eta", "variance_type", "timestep_spacing")
-HIDDEN_OPTIONS = {"prediction_type",  # a property of the trained model: always the checkpoint's value
-                  "interpolation_type",  # one allowed value: there to refuse configs asking another
-                  "sigma_min", "sigma_max"}  # Euler's ends of Karras / exponential / beta sigmas: the checkpoint's
+HIDDEN_OPTIONS = {
+    "prediction_type",  # a property of the trained model: always the checkpoint's value
+    "interpolation_type",  # one allowed value: there to refuse configs asking another
+    "sigma_min",
+    "sigma_max",
+}  # Euler's ends of Karras / exponential / beta sigmas: the checkpoint's
 API_NAMES = {"num_inference_steps": "steps"}
-LABELS = {"num_inference_steps": "Steps", "eta": "eta", "variance_type": "Variance type",
-          "timestep_spacing": "Timestep selection", "steps_offset": "Steps offset",
-          "clip_sample": "Clip predicted x0", "clip_sample_range": "Clip range",
-          "set_alpha_to_one": "Final alpha-bar = 1", "use_clipped_model_output": "Use clipped model output",
-          "use_karras_sigmas": "Karras sigmas", "use_exponential_sigmas": "Exponential sigmas",
-          "use_beta_sigmas": "Beta sigmas", "algorithm_type": "Algorithm"}
-INFO = {"eta": "0: deterministic DDIM; 1: as noisy as DDPM",
-        "variance_type": "fixed_small: posterior variance beta~_t; fixed_large: beta_t",
-        "timestep_spacing": "how the visited timesteps are spread over 0..T-1",
-        "clip_sample": "clamp the predicted x0 to the data range at every step",
-        "use_karras_sigmas": "noise levels of Karras et al. 2022 (rho = 7) instead of the spacing's; at most one sigma option",
-        "use_exponential_sigmas": "log-uniform noise levels instead of the spacing's",
-        "use_beta_sigmas": "Beta(0.6, 0.6) quantiles of the noise range (dense at both ends)",
-        "algorithm_type": "dpmsolver++: the ODE solver; sde-dpmsolver++: its stochastic (SDE) version"}
+LABELS = {
+    "num_inference_steps": "Steps",
+    "eta": "eta",
+    "variance_type": "Variance type",
+    "timestep_spacing": "Timestep selection",
+    "steps_offset": "Steps offset",
+    "clip_sample": "Clip predicted x0",
+    "clip_sample_range": "Clip range",
+    "set_alpha_to_one": "Final alpha-bar = 1",
+    "use_clipped_model_output": "Use clipped model output",
+    "use_karras_sigmas": "Karras sigmas",
+    "use_exponential_sigmas": "Exponential sigmas",
+    "use_beta_sigmas": "Beta sigmas",
+    "algorithm_type": "Algorithm",
+}
+INFO = {
+    "eta": "0: deterministic DDIM; 1: as noisy as DDPM",
+    "variance_type": "fixed_small: posterior variance beta~_t; fixed_large: beta_t",
+    "timestep_spacing": "how the visited timesteps are spread over 0..T-1",
+    "clip_sample": "clamp the predicted x0 to the data range at every step",
+    "use_karras_sigmas": "noise levels of Karras et al. 2022 (rho = 7) instead of the spacing's; "
+    "at most one sigma option",
+    "use_exponential_sigmas": "log-uniform noise levels instead of the spacing's",
+    "use_beta_sigmas": "Beta(0.6, 0.6) quantiles of the noise range (dense at both ends)",
+    "algorithm_type": "dpmsolver++: the ODE solver; sde-dpmsolver++: its stochastic (SDE) version",
+}
 
 
 def sampler_fields(sampler: str) -> dict[str, Any]:
@@ -47,8 +62,10 @@ def all_option_fields() -> dict[str, Any]:
     for name in SAMPLERS:
         for k, hint in sampler_fields(name).items():
             merged.setdefault(k, hint)
-    return {**{k: merged[k] for k in PRIMARY_OPTIONS if k in merged},
-            **{k: v for k, v in merged.items() if k not in PRIMARY_OPTIONS}}
+    return {
+        **{k: merged[k] for k in PRIMARY_OPTIONS if k in merged},
+        **{k: v for k, v in merged.items() if k not in PRIMARY_OPTIONS},
+    }
 
 
 def default_options(pipe: diffusion.DiffusionPipeline | None, sampler: str) -> SamplerOptions:
@@ -65,7 +82,7 @@ def split_options(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if prefix:
             if not k.startswith(prefix):
                 continue
-            k = k[len(prefix):]
+            k = k[len(prefix) :]
         out[inverse.get(k, k)] = v
     return out
 
@@ -108,26 +125,43 @@ class OptionControls:
     """One sampler dropdown and a control per registered option, shown for the samplers that take it.
     Number controls pass floats (no ``precision``), so 2.5 steps reaches the checks and is refused."""
 
-    def __init__(self, pipe: diffusion.DiffusionPipeline | None, sampler: str, prefix: str = "",
-                 label: str = "Sampler") -> None:
+    def __init__(
+        self, pipe: diffusion.DiffusionPipeline | None, sampler: str, prefix: str = "", label: str = "Sampler"
+    ) -> None:
         self.prefix = prefix
         self.fields = all_option_fields()
         T = pipe.schedule.num_train_timesteps if pipe is not None else 1000
-        self.sampler = gr.Dropdown([(s.upper(), s) for s in SAMPLERS], value=sampler, label=label,
-                                   info=get_sampler(sampler).description, elem_id=f"{prefix or 's_'}sampler")
+        self.sampler = gr.Dropdown(
+            [(s.upper(), s) for s in SAMPLERS],
+            value=sampler,
+            label=label,
+            info=get_sampler(sampler).description,
+            elem_id=f"{prefix or 's_'}sampler",
+        )
         defaults = {s: dataclasses.asdict(default_options(pipe, s)) for s in SAMPLERS}
         own = sampler_fields(sampler)
         self.controls: dict[str, gr.components.Component] = {}
         for name in (k for k in self.fields if k in PRIMARY_OPTIONS):
-            self.controls[name] = self._control(name, own.get(name, self.fields[name]), self._value(name, sampler, defaults),
-                                                name in own, T, self._elem_id(name))
+            self.controls[name] = self._control(
+                name,
+                own.get(name, self.fields[name]),
+                self._value(name, sampler, defaults),
+                name in own,
+                T,
+                self._elem_id(name),
+            )
         advanced = [k for k in self.fields if k not in PRIMARY_OPTIONS]
         if advanced:
             with gr.Accordion("Advanced sampler options (defaults: the model's scheduler config)", open=False):
                 for name in advanced:
-                    self.controls[name] = self._control(name, own.get(name, self.fields[name]),
-                                                        self._value(name, sampler, defaults), name in own, T,
-                                                        self._elem_id(name))
+                    self.controls[name] = self._control(
+                        name,
+                        own.get(name, self.fields[name]),
+                        self._value(name, sampler, defaults),
+                        name in own,
+                        T,
+                        self._elem_id(name),
+                    )
 
     def _elem_id(self, name: str) -> str:
         return f"{self.prefix or 's_'}{API_NAMES.get(name, name)}"
@@ -141,8 +175,12 @@ class OptionControls:
     @staticmethod
     def _control(name: str, hint: Any, value: Any, visible: bool, T: int, elem_id: str) -> gr.components.Component:
         """A control by the option's type: Literal -> dropdown, bool -> checkbox, int / float -> number."""
-        kw = dict(label=LABELS.get(name, name.replace("_", " ").capitalize()), info=INFO.get(name), visible=visible,
-                  elem_id=elem_id)
+        kw = dict(
+            label=LABELS.get(name, name.replace("_", " ").capitalize()),
+            info=INFO.get(name),
+            visible=visible,
+            elem_id=elem_id,
+        )
         if name == "num_inference_steps":
             return gr.Slider(1, T, value=value, step=1, **{**kw, "info": f"1 to {T} (the model's training timesteps)"})
         if name == "eta":
@@ -160,8 +198,9 @@ class OptionControls:
     def outputs(self) -> list[gr.components.Component]:
         return [self.sampler, *self.controls.values()]
 
-    def updates(self, pipe: diffusion.DiffusionPipeline | None, sampler: str, *, only_model_fields: bool = False
-                ) -> list[Any]:
+    def updates(
+        self, pipe: diffusion.DiffusionPipeline | None, sampler: str, *, only_model_fields: bool = False
+    ) -> list[Any]:
         """Updates for :meth:`outputs`: visibility by sampler, values from the model's defaults."""
         if sampler not in SAMPLERS:
             return [gr.skip()] * (1 + len(self.controls))

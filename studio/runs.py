@@ -47,9 +47,13 @@ class Run:
         if self.record:
             keep = min(self.n, TRAJECTORY_IMAGES)
             frames = Trajectory.frames_per_budget(self.pipe.image_shape, keep, TRAJECTORY_BYTES, MAX_FRAMES)
-            self.trajectory = Trajectory(self.total, self.pipe.schedule, frames, keep,
-                                         meta={"model": self.model_name, "sampler": self.sampler,
-                                               "options": dataclasses.asdict(self.options)})
+            self.trajectory = Trajectory(
+                self.total,
+                self.pipe.schedule,
+                frames,
+                keep,
+                meta={"model": self.model_name, "sampler": self.sampler, "options": dataclasses.asdict(self.options)},
+            )
         steps = self.pipe.denoise(self.sampler, n=self.n, seed=self.seed, options=self.options)
         last = None
         while True:
@@ -76,11 +80,15 @@ class Run:
             self.trajectory.finish(last.x_prev)
 
     def stats(self) -> dict[str, Any]:
-        return {"sampler": self.sampler, "steps": self.done, "evaluations": self.evaluations,
-                "seconds": round(self.seconds, 4),
-                "ms_per_step": round(1000 * self.seconds / max(1, self.done), 3),
-                "ms_per_evaluation": round(1000 * self.seconds / max(1, self.evaluations), 3),
-                "options": dataclasses.asdict(self.options)}
+        return {
+            "sampler": self.sampler,
+            "steps": self.done,
+            "evaluations": self.evaluations,
+            "seconds": round(self.seconds, 4),
+            "ms_per_step": round(1000 * self.seconds / max(1, self.done), 3),
+            "ms_per_evaluation": round(1000 * self.seconds / max(1, self.evaluations), 3),
+            "options": dataclasses.asdict(self.options),
+        }
 
 
 class Throttle:
@@ -114,8 +122,11 @@ def difference(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str
     diff = (a.float() - b.float()).abs().mean(dim=1, keepdim=True)  # (N, 1, H, W), averaged over channels
     mse = ((a.float() - b.float()) ** 2).mean().item()
     peak = diff.max().item()
-    stats = {"mean_abs_difference": round(diff.mean().item(), 6), "max_abs_difference": round(peak, 6),
-             "psnr_db": round(10 * math.log10(1 / mse), 3) if mse > 0 else math.inf}
+    stats = {
+        "mean_abs_difference": round(diff.mean().item(), 6),
+        "max_abs_difference": round(peak, 6),
+        "psnr_db": round(10 * math.log10(1 / mse), 3) if mse > 0 else math.inf,
+    }
     scaled = (diff / peak if peak > 0 else diff)[:, 0].numpy()  # (N, H, W) in [0, 1]
     coloured = torch.from_numpy(np.ascontiguousarray(colormaps["magma"](scaled)[..., :3])).permute(0, 3, 1, 2).float()
     return coloured, stats
@@ -127,21 +138,33 @@ def compare_metrics(a: dict[str, Any], b: dict[str, Any], diff: dict[str, float]
     runs = {"a": a, "b": b}
     speedup = runs[slow]["seconds"] / runs[fast]["seconds"] if runs[fast]["seconds"] > 0 else math.inf
     eval_ratio = runs[slow]["evaluations"] / max(1, runs[fast]["evaluations"])
-    return {"a": a, "b": b, "faster": fast, "speedup": round(speedup, 3), "evaluation_ratio": round(eval_ratio, 3),
-            "difference": diff, "device": device}
+    return {
+        "a": a,
+        "b": b,
+        "faster": fast,
+        "speedup": round(speedup, 3),
+        "evaluation_ratio": round(eval_ratio, 3),
+        "difference": diff,
+        "device": device,
+    }
 
 
 def metrics_markdown(m: dict[str, Any]) -> str:
     a, b = m["a"], m["b"]
-    rows = [("Sampler", a["sampler"].upper(), b["sampler"].upper()), ("Steps", a["steps"], b["steps"]),
-            ("Model evaluations", a["evaluations"], b["evaluations"]),
-            ("Wall time", f"{a['seconds']:.2f} s", f"{b['seconds']:.2f} s"),
-            ("ms per step", f"{a['ms_per_step']:.1f}", f"{b['ms_per_step']:.1f}")]
+    rows = [
+        ("Sampler", a["sampler"].upper(), b["sampler"].upper()),
+        ("Steps", a["steps"], b["steps"]),
+        ("Model evaluations", a["evaluations"], b["evaluations"]),
+        ("Wall time", f"{a['seconds']:.2f} s", f"{b['seconds']:.2f} s"),
+        ("ms per step", f"{a['ms_per_step']:.1f}", f"{b['ms_per_step']:.1f}"),
+    ]
     table = "| | Panel A | Panel B |\n|---|---:|---:|\n" + "\n".join(f"| {r[0]} | {r[1]} | {r[2]} |" for r in rows)
     fast, slow = m["faster"], "a" if m["faster"] == "b" else "b"
     d = m["difference"]
-    return (f"{table}\n\n**Speed-up: {m['speedup']:.1f}×** — panel {fast.upper()} ({m[fast]['sampler'].upper()}) is "
-            f"{m['speedup']:.1f}× faster than panel {slow.upper()} ({m[slow]['sampler'].upper()}) with "
-            f"{m['evaluation_ratio']:.1f}× fewer model evaluations, on {m['device']}.  \n"
-            f"Difference: mean |A−B| = {d['mean_abs_difference']:.3f}, max = {d['max_abs_difference']:.3f}, "
-            f"PSNR = {d['psnr_db']:.1f} dB (images in [0, 1]).")
+    return (
+        f"{table}\n\n**Speed-up: {m['speedup']:.1f}×** — panel {fast.upper()} ({m[fast]['sampler'].upper()}) is "
+        f"{m['speedup']:.1f}× faster than panel {slow.upper()} ({m[slow]['sampler'].upper()}) with "
+        f"{m['evaluation_ratio']:.1f}× fewer model evaluations, on {m['device']}.  \n"
+        f"Difference: mean |A−B| = {d['mean_abs_difference']:.3f}, max = {d['max_abs_difference']:.3f}, "
+        f"PSNR = {d['psnr_db']:.1f} dB (images in [0, 1])."
+    )

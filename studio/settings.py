@@ -11,8 +11,12 @@ from typing import Any
 
 APP_DIR = Path(__file__).resolve().parents[1]
 BUNDLED_MODEL = "checkpoints/fashion-mnist"
-HUB_PRESETS = ("google/ddpm-cifar10-32", "google/ddpm-ema-church-256", "google/ddpm-ema-celebahq-256",
-               "anton-l/ddpm-butterflies-128")
+HUB_PRESETS = (
+    "google/ddpm-cifar10-32",
+    "google/ddpm-ema-church-256",
+    "google/ddpm-ema-celebahq-256",
+    "anton-l/ddpm-butterflies-128",
+)
 
 # Work is counted in pixel-steps (images x pixels x model evaluations). The CPU budget is for a model
 # costing up to REFERENCE_FLOPS per pixel and evaluation (the bundled Fashion-MNIST UNet) and shrinks in

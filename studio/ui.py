@@ -28,7 +28,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 CSS = """
 .studio-note {font-size: 0.9em; opacity: 0.85}
-#preview img, #compare-a img, #compare-b img, #frame-xt img, #frame-x0 img, #diff-map img, #d-gif img {image-rendering: pixelated}
+#preview img, #compare-a img, #compare-b img, #frame-xt img, #frame-x0 img, #diff-map img, #d-gif img {
+  image-rendering: pixelated}
 """
 THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
@@ -51,12 +52,20 @@ def build_app(studio: Studio) -> gr.Blocks:
     private = dict(api_visibility="private")
 
     with gr.Blocks(title="DDPM / DDIM Studio", delete_cache=(900, 3600)) as demo:
-        gr.Markdown("# DDPM / DDIM Studio\nSample a denoising diffusion model with any sampler of the library, compare two "
-                    "samplers from the same starting noise, and watch the denoising step by step.")
+        gr.Markdown(
+            "# DDPM / DDIM Studio\nSample a denoising diffusion model with any sampler of the library, compare two "
+            "samplers from the same starting noise, and watch the denoising step by step."
+        )
         with gr.Row(equal_height=True):
-            model = gr.Dropdown(studio.model_choices(), value=studio.default_model, allow_custom_value=True, scale=2,
-                                label="Model", info="The bundled model works offline; Hub models download on first use. "
-                                                    "Type any diffusers UNet2DModel repo id (owner/name).")
+            model = gr.Dropdown(
+                studio.model_choices(),
+                value=studio.default_model,
+                allow_custom_value=True,
+                scale=2,
+                label="Model",
+                info="The bundled model works offline; Hub models download on first use. "
+                "Type any diffusers UNet2DModel repo id (owner/name).",
+            )
             model_md = gr.Markdown(status, elem_classes="studio-note")
         current = gr.State(studio.default_model)
 
@@ -75,15 +84,26 @@ def build_app(studio: Studio) -> gr.Blocks:
                     with gr.Column(scale=2):
                         s_info = gr.Markdown("Press **Generate**: predicted-x0 previews stream in while it samples.")
                         s_progress = gr.Markdown("", elem_id="s-progress", min_height=44)  # the progress bar shows here
-                        s_image = gr.Image(label="Samples (previews while it runs)", type="filepath", format="png",
-                                           elem_id="preview", interactive=False, height=460, buttons=["fullscreen"])
-                        s_download = gr.DownloadButton("Download the PNG grid (original size)", value=None,
-                                                       elem_id="s-download", size="sm")
+                        s_image = gr.Image(
+                            label="Samples (previews while it runs)",
+                            type="filepath",
+                            format="png",
+                            elem_id="preview",
+                            interactive=False,
+                            height=460,
+                            buttons=["fullscreen"],
+                        )
+                        s_download = gr.DownloadButton(
+                            "Download the PNG grid (original size)", value=None, elem_id="s-download", size="sm"
+                        )
                 traj = gr.State(None, time_to_live=STATE_TTL_S)
 
             with gr.Tab("Compare", id="compare"):
-                gr.Markdown("Both panels start from the **same x_T** (drawn from the seed), so the difference comes from the "
-                            "samplers alone. Wall time counts the sampler only.", elem_classes="studio-note")
+                gr.Markdown(
+                    "Both panels start from the **same x_T** (drawn from the seed), so the difference comes from the "
+                    "samplers alone. Wall time counts the sampler only.",
+                    elem_classes="studio-note",
+                )
                 with gr.Row(equal_height=True):
                     c_seed = gr.Number(0, label="Seed", scale=3, step=1)
                     c_dice = gr.Button("Random seed", scale=1, min_width=60)
@@ -93,30 +113,63 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column():
                         a_opts = OptionControls(pipe, "ddpm", "a_", "Panel A sampler")
-                        c_img_a = gr.Image(label="Panel A", type="filepath", format="png", interactive=False,
-                                           elem_id="compare-a", height=360)
+                        c_img_a = gr.Image(
+                            label="Panel A",
+                            type="filepath",
+                            format="png",
+                            interactive=False,
+                            elem_id="compare-a",
+                            height=360,
+                        )
                     with gr.Column():
                         b_opts = OptionControls(pipe, "ddim", "b_", "Panel B sampler")
-                        c_img_b = gr.Image(label="Panel B", type="filepath", format="png", interactive=False,
-                                           elem_id="compare-b", height=360)
+                        c_img_b = gr.Image(
+                            label="Panel B",
+                            type="filepath",
+                            format="png",
+                            interactive=False,
+                            elem_id="compare-b",
+                            height=360,
+                        )
                 c_progress = gr.Markdown("", elem_id="c-progress", min_height=44)
                 c_md = gr.Markdown("Press **Compare**.")
                 with gr.Row():
-                    c_slider = gr.ImageSlider(label="A ↔ B", type="filepath", format="png", interactive=False,
-                                              max_height=600)
-                    c_diff = gr.Image(label="|A − B| (scaled to its maximum)", type="filepath", format="png",
-                                      interactive=False, elem_id="diff-map")
+                    c_slider = gr.ImageSlider(
+                        label="A ↔ B", type="filepath", format="png", interactive=False, max_height=600
+                    )
+                    c_diff = gr.Image(
+                        label="|A − B| (scaled to its maximum)",
+                        type="filepath",
+                        format="png",
+                        interactive=False,
+                        elem_id="diff-map",
+                    )
                 with gr.Accordion("Metrics as JSON", open=False):
                     c_json = gr.JSON(label="Metrics")
 
             with gr.Tab("Denoising", id="denoising"):
-                gr.Markdown("The denoising of the last **Generate** run (up to 16 images): the noisy x_t the model saw and "
-                            "its predicted clean image x̂₀, at every cached step.", elem_classes="studio-note")
+                gr.Markdown(
+                    "The denoising of the last **Generate** run (up to 16 images): the noisy x_t the model saw and "
+                    "its predicted clean image x̂₀, at every cached step.",
+                    elem_classes="studio-note",
+                )
                 with gr.Row():
-                    d_xt = gr.Image(label="x_t (noisy input)", type="filepath", format="png", interactive=False,
-                                    elem_id="frame-xt", height=360)
-                    d_x0 = gr.Image(label="predicted x̂₀", type="filepath", format="png", interactive=False,
-                                    elem_id="frame-x0", height=360)
+                    d_xt = gr.Image(
+                        label="x_t (noisy input)",
+                        type="filepath",
+                        format="png",
+                        interactive=False,
+                        elem_id="frame-xt",
+                        height=360,
+                    )
+                    d_x0 = gr.Image(
+                        label="predicted x̂₀",
+                        type="filepath",
+                        format="png",
+                        interactive=False,
+                        elem_id="frame-x0",
+                        height=360,
+                    )
                 with gr.Row(equal_height=True):
                     d_frame = gr.Slider(0, 1, value=0, step=1, label="Step", scale=5, elem_id="d_frame")
                     d_play = gr.Button("▶ Play", scale=1, min_width=80)
@@ -124,15 +177,23 @@ def build_app(studio: Studio) -> gr.Blocks:
                 d_timer = gr.Timer(0.2, active=False)
                 d_playing = gr.State(False)
                 initial = {k: c.value for k, c in s_opts.kwargs().items()}
-                d_plot = gr.Plot(label="Noise schedule",
-                                 value=studio.schedule_preview(studio.default_model, "ddim", **initial) if pipe else None)
+                d_plot = gr.Plot(
+                    label="Noise schedule",
+                    value=studio.schedule_preview(studio.default_model, "ddim", **initial) if pipe else None,
+                )
                 with gr.Row(equal_height=True):
-                    d_gif = gr.Image(label="Animation (GIF)", interactive=False, type="filepath", elem_id="d-gif",
-                                     height=300)
-                    d_mp4 = gr.Video(label="Animation (MP4)", format="mp4", interactive=False, elem_id="d-mp4",
-                                     height=300)
-                d_files = gr.File(elem_id="d_files", label="Downloads: GIF, MP4, frames (ZIP of PNGs), trajectory (.npz)",
-                                  file_count="multiple", interactive=False)
+                    d_gif = gr.Image(
+                        label="Animation (GIF)", interactive=False, type="filepath", elem_id="d-gif", height=300
+                    )
+                    d_mp4 = gr.Video(
+                        label="Animation (MP4)", format="mp4", interactive=False, elem_id="d-mp4", height=300
+                    )
+                d_files = gr.File(
+                    elem_id="d_files",
+                    label="Downloads: GIF, MP4, frames (ZIP of PNGs), trajectory (.npz)",
+                    file_count="multiple",
+                    interactive=False,
+                )
 
         dice_js = "() => Math.floor(Math.random() * 2147483647)"
         s_dice.click(None, None, s_seed, js=dice_js, **private)
@@ -145,62 +206,127 @@ def build_app(studio: Studio) -> gr.Blocks:
             except gr.Error as e:
                 name = studio.store.name(cur)
                 gr.Warning(f"{e.message} Still using {name}.", title=e.title or "Cannot load this model")
-                return ([gr.update(value=cur), cur, f"**Could not load {str(choice)[:120]}**: {e.message}  \n"
-                         f"Still using **{name}**."] + [gr.skip()] * n_out)
-            return ([gr.update(value=choice), choice, studio.store.describe(new, studio.store.name(choice))]
-                    + s_opts.updates(new, ss, only_model_fields=True) + a_opts.updates(new, sa, only_model_fields=True)
-                    + b_opts.updates(new, sb, only_model_fields=True))
+                return [
+                    gr.update(value=cur),
+                    cur,
+                    f"**Could not load {str(choice)[:120]}**: {e.message}  \nStill using **{name}**.",
+                ] + [gr.skip()] * n_out
+            return (
+                [gr.update(value=choice), choice, studio.store.describe(new, studio.store.name(choice))]
+                + s_opts.updates(new, ss, only_model_fields=True)
+                + a_opts.updates(new, sa, only_model_fields=True)
+                + b_opts.updates(new, sb, only_model_fields=True)
+            )
 
-        model.input(on_model, [model, current, s_opts.sampler, a_opts.sampler, b_opts.sampler],
-                    [model, current, model_md, *s_opts.outputs(), *a_opts.outputs(), *b_opts.outputs()],
-                    **load_event, **private)
+        model.input(
+            on_model,
+            [model, current, s_opts.sampler, a_opts.sampler, b_opts.sampler],
+            [model, current, model_md, *s_opts.outputs(), *a_opts.outputs(), *b_opts.outputs()],
+            **load_event,
+            **private,
+        )
 
         def sampler_changed(oc: OptionControls) -> Callable[[str, str], list]:
             return lambda m, s: oc.updates(studio.store.peek(m), s)
 
         for oc in (s_opts, a_opts, b_opts):
-            oc.sampler.input(sampler_changed(oc), [model, oc.sampler], oc.outputs(), queue=False, show_progress="hidden",
-                             **private)
+            oc.sampler.input(
+                sampler_changed(oc), [model, oc.sampler], oc.outputs(), queue=False, show_progress="hidden", **private
+            )
 
         preview_inputs = dict(model=model, sampler=s_opts.sampler, **s_opts.kwargs())
         plot_triggers = [s_opts.sampler, s_opts.controls["num_inference_steps"]]
         if "timestep_spacing" in s_opts.controls:
             plot_triggers.append(s_opts.controls["timestep_spacing"])
         for comp in plot_triggers:
-            comp.change(studio.schedule_preview, None, d_plot, inputs_kwargs=preview_inputs, trigger_mode="always_last",
-                        show_progress="hidden", concurrency_id="plots", concurrency_limit=1, **private)
+            comp.change(
+                studio.schedule_preview,
+                None,
+                d_plot,
+                inputs_kwargs=preview_inputs,
+                trigger_mode="always_last",
+                show_progress="hidden",
+                concurrency_id="plots",
+                concurrency_limit=1,
+                **private,
+            )
 
         s_fetch = s_go.click(studio.fetch, [model], None, show_progress="minimal", **load_event, **private)
         sample_event = s_fetch.success(
-            gpu_task(studio.sample), None, [s_image, s_download, s_info, traj],
+            gpu_task(studio.sample),
+            None,
+            [s_image, s_download, s_info, traj],
             inputs_kwargs=dict(model=model, sampler=s_opts.sampler, seed=s_seed, num_images=s_n, **s_opts.kwargs()),
-            api_name="sample", show_progress_on=[s_progress], **model_event)
-        sample_event.success(studio.show_trajectory, [traj], [d_frame, d_xt, d_x0, d_readout, d_plot, d_gif, d_mp4, d_files],
-                             concurrency_id="media", concurrency_limit=1, show_progress="minimal", **private)
+            api_name="sample",
+            show_progress_on=[s_progress],
+            **model_event,
+        )
+        sample_event.success(
+            studio.show_trajectory,
+            [traj],
+            [d_frame, d_xt, d_x0, d_readout, d_plot, d_gif, d_mp4, d_files],
+            concurrency_id="media",
+            concurrency_limit=1,
+            show_progress="minimal",
+            **private,
+        )
         s_stop.click(None, None, None, cancels=[s_fetch, sample_event], **private)
 
         c_fetch = c_go.click(studio.fetch, [model], None, show_progress="minimal", **load_event, **private)
         compare_event = c_fetch.success(
-            gpu_task(studio.compare), None, [c_img_a, c_img_b, c_slider, c_diff, c_md, c_json],
-            inputs_kwargs=dict(model=model, seed=c_seed, num_images=c_n, a_sampler=a_opts.sampler, **a_opts.kwargs(),
-                               b_sampler=b_opts.sampler, **b_opts.kwargs()),
-            api_name="compare", show_progress_on=[c_progress], **model_event)
+            gpu_task(studio.compare),
+            None,
+            [c_img_a, c_img_b, c_slider, c_diff, c_md, c_json],
+            inputs_kwargs=dict(
+                model=model,
+                seed=c_seed,
+                num_images=c_n,
+                a_sampler=a_opts.sampler,
+                **a_opts.kwargs(),
+                b_sampler=b_opts.sampler,
+                **b_opts.kwargs(),
+            ),
+            api_name="compare",
+            show_progress_on=[c_progress],
+            **model_event,
+        )
         c_stop.click(None, None, None, cancels=[c_fetch, compare_event], **private)
 
-        d_frame.change(studio.show_frame, [d_frame, traj], [d_xt, d_x0, d_readout], queue=False, show_progress="hidden",
-                       trigger_mode="always_last", **private)
-        d_play.click(studio.toggle_play, [d_frame, d_playing, traj], [d_frame, d_timer, d_play, d_playing], queue=False,
-                     **private)
-        d_timer.tick(studio.advance, [d_frame, d_playing, traj], [d_frame, d_timer, d_play, d_playing], queue=False,
-                     show_progress="hidden", **private)
+        d_frame.change(
+            studio.show_frame,
+            [d_frame, traj],
+            [d_xt, d_x0, d_readout],
+            queue=False,
+            show_progress="hidden",
+            trigger_mode="always_last",
+            **private,
+        )
+        d_play.click(
+            studio.toggle_play,
+            [d_frame, d_playing, traj],
+            [d_frame, d_timer, d_play, d_playing],
+            queue=False,
+            **private,
+        )
+        d_timer.tick(
+            studio.advance,
+            [d_frame, d_playing, traj],
+            [d_frame, d_timer, d_play, d_playing],
+            queue=False,
+            show_progress="hidden",
+            **private,
+        )
 
         def deep_link(request: gr.Request) -> list:
             """``?seed=3&sampler=ddpm&steps=100&eta=0.5&n=4`` pre-fills the Sample tab."""
             q = dict(request.query_params) if request is not None else {}
             seed_u, n_u = gr.update(), gr.update()
             sampler = q.get("sampler") if q.get("sampler") in SAMPLERS else None
-            controls = (s_opts.updates(studio.store.peek(studio.default_model), sampler) if sampler
-                        else [gr.update() for _ in s_opts.outputs()])
+            controls = (
+                s_opts.updates(studio.store.peek(studio.default_model), sampler)
+                if sampler
+                else [gr.update() for _ in s_opts.outputs()]
+            )
             if sampler:
                 controls[0]["value"] = sampler
             names = list(s_opts.controls)

@@ -81,7 +81,9 @@ def write_diffusers_checkpoint(root: Path, config: dict = GOOGLE_TINY, layout: s
         for f in unet_dir.glob("diffusion_pytorch_model.*"):
             f.unlink()
         if weights == "safetensors":
-            save_file({k: v.contiguous() for k, v in state.items()}, str(unet_dir / "diffusion_pytorch_model.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in state.items()}, str(unet_dir / "diffusion_pytorch_model.safetensors")
+            )
         else:
             torch.save(state, unet_dir / "diffusion_pytorch_model.bin")
     return unet

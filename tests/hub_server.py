@@ -26,7 +26,11 @@ class HubServer:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def add_folder(self, repo_id: str, folder: Path, revision: str = "main") -> None:
-        files = {str(p.relative_to(folder)).replace("\\", "/"): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+        files = {
+            str(p.relative_to(folder)).replace("\\", "/"): p.read_bytes()
+            for p in Path(folder).rglob("*")
+            if p.is_file()
+        }
         self.repos.setdefault(repo_id, {})[revision] = files
 
     @staticmethod

@@ -23,16 +23,24 @@ from PIL import Image
 
 from diffusion import DiffusionPipeline, UNet, UNetConfig
 from diffusion.machine import cpu_cores, flops_per_pixel
-from diffusion.trajectory import frame_steps
 from diffusion.samplers import SAMPLERS, SamplerOptions, SamplerSpec
 from diffusion.samplers.ddim import ddim
+from diffusion.trajectory import frame_steps
 from studio import media, models, options, runs, settings, ui
 from studio.handlers import Studio
 from studio.settings import Settings
 
-TINY = UNetConfig(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 16),
-                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                  layers_per_block=1, norm_num_groups=8, attention_head_dim=None)
+TINY = UNetConfig(
+    sample_size=8,
+    in_channels=1,
+    out_channels=1,
+    block_out_channels=(16, 16),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=1,
+    norm_num_groups=8,
+    attention_head_dim=None,
+)
 
 
 def write_tiny_model(path: Path, seed: int = 0) -> Path:
@@ -74,6 +82,7 @@ def png(path) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- options
 
+
 def test_option_fields_come_from_the_registry():
     fields = options.all_option_fields()
     assert list(fields)[:4] == ["num_inference_steps", "eta", "variance_type", "timestep_spacing"]
@@ -110,30 +119,63 @@ def test_fewer_evaluation_samplers_get_controls_and_run(studio, pipe):
     assert isinstance(order, gr.Dropdown) and order.value == 2 and order.visible and order.preprocess(3) == 3
     assert isinstance(oc.controls["skip_prk_steps"], gr.Checkbox) and oc.controls["skip_prk_steps"].visible is False
     assert [v for _, v in oc.controls["timestep_spacing"].choices] == ["leading", "linspace", "trailing"]
-    assert "interpolation_type" not in oc.controls and "sigma_min" not in oc.controls  # one allowed value; the checkpoint's
+    assert (
+        "interpolation_type" not in oc.controls and "sigma_min" not in oc.controls
+    )  # one allowed value; the checkpoint's
     algorithm = oc.controls["algorithm_type"]
-    assert isinstance(algorithm, gr.Dropdown) and [v for _, v in algorithm.choices] == ["dpmsolver++", "sde-dpmsolver++"]
+    assert isinstance(algorithm, gr.Dropdown) and [v for _, v in algorithm.choices] == [
+        "dpmsolver++",
+        "sde-dpmsolver++",
+    ]
     assert isinstance(oc.controls["use_karras_sigmas"], gr.Checkbox) and oc.controls["use_karras_sigmas"].visible
     ups = dict(zip(oc.controls, oc.updates(pipe, "pndm")[1:]))
-    assert ups["skip_prk_steps"]["visible"] and ups["skip_prk_steps"]["value"] is False and not ups["solver_order"]["visible"]
+    assert (
+        ups["skip_prk_steps"]["visible"]
+        and ups["skip_prk_steps"]["value"] is False
+        and not ups["solver_order"]["visible"]
+    )
     assert oc.updates(pipe, "ddim")[1 + list(oc.controls).index("timestep_spacing")]["choices"][-1] == "quad"
     assert options.make_options(pipe, "dpm-solver++", {"solver_order": 3, "eta": 0.5}).solver_order == 3
     ups = dict(zip(oc.controls, oc.updates(pipe, "euler-ancestral")[1:]))
-    assert not ups["use_karras_sigmas"]["visible"] and not ups["algorithm_type"]["visible"] and ups["timestep_spacing"]["visible"]
+    assert (
+        not ups["use_karras_sigmas"]["visible"]
+        and not ups["algorithm_type"]["visible"]
+        and ups["timestep_spacing"]["visible"]
+    )
     with pytest.raises(gr.Error, match="Only one of"):
         options.make_options(pipe, "heun", {"use_karras_sigmas": True, "use_beta_sigmas": True})
-    for sampler, values, message in [("euler", {"timestep_spacing": "quad"}, "is not one of 'leading', 'linspace', 'trailing'"),
-                                     ("pndm", {"num_inference_steps": 3}, "warm-up"),
-                                     ("dpm-solver++", {"num_inference_steps": 1000, "timestep_spacing": "leading"}, "repeats timesteps")]:
+    for sampler, values, message in [
+        ("euler", {"timestep_spacing": "quad"}, "is not one of 'leading', 'linspace', 'trailing'"),
+        ("pndm", {"num_inference_steps": 3}, "warm-up"),
+        ("dpm-solver++", {"num_inference_steps": 1000, "timestep_spacing": "leading"}, "repeats timesteps"),
+    ]:
         with pytest.raises(gr.Error, match=message):
             options.make_options(pipe, sampler, values)
-    assert options.planned_timesteps(pipe, "heun", options.make_options(pipe, "heun", {"num_inference_steps": 3})) == [666, 333, 333, 0, 0]
+    assert options.planned_timesteps(pipe, "heun", options.make_options(pipe, "heun", {"num_inference_steps": 3})) == [
+        666,
+        333,
+        333,
+        0,
+        0,
+    ]
     karras = options.make_options(pipe, "dpm-solver++", {"num_inference_steps": 5, "use_karras_sigmas": True})
-    assert options.planned_timesteps(pipe, "dpm-solver++", karras) == [999, 843, 593, 142, 0]  # diffusers' for Karras sigmas
-    for sampler, extra, evaluations in [("dpm-solver++", {}, 5), ("euler", {}, 5), ("heun", {}, 9), ("pndm", {}, 14),
-                                        ("pndm", {"skip_prk_steps": True}, 6), ("euler-ancestral", {}, 5),
-                                        ("dpm-solver++", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, 5),
-                                        ("heun", {"use_exponential_sigmas": True}, 9)]:
+    assert options.planned_timesteps(pipe, "dpm-solver++", karras) == [
+        999,
+        843,
+        593,
+        142,
+        0,
+    ]  # diffusers' for Karras sigmas
+    for sampler, extra, evaluations in [
+        ("dpm-solver++", {}, 5),
+        ("euler", {}, 5),
+        ("heun", {}, 9),
+        ("pndm", {}, 14),
+        ("pndm", {"skip_prk_steps": True}, 6),
+        ("euler-ancestral", {}, 5),
+        ("dpm-solver++", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, 5),
+        ("heun", {"use_exponential_sigmas": True}, 9),
+    ]:
         *_, (image, grid, info, traj) = run_all(studio.sample(studio.default_model, sampler, 0, 2, steps=5, **extra))
         assert f"5 steps · {evaluations} model evaluations" in info and Image.open(grid).size == (22, 12)
         assert len(traj) == 6 and traj.timesteps[-1] == -1 and len(traj.visited) == 5
@@ -142,16 +184,20 @@ def test_fewer_evaluation_samplers_get_controls_and_run(studio, pipe):
 def test_make_options_validates_with_clear_messages(pipe):
     opts = options.make_options(pipe, "ddim", {"num_inference_steps": 20, "eta": 0.5, "variance_type": "fixed_large"})
     assert (opts.num_inference_steps, opts.eta) == (20, 0.5)
-    assert options.make_options(pipe, "ddpm", {"num_inference_steps": None}).num_inference_steps == 1000  # None: default
-    for values, message in [({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
-                            ({"num_inference_steps": 1001}, "between 1 and 1000"),
-                            ({"num_inference_steps": 2.5}, "whole number"),
-                            ({"eta": 1.5}, "eta must be between 0"),
-                            ({"timestep_spacing": "random"}, "is not one of"),
-                            ({"steps_offset": -5}, r"steps_offset must be a non-negative integer \(every timestep must stay in 0..T-1\)"),
-                            ({"clip_sample_range": float("nan")}, "clip_sample_range must be a finite number"),
-                            ({"clip_sample": "maybe"}, "clip_sample must be true or false"),
-                            ({"timestep_spacing": "quad", "num_inference_steps": 900}, "quad")]:
+    assert (
+        options.make_options(pipe, "ddpm", {"num_inference_steps": None}).num_inference_steps == 1000
+    )  # None: default
+    for values, message in [
+        ({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
+        ({"num_inference_steps": 1001}, "between 1 and 1000"),
+        ({"num_inference_steps": 2.5}, "whole number"),
+        ({"eta": 1.5}, "eta must be between 0"),
+        ({"timestep_spacing": "random"}, "is not one of"),
+        ({"steps_offset": -5}, r"steps_offset must be a non-negative integer \(every timestep must stay in 0..T-1\)"),
+        ({"clip_sample_range": float("nan")}, "clip_sample_range must be a finite number"),
+        ({"clip_sample": "maybe"}, "clip_sample must be true or false"),
+        ({"timestep_spacing": "quad", "num_inference_steps": 900}, "quad"),
+    ]:
         with pytest.raises(gr.Error, match=message):
             options.make_options(pipe, "ddim", values)
     with pytest.raises(gr.Error, match="Unknown sampler 'euler-x'; choose one of"):
@@ -177,14 +223,20 @@ def test_work_budget_is_stated_and_enforced(tiny_model, pipe):
     budget = store.work_budget(pipe)
     assert budget == 640_000  # the tiny model costs less than REFERENCE_FLOPS: the full budget
     assert store.check_work(pipe, 10, 1000, "tiny") == 640_000
-    with pytest.raises(gr.Error, match=r"11 images × 8×8 pixels × 1000 steps = 704,000 pixel-steps.*budget of 640,000.*"
-                                       r"at most 909 steps with 11 images or at most 10 images with 1000 steps"):
+    with pytest.raises(
+        gr.Error,
+        match=r"11 images × 8×8 pixels × 1000 steps = 704,000 pixel-steps.*budget of 640,000.*"
+        r"at most 909 steps with 11 images or at most 10 images with 1000 steps",
+    ):
         store.check_work(pipe, 11, 1000, "tiny")
     assert "≤ **640,000**" in store.describe(pipe, "tiny")
 
 
 def test_work_counts_model_evaluations_not_steps(pipe):
-    count = {s: options.evaluations(pipe, s, pipe.sampler_options(s, num_inference_steps=10)) for s in ("ddim", "heun", "pndm")}
+    count = {
+        s: options.evaluations(pipe, s, pipe.sampler_options(s, num_inference_steps=10))
+        for s in ("ddim", "heun", "pndm")
+    }
     assert count == {"ddim": 10, "heun": 19, "pndm": 19}
 
 
@@ -219,6 +271,7 @@ def test_settings_come_from_the_environment_at_start_not_import(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- models
+
 
 def test_model_store_errors_keep_the_current_model(studio, tiny_model):
     current = studio.store.get(tiny_model)
@@ -276,6 +329,7 @@ def test_a_bad_local_checkpoint_gives_a_clear_error(tmp_path):
 
 # ------------------------------------------------------------------------------------------- runs
 
+
 def test_frame_steps_keep_first_and_last():
     assert frame_steps(5, 100) == {0, 1, 2, 3, 4}
     picked = frame_steps(1000, 50)
@@ -328,9 +382,15 @@ def test_same_seed_same_images(studio):
 
 
 def test_sample_refuses_bad_requests_before_working(studio):
-    for kwargs, message in [(dict(num_images=0), "number of images"), (dict(num_images=65), "number of images"),
-                            (dict(seed=-5), "seed"), (dict(steps=0), "positive integer"), (dict(steps=1001), "between 1 and 1000"),
-                            (dict(model="someone/missing"), "offline mode is on"), (dict(sampler="nope"), "Unknown sampler")]:
+    for kwargs, message in [
+        (dict(num_images=0), "number of images"),
+        (dict(num_images=65), "number of images"),
+        (dict(seed=-5), "seed"),
+        (dict(steps=0), "positive integer"),
+        (dict(steps=1001), "between 1 and 1000"),
+        (dict(model="someone/missing"), "offline mode is on"),
+        (dict(sampler="nope"), "Unknown sampler"),
+    ]:
         args = dict(model=studio.default_model, sampler="ddim", seed=0, num_images=1, steps=5) | kwargs
         with pytest.raises(gr.Error, match=message):
             next(studio.sample(**args))
@@ -352,7 +412,9 @@ def test_trajectory_frames_readout_and_files(studio, pipe, tmp_path):
     assert traj.timesteps[0] == steps[0].t == 957 and traj.timesteps[-1] == -1  # leading spacing: 29 * (1000 // 30)
     assert traj.abar[0] == pytest.approx(pipe.schedule.alphas_cumprod[957].item())
     assert traj.sigma(0) == pytest.approx((1 - traj.abar[0]) ** 0.5) and traj.sigma(len(traj) - 1) == 0
-    assert torch.equal(traj.x_t[0], steps[0].x_t.half()) and torch.equal(traj.x0[3], steps[traj.steps[3]].pred_x0.half())
+    assert torch.equal(traj.x_t[0], steps[0].x_t.half()) and torch.equal(
+        traj.x0[3], steps[traj.steps[3]].pred_x0.half()
+    )
     assert "t = 957" in media.readout(traj, 0) and "ᾱ_t" in media.readout(traj, 0) and "σ_t" in media.readout(traj, 0)
     assert "sample" in media.readout(traj, len(traj) - 1)
     xt, x0 = media.frame_pictures(traj, 0)
@@ -399,6 +461,7 @@ def test_show_trajectory_and_frames(studio, pipe):
 
 # ------------------------------------------------------------------------------------------- compare
 
+
 def test_compare_metrics_and_difference():
     a = {"sampler": "ddpm", "steps": 1000, "evaluations": 1000, "seconds": 10.0, "ms_per_step": 10.0}
     b = {"sampler": "ddim", "steps": 50, "evaluations": 50, "seconds": 0.5, "ms_per_step": 10.0}
@@ -417,21 +480,39 @@ def test_compare_metrics_and_difference():
 
 def test_compare_runs_both_panels_from_the_same_noise(tiny_model):
     studio = make_studio(tiny_model, preview_every_s=1e9)  # only the first preview
-    outs = run_all(studio.compare(studio.default_model, 4, 2, a_sampler="ddpm", a_steps=20, a_variance_type="fixed_small",
-                                  b_sampler="ddim", b_steps=5, b_eta=0.0))
+    outs = run_all(
+        studio.compare(
+            studio.default_model,
+            4,
+            2,
+            a_sampler="ddpm",
+            a_steps=20,
+            a_variance_type="fixed_small",
+            b_sampler="ddim",
+            b_steps=5,
+            b_eta=0.0,
+        )
+    )
     img_a, img_b, (sa, sb), heat, md, metrics = outs[-1]
     assert png(img_a).shape == png(img_b).shape == png(heat).shape and (sa, sb) == (img_a, img_b)
-    assert metrics["a"]["steps"] == 20 and metrics["b"]["evaluations"] == 5 and metrics["a"]["options"]["variance_type"] == "fixed_small"
+    assert (
+        metrics["a"]["steps"] == 20
+        and metrics["b"]["evaluations"] == 5
+        and metrics["a"]["options"]["variance_type"] == "fixed_small"
+    )
     assert "Speed-up" in md
     # DDIM with eta 0 and 5 steps from the same seed reproduces the same panel as a plain sample
     alone = run_all(studio.sample(studio.default_model, "ddim", 4, 2, steps=5, eta=0.0))[-1][0]
     assert np.array_equal(png(alone), png(img_b))
     studio = make_studio(tiny_model, max_work=100_000)
     with pytest.raises(gr.Error, match="budget"):
-        next(studio.compare(studio.default_model, 0, 64, a_sampler="ddpm", a_steps=1000, b_sampler="ddpm", b_steps=1000))
+        next(
+            studio.compare(studio.default_model, 0, 64, a_sampler="ddpm", a_steps=1000, b_sampler="ddpm", b_steps=1000)
+        )
 
 
 # ------------------------------------------------------------------------------------------- schedule plot
+
 
 def test_schedule_plot_data(pipe):
     visited = options.planned_timesteps(pipe, "ddim", options.make_options(pipe, "ddim", {"num_inference_steps": 10}))
@@ -446,6 +527,7 @@ def test_schedule_plot_data(pipe):
 
 
 # ------------------------------------------------------------------------------------------- memory
+
 
 def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
@@ -468,6 +550,7 @@ def test_memory_does_not_grow_across_requests(studio):
 
 # ------------------------------------------------------------------------------------------- gradio_client
 
+
 @pytest.fixture(scope="module")
 def served(tiny_model):
     """The app launched in this process; yields (client, url)."""
@@ -486,7 +569,12 @@ def test_client_sees_two_named_endpoints(served):
     info = client.view_api(return_format="dict", print_info=False)
     assert set(info["named_endpoints"]) == {"/sample", "/compare"}
     names = [p["parameter_name"] for p in info["named_endpoints"]["/sample"]["parameters"]]
-    assert names[:4] == ["model", "sampler", "seed", "num_images"] and {"steps", "eta", "variance_type", "timestep_spacing"} <= set(names)
+    assert names[:4] == ["model", "sampler", "seed", "num_images"] and {
+        "steps",
+        "eta",
+        "variance_type",
+        "timestep_spacing",
+    } <= set(names)
     a_names = [p["parameter_name"] for p in info["named_endpoints"]["/compare"]["parameters"]]
     assert {"a_sampler", "a_steps", "b_sampler", "b_eta"} <= set(a_names)
 
@@ -504,8 +592,9 @@ def test_client_sample(served, tiny_model):
 
 def test_client_compare(served):
     client, _, _ = served
-    a, b, pair, diff, md, metrics = client.predict(seed=1, num_images=2, a_sampler="ddpm", a_steps=30, b_sampler="ddim",
-                                                   b_steps=5, b_eta=0.0, api_name="/compare")
+    a, b, pair, diff, md, metrics = client.predict(
+        seed=1, num_images=2, a_sampler="ddpm", a_steps=30, b_sampler="ddim", b_steps=5, b_eta=0.0, api_name="/compare"
+    )
     assert Image.open(a).size == Image.open(b).size == Image.open(diff).size and len(pair) == 2
     assert metrics["a"]["evaluations"] == 30 and metrics["b"]["evaluations"] == 5 and metrics["speedup"] > 0
     assert "Speed-up" in md
@@ -569,6 +658,7 @@ def test_hub_models_download_on_demand_and_a_failure_keeps_the_current_model(tin
     for, an unknown one gives a clear error, and the default model keeps serving."""
     from gradio_client import Client
     from gradio_client.exceptions import AppError
+
     from hub_server import HubServer
 
     root = Path(__file__).resolve().parents[1]
@@ -577,11 +667,23 @@ def test_hub_models_download_on_demand_and_a_failure_keeps_the_current_model(tin
         with socket.socket() as sock:  # a free port
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
-               "CPU_CORES": "1", "GRADIO_ANALYTICS_ENABLED": "False", "COMPILE": "0"}
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf"),
+            "CPU_CORES": "1",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "COMPILE": "0",
+        }
         log = open(tmp_path / "app.log", "w")
-        proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--model", tiny_model, "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, str(root / "app.py"), "--model", tiny_model, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}/"
         try:
             deadline = time.time() + 180
@@ -609,6 +711,7 @@ def test_hub_models_download_on_demand_and_a_failure_keeps_the_current_model(tin
 
 
 # ------------------------------------------------------------------------------------------- temp folder
+
 
 def count_files(root: Path) -> int:
     return sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0

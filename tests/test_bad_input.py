@@ -20,10 +20,10 @@ import torch
 import diffusion
 import diffusion.sample as cli
 from diffusion import CheckpointError
-from diffusion.hub import atomic_write, check_writable
+from diffusion.files import atomic_write, check_writable
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.samplers import SAMPLERS, get_sampler
-from diffusion.samplers.base import OPTION_RANGES, check_option
+from diffusion.samplers.base import OPTION_RANGES
 from training.data import DEBIAN_FASHION_MNIST, load_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,21 +61,28 @@ def test_every_samplers_options_are_checked_by_type(sampler, option, value, mess
         get_sampler(sampler).make_options(**{option: value})
 
 
-@pytest.mark.parametrize("sampler,values,message", [
-    ("ddim", {"steps_offset": -5}, "steps_offset must be a non-negative integer (every timestep must stay in 0..T-1), got -5"),
-    ("ddim", {"clip_sample_range": math.nan}, "clip_sample_range must be a finite number, got nan"),
-    ("ddim", {"clip_sample_range": 0.0}, "clip_sample_range must be positive, got 0.0"),
-    ("ddim", {"clip_sample_range": -1}, "clip_sample_range must be positive, got -1.0"),
-    ("ddim", {"eta": -0.1}, "eta must be between 0 and 1"),
-    ("ddim", {"eta": math.nan}, "eta must be a finite number"),
-    ("ddim", {"clip_sample_range": 10**400}, "clip_sample_range must be a finite number, got 1000"),
-    ("ddim", {"num_inference_steps": 0}, "num_inference_steps must be a positive integer, got 0"),
-    ("ddim", {"num_inference_steps": -3}, "num_inference_steps must be a positive integer, got -3"),
-    ("ddpm", {"clip_sample": "maybe"}, "clip_sample must be true or false, got 'maybe'"),
-    ("heun", {"clip_sample_range": math.inf}, "clip_sample_range must be a finite number, got inf"),
-    ("euler", {"steps_offset": -1}, "steps_offset must be a non-negative integer"),
-    ("dpm-solver++", {"solver_order": True}, "solver_order=True is not one of 1, 2, 3"),
-])
+@pytest.mark.parametrize(
+    "sampler,values,message",
+    [
+        (
+            "ddim",
+            {"steps_offset": -5},
+            "steps_offset must be a non-negative integer (every timestep must stay in 0..T-1), got -5",
+        ),
+        ("ddim", {"clip_sample_range": math.nan}, "clip_sample_range must be a finite number, got nan"),
+        ("ddim", {"clip_sample_range": 0.0}, "clip_sample_range must be positive, got 0.0"),
+        ("ddim", {"clip_sample_range": -1}, "clip_sample_range must be positive, got -1.0"),
+        ("ddim", {"eta": -0.1}, "eta must be between 0 and 1"),
+        ("ddim", {"eta": math.nan}, "eta must be a finite number"),
+        ("ddim", {"clip_sample_range": 10**400}, "clip_sample_range must be a finite number, got 1000"),
+        ("ddim", {"num_inference_steps": 0}, "num_inference_steps must be a positive integer, got 0"),
+        ("ddim", {"num_inference_steps": -3}, "num_inference_steps must be a positive integer, got -3"),
+        ("ddpm", {"clip_sample": "maybe"}, "clip_sample must be true or false, got 'maybe'"),
+        ("heun", {"clip_sample_range": math.inf}, "clip_sample_range must be a finite number, got inf"),
+        ("euler", {"steps_offset": -1}, "steps_offset must be a non-negative integer"),
+        ("dpm-solver++", {"solver_order": True}, "solver_order=True is not one of 1, 2, 3"),
+    ],
+)
 def test_option_values_are_refused_with_the_reason(sampler, values, message):
     with pytest.raises(ValueError) as e:
         get_sampler(sampler).make_options(**values)
@@ -88,7 +95,9 @@ def test_offsets_past_the_model_are_refused_once_T_is_known(sampler, offset):
     """An offset is refused against the model's T before any timestep is computed (10**21 overflowed int64)."""
     spec = get_sampler(sampler)
     options = spec.make_options(steps_offset=offset, num_inference_steps=10)
-    with pytest.raises(ValueError, match=r"steps_offset must be between 0 and 999 \(every timestep must stay in 0..T-1, T = 1000\)"):
+    with pytest.raises(
+        ValueError, match=r"steps_offset must be between 0 and 999 \(every timestep must stay in 0..T-1, T = 1000\)"
+    ):
         spec.timesteps(1000, options)
 
 
@@ -96,8 +105,20 @@ def test_options_are_normalised():
     """Whole floats (the studio's number boxes) become ints, ints become floats, numpy scalars plain Python."""
     o = get_sampler("ddim").make_options(num_inference_steps=20.0, eta=np.float32(0.5), clip_sample=np.bool_(False),
                                          clip_sample_range=2, steps_offset=np.int64(1))
-    assert (o.num_inference_steps, o.eta, o.clip_sample, o.clip_sample_range, o.steps_offset) == (20, 0.5, False, 2.0, 1)
-    assert [type(v) for v in (o.num_inference_steps, o.eta, o.clip_sample, o.clip_sample_range, o.steps_offset)] == [int, float, bool, float, int]
+    assert (o.num_inference_steps, o.eta, o.clip_sample, o.clip_sample_range, o.steps_offset) == (
+        20,
+        0.5,
+        False,
+        2.0,
+        1,
+    )
+    assert [type(v) for v in (o.num_inference_steps, o.eta, o.clip_sample, o.clip_sample_range, o.steps_offset)] == [
+        int,
+        float,
+        bool,
+        float,
+        int,
+    ]
     assert get_sampler("dpm-solver++").make_options(solver_order=3.0).solver_order == 3
 
 
@@ -114,8 +135,12 @@ def test_a_new_sampler_gets_the_checks_for_free(monkeypatch):
     monkeypatch.setattr("diffusion.samplers.base.SAMPLERS", dict(SAMPLERS))
     register("new", NewOptions, "a test sampler")(lambda *a, **k: iter(()))
     spec = get_sampler("new")
-    for values, message in [({"s_noise": math.nan}, "s_noise must be a finite number"), ({"s_noise": 3.0}, "s_noise must be between 0 and 2"),
-                            ({"churn": "yes"}, "churn must be true or false"), ({"steps_offset": -5}, "steps_offset must be a non-negative")]:
+    for values, message in [
+        ({"s_noise": math.nan}, "s_noise must be a finite number"),
+        ({"s_noise": 3.0}, "s_noise must be between 0 and 2"),
+        ({"churn": "yes"}, "churn must be true or false"),
+        ({"steps_offset": -5}, "steps_offset must be a non-negative"),
+    ]:
         with pytest.raises(ValueError, match=message):
             spec.make_options(**values)
     assert spec.make_options(s_noise=1).s_noise == 1.0
@@ -141,8 +166,15 @@ def diffusers_scheduler(name: str, **config):
 
 
 # model evaluations at N = 61: ours, then diffusers' (one more step, at t = -1)
-EVALUATIONS_61 = {("ddpm", False): (61, 62), ("ddim", False): (61, 62), ("euler", False): (61, 62), ("dpm-solver++", False): (61, 62),
-                  ("heun", False): (2 * 61 - 1, 2 * 62 - 1), ("pndm", False): (61 + 9, 62 + 9), ("pndm", True): (61 + 1, 62 + 1)}
+EVALUATIONS_61 = {
+    ("ddpm", False): (61, 62),
+    ("ddim", False): (61, 62),
+    ("euler", False): (61, 62),
+    ("dpm-solver++", False): (61, 62),
+    ("heun", False): (2 * 61 - 1, 2 * 62 - 1),
+    ("pndm", False): (61 + 9, 62 + 9),
+    ("pndm", True): (61 + 1, 62 + 1),
+}
 
 
 @pytest.mark.parametrize("name,skip_prk", sorted(EVALUATIONS_61))
@@ -173,9 +205,19 @@ def test_trailing_61_is_diffusers_without_its_extra_step(name, step_kwargs):
     62nd step, at t = -1, reads alphas_cumprod[-1] (the noisiest alpha-bar) and leaves a different image."""
     from conftest import random_diffusers_unet
 
-    unet = random_diffusers_unet(dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 16), norm_num_groups=8,
-                                      down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                                      layers_per_block=1), std=0.05)
+    unet = random_diffusers_unet(
+        dict(
+            sample_size=8,
+            in_channels=1,
+            out_channels=1,
+            block_out_channels=(16, 16),
+            norm_num_groups=8,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            layers_per_block=1,
+        ),
+        std=0.05,
+    )
 
     def model(x, t):
         with torch.no_grad():
@@ -222,16 +264,40 @@ def unwritable_folder(tmp_path: Path) -> Path:
 
 # (arguments, message, checked before the model is loaded). {out}: a fresh output path; {tmp}: the test's folder.
 CLI_CASES = {
-    "offset below 0": (["--option", "steps_offset=-5"], "steps_offset must be a non-negative integer (every timestep must stay in 0..T-1)", False),
+    "offset below 0": (
+        ["--option", "steps_offset=-5"],
+        "steps_offset must be a non-negative integer (every timestep must stay in 0..T-1)",
+        False,
+    ),
     "offset past T": (["--option", "steps_offset=1000"], "steps_offset must be between 0 and 999", False),
-    "offset 10**21 as text": (["--option", "steps_offset=10**21"], "steps_offset must be a whole number, got '10**21'", False),
+    "offset 10**21 as text": (
+        ["--option", "steps_offset=10**21"],
+        "steps_offset must be a whole number, got '10**21'",
+        False,
+    ),
     "offset 10**21": (["--option", f"steps_offset={10**21}"], "steps_offset must be between 0 and 999", False),
     "offset 2.5": (["--option", "steps_offset=2.5"], "steps_offset must be a whole number, got 2.5", False),
-    "clip range nan": (["--option", "clip_sample_range=nan"], "clip_sample_range must be a finite number, got nan", False),
-    "clip range inf": (["--option", "clip_sample_range=inf"], "clip_sample_range must be a finite number, got inf", False),
-    "clip range -inf": (["--option", "clip_sample_range=-inf"], "clip_sample_range must be a finite number, got -inf", False),
+    "clip range nan": (
+        ["--option", "clip_sample_range=nan"],
+        "clip_sample_range must be a finite number, got nan",
+        False,
+    ),
+    "clip range inf": (
+        ["--option", "clip_sample_range=inf"],
+        "clip_sample_range must be a finite number, got inf",
+        False,
+    ),
+    "clip range -inf": (
+        ["--option", "clip_sample_range=-inf"],
+        "clip_sample_range must be a finite number, got -inf",
+        False,
+    ),
     "clip range 0": (["--option", "clip_sample_range=0"], "clip_sample_range must be positive", False),
-    "clip range empty": (["--option", "clip_sample_range="], "clip_sample_range must be a finite number, got ''", False),
+    "clip range empty": (
+        ["--option", "clip_sample_range="],
+        "clip_sample_range must be a finite number, got ''",
+        False,
+    ),
     "clip maybe": (["--option", "clip_sample=maybe"], "clip_sample must be true or false, got 'maybe'", False),
     "eta nan": (["--eta", "nan"], "eta must be a finite number, got nan", False),
     "eta 1e400": (["--eta", "1e400"], "eta must be a finite number, got inf", False),
@@ -242,31 +308,51 @@ CLI_CASES = {
     "steps past T": (["--steps", "5000"], "between 1 and 1000", False),
     "steps 0": (["--steps", "0"], "argument --steps: 0 is out of range: give at least 1", True),
     "steps not a number": (["--steps", "many"], "argument --steps: 'many' is not a whole number", True),
-    "seed 2**64": (["--seed", str(2**64)], "argument --seed: 18446744073709551616 is out of range: give 0 to 18446744073709551615", True),
+    "seed 2**64": (
+        ["--seed", str(2**64)],
+        "argument --seed: 18446744073709551616 is out of range: give 0 to 18446744073709551615",
+        True,
+    ),
     "seed negative": (["--seed", "-1"], "argument --seed: -1 is out of range", True),
     "seed 1.5": (["--seed", "1.5"], "argument --seed: '1.5' is not a whole number", True),
     "batch size -1": (["--batch-size", "-1"], "argument --batch-size: -1 is out of range: give at least 1", True),
     "batch size 0": (["--batch-size", "0"], "argument --batch-size: 0 is out of range", True),
     "no images": (["-n", "0"], "argument -n/--num-images: 0 is out of range", True),
     "process frames 0": (["--process-frames", "0"], "argument --process-frames: 0 is out of range", True),
-    "device bogus": (["--device", "bogus"], "argument --device: 'bogus' is not a device; use cpu, cuda, cuda:N or mps", True),
+    "device bogus": (
+        ["--device", "bogus"],
+        "argument --device: 'bogus' is not a device; use cpu, cuda, cuda:N or mps",
+        True,
+    ),
     "device meta": (["--device", "meta"], "argument --device: 'meta': sampling runs on cpu, cuda[:N] or mps", True),
     "device cuda:99": (["--device", "cuda:99"], "argument --device: 'cuda:99'", True),
     "out is a folder": (["--out", "{tmp}"], "is a folder; give a file name, e.g.", True),
     "out under a file": (["--out", "{tmp}/a-file/x.png"], "a-file is a file, not a folder", True),
-    "out under /etc/hostname": (["--out", "/etc/hostname/x.png"], "Cannot write /etc/hostname/x.png: /etc/hostname is a file, not a folder", True),
+    "out under /etc/hostname": (
+        ["--out", "/etc/hostname/x.png"],
+        "Cannot write /etc/hostname/x.png: /etc/hostname is a file, not a folder",
+        True,
+    ),
     "out in /proc": (["--out", "/proc/x.png"], "no file can be created in /proc", True),
     "out name too long": (["--out", "{tmp}/" + "x" * 300 + ".png"], "File name too long", True),
     "process under a file": (["--process", "{tmp}/a-file/p.png"], "a-file is a file, not a folder", True),
     "process same as out": (["--process", "{out}"], "--process and --out name the same file", True),
-    "model 10,000 characters": (["--model", "m" * 10_000], "(10,000 characters) is neither a model folder nor a Hub repo id", False),
+    "model 10,000 characters": (
+        ["--model", "m" * 10_000],
+        "(10,000 characters) is neither a model folder nor a Hub repo id",
+        False,
+    ),
     "model empty": (["--model", ""], "No model given", False),
     "model is a file": (["--model", "{tmp}/a-file"], "is a file; pass the model folder", False),
 }
 if torch.cuda.is_available():
     CLI_CASES.pop("device cuda:99")
 else:
-    CLI_CASES["device cuda"] = (["--device", "cuda"], "argument --device: 'cuda': CUDA is not available on this machine", True)
+    CLI_CASES["device cuda"] = (
+        ["--device", "cuda"],
+        "argument --device: 'cuda': CUDA is not available on this machine",
+        True,
+    )
 if not ROOT_USER:
     CLI_CASES["out in a read-only folder"] = (["--out", "{ro}/x.png"], "Permission denied", True)
 
@@ -297,7 +383,9 @@ def test_cli_refuses_bad_input_in_one_line(case, tmp_path, capsys, monkeypatch):
     assert code == 2, err
     assert err.startswith("error: ") and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert leftovers(out_dir) == [] and sorted(p.name for p in tmp_path.iterdir() if p.name != "read-only") == ["a-file"]
+    assert leftovers(out_dir) == [] and sorted(p.name for p in tmp_path.iterdir() if p.name != "read-only") == [
+        "a-file"
+    ]
 
 
 def test_cli_still_samples_and_writes_with_the_umask(tmp_path, capsys):
@@ -319,7 +407,10 @@ def test_cli_write_failure_after_sampling_is_one_line(tmp_path, capsys, monkeypa
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(cli, "save_grid", full_disk)
-    code, err = run_cli(["--model", str(BUNDLED), "-n", "1", "--steps", "1", "--out", str(tmp_path / "x.png"), "--device", "cpu"], capsys)
+    code, err = run_cli(
+        ["--model", str(BUNDLED), "-n", "1", "--steps", "1", "--out", str(tmp_path / "x.png"), "--device", "cpu"],
+        capsys,
+    )
     assert code == 2 and err.splitlines()[-1] == f"error: No space left on device: {tmp_path / 'x.png'}"
     assert "Traceback" not in err and leftovers(tmp_path) == []
 
@@ -335,7 +426,11 @@ def test_atomic_write_gives_the_mode_open_would(tmp_path, umask, mode):
             f.write("x")
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == mode
+    assert (
+        stat.S_IMODE((tmp_path / "new.txt").stat().st_mode)
+        == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+        == mode
+    )
 
 
 def test_atomic_write_keeps_an_existing_files_mode(tmp_path):
@@ -378,12 +473,21 @@ def bundled_copy(tmp_path: Path) -> Path:
     return model
 
 
-@pytest.mark.parametrize("file,message", [
-    ("unet/diffusion_pytorch_model.safetensors", "is a Git LFS pointer, not the weights: fetch the real files with `git lfs pull`"),
-    ("unet/diffusion_pytorch_model.bin", "is a Git LFS pointer, not the weights: fetch the real files with `git lfs pull`"),
-    ("unet/config.json", "is a Git LFS pointer, not the file: fetch the real files with `git lfs pull`"),
-    ("scheduler/scheduler_config.json", "is a Git LFS pointer, not the file"),
-])
+@pytest.mark.parametrize(
+    "file,message",
+    [
+        (
+            "unet/diffusion_pytorch_model.safetensors",
+            "is a Git LFS pointer, not the weights: fetch the real files with `git lfs pull`",
+        ),
+        (
+            "unet/diffusion_pytorch_model.bin",
+            "is a Git LFS pointer, not the weights: fetch the real files with `git lfs pull`",
+        ),
+        ("unet/config.json", "is a Git LFS pointer, not the file: fetch the real files with `git lfs pull`"),
+        ("scheduler/scheduler_config.json", "is a Git LFS pointer, not the file"),
+    ],
+)
 def test_git_lfs_pointers_are_named(tmp_path, file, message):
     model = bundled_copy(tmp_path)
     if file.endswith(".bin"):
@@ -394,17 +498,29 @@ def test_git_lfs_pointers_are_named(tmp_path, file, message):
     assert message in str(e.value) and str(model / file) in str(e.value)
 
 
-@pytest.mark.parametrize("source,message", [
-    ("m" * 10_000, "(10,000 characters) is neither a model folder nor a Hub repo id (File name too long)"),
-    ("owner/" + "n" * 5_000, "(5,006 characters) is neither a model folder nor a Hub repo id (File name too long)"),
-    ("owner/" + "n" * 200, "is neither a local folder nor a valid Hub repo id"),
-    ("", "No model given"),
-    ("   ", "No model given"),
-    ("bad\x00name", "is neither a local folder nor a valid Hub repo id"),
-    ("two\nlines/x", "is neither a local folder nor a valid Hub repo id"),
-    ("./two\nlines", "No model folder at ./two\\nlines"),
-], ids=["10,000 characters", "a 5,000-character name", "a 200-character repo name", "empty", "blank", "a NUL", "a newline in an id",
-        "a newline in a path"])
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        ("m" * 10_000, "(10,000 characters) is neither a model folder nor a Hub repo id (File name too long)"),
+        ("owner/" + "n" * 5_000, "(5,006 characters) is neither a model folder nor a Hub repo id (File name too long)"),
+        ("owner/" + "n" * 200, "is neither a local folder nor a valid Hub repo id"),
+        ("", "No model given"),
+        ("   ", "No model given"),
+        ("bad\x00name", "is neither a local folder nor a valid Hub repo id"),
+        ("two\nlines/x", "is neither a local folder nor a valid Hub repo id"),
+        ("./two\nlines", "No model folder at ./two\\nlines"),
+    ],
+    ids=[
+        "10,000 characters",
+        "a 5,000-character name",
+        "a 200-character repo name",
+        "empty",
+        "blank",
+        "a NUL",
+        "a newline in an id",
+        "a newline in a path",
+    ],
+)
 def test_unusable_model_names_are_short_messages(source, message):
     with pytest.raises(CheckpointError) as e:
         diffusion.load(source)
@@ -432,10 +548,26 @@ def training_config(tmp_path: Path, **values) -> Path:
 
     for i in range(8):
         Image.fromarray(np.full((16, 16), 30 * i, dtype=np.uint8), mode="L").save(images / f"{i}.png")
-    config = {"dataset": "folder", "data_root": str(images), "image_size": 16, "channels": 1, "steps": 1, "batch_size": 8,
-              "sample_every": 0, "ckpt_every": 1, "log_every": 1, "run_dir": str(tmp_path / "run"),
-              "unet": {"block_out_channels": [16, 16], "down_block_types": ["DownBlock2D", "DownBlock2D"],
-                       "up_block_types": ["UpBlock2D", "UpBlock2D"], "layers_per_block": 1, "norm_num_groups": 8}, **values}
+    config = {
+        "dataset": "folder",
+        "data_root": str(images),
+        "image_size": 16,
+        "channels": 1,
+        "steps": 1,
+        "batch_size": 8,
+        "sample_every": 0,
+        "ckpt_every": 1,
+        "log_every": 1,
+        "run_dir": str(tmp_path / "run"),
+        "unet": {
+            "block_out_channels": [16, 16],
+            "down_block_types": ["DownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "UpBlock2D"],
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+        },
+        **values,
+    }
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(config))
     return path
@@ -443,19 +575,48 @@ def training_config(tmp_path: Path, **values) -> Path:
 
 # (overrides, message). {tmp}: the test's folder, which holds a-file.
 TRAINING_CASES = {
-    "fashion-mnist, data_root missing": (["--dataset=fashion-mnist", "--image_size=28", "--data_root={tmp}/no-such-folder"],
-                                         "data_root='{tmp}/no-such-folder' is not a folder"),
-    "fashion-mnist, data_root a file": (["--dataset=fashion-mnist", "--image_size=28", "--data_root={tmp}/a-file"], "is not a folder"),
-    "fashion-mnist, data_root empty": (["--dataset=fashion-mnist", "--image_size=28", "--data_root={tmp}/empty"], "fashion-mnist is not in {tmp}/empty"),
-    "mnist, data_root missing": (["--dataset=mnist", "--image_size=28", "--data_root={tmp}/nope"], "data_root='{tmp}/nope' is not a folder"),
-    "run_dir under a file": (["--run_dir={tmp}/a-file/run"], "run_dir='{tmp}/a-file/run': Cannot write {tmp}/a-file/run: {tmp}/a-file is a file, not a folder"),
+    "fashion-mnist, data_root missing": (
+        ["--dataset=fashion-mnist", "--image_size=28", "--data_root={tmp}/no-such-folder"],
+        "data_root='{tmp}/no-such-folder' is not a folder",
+    ),
+    "fashion-mnist, data_root a file": (
+        ["--dataset=fashion-mnist", "--image_size=28", "--data_root={tmp}/a-file"],
+        "is not a folder",
+    ),
+    "fashion-mnist, data_root empty": (
+        ["--dataset=fashion-mnist", "--image_size=28", "--data_root={tmp}/empty"],
+        "fashion-mnist is not in {tmp}/empty",
+    ),
+    "mnist, data_root missing": (
+        ["--dataset=mnist", "--image_size=28", "--data_root={tmp}/nope"],
+        "data_root='{tmp}/nope' is not a folder",
+    ),
+    "run_dir under a file": (
+        ["--run_dir={tmp}/a-file/run"],
+        "run_dir='{tmp}/a-file/run': Cannot write {tmp}/a-file/run: {tmp}/a-file is a file, not a folder",
+    ),
     "run_dir is a file": (["--run_dir={tmp}/a-file"], "run_dir='{tmp}/a-file': {tmp}/a-file is a file, not a folder"),
-    "run_dir in /proc": (["--run_dir=/proc/run"], "run_dir='/proc/run': Cannot write /proc/run: no file can be created in /proc"),
-    "export_dir in /proc": (["--export_dir=/proc/export"], "export_dir='/proc/export': Cannot write /proc/export: no file can be created in /proc"),
+    "run_dir in /proc": (
+        ["--run_dir=/proc/run"],
+        "run_dir='/proc/run': Cannot write /proc/run: no file can be created in /proc",
+    ),
+    "export_dir in /proc": (
+        ["--export_dir=/proc/export"],
+        "export_dir='/proc/export': Cannot write /proc/export: no file can be created in /proc",
+    ),
     "export_dir under a file": (["--export_dir={tmp}/a-file/export"], "export_dir='{tmp}/a-file/export'"),
-    "export only, export_dir under a file": (["--export", "--export_dir={tmp}/a-file/export"], "export_dir='{tmp}/a-file/export'"),
-    "sample_steps past T": (["--sample_steps=2000", "--sample_every=1"], "sample_steps: The number of steps must be between 1 and 1000"),
-    "sample_steps past a small T": (["--num_train_timesteps=10", "--sample_steps=50"], "sample_steps: The number of steps must be between 1 and 10"),
+    "export only, export_dir under a file": (
+        ["--export", "--export_dir={tmp}/a-file/export"],
+        "export_dir='{tmp}/a-file/export'",
+    ),
+    "sample_steps past T": (
+        ["--sample_steps=2000", "--sample_every=1"],
+        "sample_steps: The number of steps must be between 1 and 1000",
+    ),
+    "sample_steps past a small T": (
+        ["--num_train_timesteps=10", "--sample_steps=50"],
+        "sample_steps: The number of steps must be between 1 and 10",
+    ),
 }
 if not ROOT_USER:
     TRAINING_CASES["run_dir read-only"] = (["--run_dir={ro}/run"], "Permission denied")
@@ -487,10 +648,14 @@ def test_training_refuses_bad_paths_before_step_one(case, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + ["images", "tiny.json"])
 
 
-@pytest.mark.skipif(not (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_default_data_root_still_uses_debians_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no ./data here
     assert load_images("fashion-mnist", "data", "test").shape == (10_000, 1, 28, 28)
     (tmp_path / "mine").mkdir()
-    with pytest.raises(FileNotFoundError, match="fashion-mnist is not in .*mine"):  # the folder given, not Debian's copy
+    # The folder given, not Debian's copy.
+    with pytest.raises(FileNotFoundError, match="fashion-mnist is not in .*mine"):
         load_images("fashion-mnist", str(tmp_path / "mine"), "test")

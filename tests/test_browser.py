@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,22 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 180_000  # generous: the test machine's CPU is shared with training runs
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app.py sits at the repository root
 
 
-def launch_studio(model: str):
+def launch_studio(model: str, compile: bool = False):
     """Build and serve the app in this process; returns (demo, url)."""
-    import app
+    from studio.handlers import Studio
+    from studio.settings import Settings
+    from studio.ui import build_app, launch
 
-    demo = app.build_app(model)
-    _, url, _ = app.launch(demo, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
+    demo = build_app(Studio(Settings.from_env(default_model=model, compile=compile)))
+    _, url, _ = launch(demo, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
     return demo, url
+
+
+def boxes_overlap(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
 
 
 def open_browser(playwright):
@@ -48,7 +53,6 @@ def studio_url(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     import torch
-
     from test_app import write_tiny_model
 
     torch.set_num_threads(1)
@@ -70,8 +74,9 @@ def test_generate_compare_and_denoising_in_chromium(studio_url):
             expect(page.locator("#s_steps input[type=number]")).to_have_value("5", timeout=TIMEOUT_MS)
             page.get_by_role("button", name="Generate").click()
             expect(page.locator("#preview img")).to_be_visible(timeout=TIMEOUT_MS)
-            expect(page.locator("#gallery img")).to_have_count(4, timeout=TIMEOUT_MS)
             expect(page.get_by_text("5 model evaluations")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.locator("#preview img")).to_have_count(1)  # one view of the samples, not two
+            expect(page.locator("#s-download")).to_be_visible()
 
             page.get_by_role("tab", name="Compare").click()
             expect(page.get_by_label("Panel A sampler")).to_be_visible()
@@ -89,6 +94,9 @@ def test_generate_compare_and_denoising_in_chromium(studio_url):
             expect(page.get_by_text("Frame 6 / 6")).to_be_visible()
             expect(page.locator("#d_files [aria-label$='.gif']")).to_be_visible(timeout=TIMEOUT_MS)
             expect(page.locator("#d_files [aria-label$='trajectory.npz']")).to_be_visible()
+            expect(page.locator("#d-mp4 video")).to_be_visible(timeout=TIMEOUT_MS)
+            gif, mp4 = page.locator("#d-gif").bounding_box(), page.locator("#d-mp4").bounding_box()
+            assert gif and mp4 and not boxes_overlap(gif, mp4), (gif, mp4)  # the two animations side by side
         finally:
             browser.close()
 
@@ -98,10 +106,10 @@ def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
     from playwright.sync_api import expect, sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
-    import app
+    from diffusion.machine import configure_threads
 
-    app.configure_torch()  # CPU_CORES, or the cores this process may use
-    demo, url = launch_studio(model)
+    configure_threads()  # CPU_CORES, or the cores this process may use
+    demo, url = launch_studio(model, compile=True)
     paths = [out / "studio-sample.png", out / "studio-compare.png", out / "studio-denoising.png"]
     try:
         with sync_playwright() as p:
@@ -110,7 +118,7 @@ def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
             page.set_default_timeout(15 * 60_000)
             page.goto(url)
             page.get_by_role("button", name="Generate").click()
-            expect(page.locator("#gallery img").first).to_be_visible(timeout=15 * 60_000)
+            expect(page.get_by_text("model evaluations")).to_be_visible(timeout=15 * 60_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=paths[0], full_page=True)
             page.get_by_role("tab", name="Denoising").click()

@@ -44,10 +44,33 @@ def test_cli_dpm_solver_with_karras_sigmas_runs_as_diffusers(tmp_path, layout, r
     path, unet = request.getfixturevalue(f"{layout}_checkpoint")
     raw = []
     monkeypatch.setattr(cli, "to_unit", lambda x: raw.append(x) or to_unit(x))
-    assert cli.main(["--model", str(path), "--sampler", "dpm-solver++", "--steps", "20", "--option", "use_karras_sigmas=true",
-                     "-n", "2", "--seed", "3", "--out", str(tmp_path / "grid.png"), "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "--model",
+                str(path),
+                "--sampler",
+                "dpm-solver++",
+                "--steps",
+                "20",
+                "--option",
+                "use_karras_sigmas=true",
+                "-n",
+                "2",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "grid.png"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "use_karras_sigmas=True" in capsys.readouterr().out and (tmp_path / "grid.png").exists()
-    scheduler = DPMSolverMultistepScheduler.from_pretrained(path, use_karras_sigmas=True, **({"subfolder": "scheduler"} if layout == "diffusers" else {}))
+    scheduler = DPMSolverMultistepScheduler.from_pretrained(
+        path, use_karras_sigmas=True, **({"subfolder": "scheduler"} if layout == "diffusers" else {})
+    )
     generator = torch.Generator().manual_seed(3)
     x = torch.randn((2, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size), generator=generator)
     scheduler.set_timesteps(20)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DIFFUSERS_TINY, GOOGLE_TINY, random_diffusers_unet
 from diffusion import DiffusionPipeline, compiled
 from diffusion.unet import UNet, UNetConfig
+
+from conftest import DIFFUSERS_TINY, GOOGLE_TINY, random_diffusers_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,11 +11,12 @@ import pytest
 import scipy.linalg
 import torch
 
-from conftest import DIFFUSERS_TINY, write_diffusers_checkpoint
 from diffusion import load
 from training import classifier as clf
 from training import evaluate as ev
 from training.metrics import feature_statistics, frechet_distance, inception_score, precision_recall
+
+from conftest import DIFFUSERS_TINY, write_diffusers_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 # A very small 1x28x28 UNet: the metrics need more samples (> 128 features) than the parity tests.
@@ -97,8 +98,26 @@ def tiny(tmp_path_factory):
 
 def test_evaluate_cli_end_to_end(tiny, tmp_path):
     out = tmp_path / "run"
-    rc = ev.main(["--model", str(tiny / "model"), "--sampler", "ddim", "--steps", "3", "-n", "150", "--batch-size", "64",
-                  "--classifier", str(tiny / "classifier"), "--out", str(out), "--device", "cpu"])
+    rc = ev.main(
+        [
+            "--model",
+            str(tiny / "model"),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "-n",
+            "150",
+            "--batch-size",
+            "64",
+            "--classifier",
+            str(tiny / "classifier"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 150 and metrics["seed"] == 0 and metrics["model_evaluations"] == 3
@@ -114,7 +133,19 @@ def test_evaluate_cli_end_to_end(tiny, tmp_path):
     again = ev.Scorer("classifier", "", tiny / "classifier").score(samples)
     assert again["fd"] == pytest.approx(metrics["fd"], abs=1e-3)
     # --score rescores saved images without a model.
-    assert ev.main(["--score", str(out / "samples.npz"), "--classifier", str(tiny / "classifier"), "--out", str(tmp_path / "s")]) == 0
+    assert (
+        ev.main(
+            [
+                "--score",
+                str(out / "samples.npz"),
+                "--classifier",
+                str(tiny / "classifier"),
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["fd"] == pytest.approx(metrics["fd"], abs=1e-3)
 
 
@@ -162,22 +193,39 @@ def test_table_rows_and_markdown(tiny, tmp_path):
     md = ev.markdown_table(rows)
     assert "| ddim | eta 0 | 10 | 10 |" in md and "150" in md
     # Options given for the whole table (--no-clip) reach every row.
-    noclip = ev.run_table(pipe, scorer, tmp_path / "noclip", 150, 150, 150, 0, only=["ddim-eta1-10"], overrides={"clip_sample": False})
+    noclip = ev.run_table(
+        pipe, scorer, tmp_path / "noclip", 150, 150, 150, 0, only=["ddim-eta1-10"], overrides={"clip_sample": False}
+    )
     assert noclip[0]["options"]["clip_sample"] is False and "eta 1, x0 not clipped" in ev.markdown_table(noclip)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--metric", "inception"], "need --reference"),
-    (["-n", "100"], "not more than the feature dimension"),
-    (["--classifier", "/nonexistent"], "holds no classifier"),
-    (["--reference", "nonsense"], "neither fashion-mnist-test"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--out", "/proc/evaluation"], "Cannot write /proc/evaluation: no file can be created in /proc"),
-    (["--option", "steps_offset=-5"], "steps_offset must be a non-negative integer (every timestep must stay in 0..T-1)"),
-    (["--eta", "nan"], "eta must be a finite number, got nan"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--metric", "inception"], "need --reference"),
+        (["-n", "100"], "not more than the feature dimension"),
+        (["--classifier", "/nonexistent"], "holds no classifier"),
+        (["--reference", "nonsense"], "neither fashion-mnist-test"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--out", "/proc/evaluation"], "Cannot write /proc/evaluation: no file can be created in /proc"),
+        (
+            ["--option", "steps_offset=-5"],
+            "steps_offset must be a non-negative integer (every timestep must stay in 0..T-1)",
+        ),
+        (["--eta", "nan"], "eta must be a finite number, got nan"),
+    ],
+)
 def test_evaluate_refuses_unclear_inputs(tiny, tmp_path, capsys, args, message):
-    base = ["--model", str(tiny / "model"), "--classifier", str(tiny / "classifier"), "--out", str(tmp_path / "x"), "--device", "cpu"]
+    base = [
+        "--model",
+        str(tiny / "model"),
+        "--classifier",
+        str(tiny / "classifier"),
+        "--out",
+        str(tmp_path / "x"),
+        "--device",
+        "cpu",
+    ]
     assert ev.main(base + args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before sampling anything
@@ -227,7 +275,9 @@ def test_inception_path_through_torch_fidelity(tiny, tmp_path):
     a = g.integers(0, 256, (200, 28, 28, 1), dtype=np.uint8)
     ref_dir = tmp_path / "ref"
     ev.save_samples(g.integers(0, 128, (200, 28, 28, 1), dtype=np.uint8), ref_dir, "png")
-    m = ev.inception_metrics(a, str(ref_dir / "samples"), feature_extractor="tiny-test", cache_root=str(tmp_path / "cache"))
+    m = ev.inception_metrics(
+        a, str(ref_dir / "samples"), feature_extractor="tiny-test", cache_root=str(tmp_path / "cache")
+    )
     assert set(m) == {"fd", "is", "is_std"} and m["fd"] > 0
     ext = Tiny("tiny-test", ["12"]).eval()
     with torch.no_grad():

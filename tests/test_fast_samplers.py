@@ -17,6 +17,7 @@ from diffusion import DiffusionPipeline, UNet, UNetConfig
 from diffusion.pipeline import to_unit
 from diffusion.samplers import SAMPLERS, get_sampler
 from diffusion.schedule import NoiseSchedule
+
 from conftest import random_diffusers_unet
 
 TINY = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 16), norm_num_groups=8,
@@ -30,11 +31,21 @@ C2 = 0.25  # variance of the Gaussian "data" the test model denoises
 
 
 def schedulers():
-    from diffusers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-                           HeunDiscreteScheduler, PNDMScheduler)
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        HeunDiscreteScheduler,
+        PNDMScheduler,
+    )
 
-    return {"dpm-solver++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler, "euler-ancestral": EulerAncestralDiscreteScheduler,
-            "heun": HeunDiscreteScheduler, "pndm": PNDMScheduler}
+    return {
+        "dpm-solver++": DPMSolverMultistepScheduler,
+        "euler": EulerDiscreteScheduler,
+        "euler-ancestral": EulerAncestralDiscreteScheduler,
+        "heun": HeunDiscreteScheduler,
+        "pndm": PNDMScheduler,
+    }
 
 
 SIGMA_SPACE = ("euler", "euler-ancestral", "heun")  # diffusers holds x_sigma = x_t sqrt(sigma^2 + 1) for these
@@ -89,7 +100,11 @@ def diffusers_loop(scheduler, model, steps: int, x: torch.Tensor, generator: tor
 
 def our_loop(name: str, model, steps: int, x: torch.Tensor, generator: torch.Generator | None = None, **options):
     spec = get_sampler(name)
-    return list(spec.fn(model, x, NoiseSchedule.from_config(), spec.make_options(num_inference_steps=steps, **options), generator))
+    return list(
+        spec.fn(
+            model, x, NoiseSchedule.from_config(), spec.make_options(num_inference_steps=steps, **options), generator
+        )
+    )
 
 
 CASES = [
@@ -114,29 +129,57 @@ CASES = [
     ("heun", 10, dict(prediction_type="v_prediction")),
     ("heun", 10, dict(prediction_type="sample", clip_sample=True, clip_sample_range=0.3)),
     # Euler ancestral: fresh noise from the generator at every step.
-    *[("euler-ancestral", n, dict(timestep_spacing=sp, prediction_type=p))
-      for n in (10, 25) for sp in ("linspace", "leading", "trailing") for p in ("epsilon", "v_prediction")],
+    *[
+        ("euler-ancestral", n, dict(timestep_spacing=sp, prediction_type=p))
+        for n in (10, 25)
+        for sp in ("linspace", "leading", "trailing")
+        for p in ("epsilon", "v_prediction")
+    ],
     # SDE-DPM-Solver++: orders 1 and 2 (and diffusers' 3), both second-order types, the sigma_min end.
-    *[("dpm-solver++", n, dict(algorithm_type="sde-dpmsolver++", solver_order=k, timestep_spacing=sp, prediction_type=p))
-      for n in (10, 25) for k, sp, p in ((1, "linspace", "epsilon"), (2, "leading", "v_prediction"), (2, "trailing", "epsilon"),
-                                        (2, "linspace", "v_prediction"), (3, "linspace", "epsilon"))],
+    *[
+        (
+            "dpm-solver++",
+            n,
+            dict(algorithm_type="sde-dpmsolver++", solver_order=k, timestep_spacing=sp, prediction_type=p),
+        )
+        for n in (10, 25)
+        for k, sp, p in (
+            (1, "linspace", "epsilon"),
+            (2, "leading", "v_prediction"),
+            (2, "trailing", "epsilon"),
+            (2, "linspace", "v_prediction"),
+            (3, "linspace", "epsilon"),
+        )
+    ],
     ("dpm-solver++", 20, dict(algorithm_type="sde-dpmsolver++", solver_type="heun", final_sigmas_type="sigma_min")),
     ("dpm-solver++", 25, dict(algorithm_type="sde-dpmsolver++", use_karras_sigmas=True)),
     # Karras, exponential and beta sigmas: 10 and 25 steps, each spacing, epsilon and v.
-    *[(name, n, {kind: True, "timestep_spacing": sp, "prediction_type": p})
-      for name in ("dpm-solver++", "euler", "heun") for kind in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-      for n in (10, 25) for sp in ("linspace", "leading", "trailing") for p in ("epsilon", "v_prediction")],
+    *[
+        (name, n, {kind: True, "timestep_spacing": sp, "prediction_type": p})
+        for name in ("dpm-solver++", "euler", "heun")
+        for kind in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+        for n in (10, 25)
+        for sp in ("linspace", "leading", "trailing")
+        for p in ("epsilon", "v_prediction")
+    ],
     ("dpm-solver++", 20, dict(use_karras_sigmas=True, solver_order=3, solver_type="heun")),
     ("euler", 10, dict(use_karras_sigmas=True, final_sigmas_type="sigma_min", sigma_min=0.1, sigma_max=50.0)),
     # PNDM: with and without the Runge-Kutta warm-up.
-    *[("pndm", n, dict(timestep_spacing=sp, skip_prk_steps=skip))
-      for n, sp in ((10, "leading"), (20, "linspace"), (50, "trailing")) for skip in (False, True)],
+    *[
+        ("pndm", n, dict(timestep_spacing=sp, skip_prk_steps=skip))
+        for n, sp in ((10, "leading"), (20, "linspace"), (50, "trailing"))
+        for skip in (False, True)
+    ],
     ("pndm", 10, dict(prediction_type="v_prediction")),
     ("pndm", 10, dict(set_alpha_to_one=True, steps_offset=1, skip_prk_steps=True)),
 ]
 
 
-@pytest.mark.parametrize("name,steps,options", CASES, ids=[f"{n}-{s}-{'-'.join(k if v is True else str(v) for k, v in o.items())}" for n, s, o in CASES])
+@pytest.mark.parametrize(
+    "name,steps,options",
+    CASES,
+    ids=[f"{n}-{s}-{'-'.join(k if v is True else str(v) for k, v in o.items())}" for n, s, o in CASES],
+)
 def test_matches_diffusers_step_for_step(unet, name, steps, options):
     model = make_model(unet, options.get("prediction_type", "epsilon"))
     x = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(steps))
@@ -145,7 +188,9 @@ def test_matches_diffusers_step_for_step(unet, name, steps, options):
     steps_ = our_loop(name, model, steps, x, torch.Generator().manual_seed(1), **options)
     spec = get_sampler(name)
     # The same model timesteps (fractional ones too), one Step per inference step, and every model call counted.
-    assert spec.timesteps(1000, spec.make_options(num_inference_steps=steps, **options)) == [float(t) for t in scheduler.timesteps]
+    assert spec.timesteps(1000, spec.make_options(num_inference_steps=steps, **options)) == [
+        float(t) for t in scheduler.timesteps
+    ]
     assert len(steps_) == steps and sum(s.evaluations for s in steps_) == calls
     # x after each step against diffusers' x after the step's last model call, then the sample (as diffusers
     # returns it: x_sigma for Euler, 1.00005 x_t with final_sigmas_type="sigma_min").
@@ -231,9 +276,17 @@ def test_steps_display_in_the_variance_preserving_scale(unet):
     assert euler[0].t == 999 and euler[1].t == round(999 * 4 / 5) and (euler[0].x_t - x).abs().max() < 1e-3
 
 
-PIPELINE_CASES = [("dpm-solver++", 15, {}), ("euler", 10, {}), ("heun", 6, {}), ("pndm", 8, {}), ("euler-ancestral", 10, {}),
-                  ("dpm-solver++", 20, {"use_karras_sigmas": True}), ("dpm-solver++", 12, {"algorithm_type": "sde-dpmsolver++"}),
-                  ("euler", 10, {"use_exponential_sigmas": True}), ("heun", 6, {"use_beta_sigmas": True})]
+PIPELINE_CASES = [
+    ("dpm-solver++", 15, {}),
+    ("euler", 10, {}),
+    ("heun", 6, {}),
+    ("pndm", 8, {}),
+    ("euler-ancestral", 10, {}),
+    ("dpm-solver++", 20, {"use_karras_sigmas": True}),
+    ("dpm-solver++", 12, {"algorithm_type": "sde-dpmsolver++"}),
+    ("euler", 10, {"use_exponential_sigmas": True}),
+    ("heun", 6, {"use_beta_sigmas": True}),
+]
 
 
 def test_pipeline_sample_equals_the_diffusers_loop(diffusers_checkpoint):
@@ -251,12 +304,22 @@ def test_pipeline_sample_equals_the_diffusers_loop(diffusers_checkpoint):
         last = list(pipe.denoise(name, n=2, seed=7, num_inference_steps=steps, **options))[-1].x_prev
         # A random UNet predicts little noise, so x stays large (Euler: ~x_T * sigma_max): compare relatively too.
         assert (last - x_ref).abs().max().item() <= TOL * max(1.0, x_ref.abs().max().item()), (name, options)
-        assert (pipe.sample(name, n=2, seed=7, num_inference_steps=steps, **options) - to_unit(x_ref)).abs().max().item() <= TOL, (name, options)
+        assert (
+            pipe.sample(name, n=2, seed=7, num_inference_steps=steps, **options) - to_unit(x_ref)
+        ).abs().max().item() <= TOL, (name, options)
 
 
 def tiny_pipeline(config: dict) -> DiffusionPipeline:
-    cfg = UNetConfig(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 16), norm_num_groups=8,
-                     down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1)
+    cfg = UNetConfig(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 16),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+    )
     return DiffusionPipeline(UNet(cfg), config)
 
 
@@ -265,14 +328,23 @@ def test_options_come_from_the_config_as_diffusers_from_config():
     it leaves out (or lists in _use_default_values) keep each sampler's diffusers default."""
     saved = tiny_pipeline({"timestep_spacing": "leading", "clip_sample": True, "prediction_type": "v_prediction"})
     assert saved.sampler_options("dpm-solver++").timestep_spacing == "leading"
-    assert saved.sampler_options("heun").clip_sample is True and saved.sampler_options("heun").prediction_type == "v_prediction"
+    assert (
+        saved.sampler_options("heun").clip_sample is True
+        and saved.sampler_options("heun").prediction_type == "v_prediction"
+    )
     assert not hasattr(saved.sampler_options("euler"), "clip_sample")
     old = tiny_pipeline({"beta_schedule": "linear", "clip_sample": True})  # google/ddpm-cifar10-32: no spacing key
     assert old.sampler_options("dpm-solver++").timestep_spacing == "linspace"
-    assert old.sampler_options("euler").timestep_spacing == "linspace" and old.sampler_options("pndm").timestep_spacing == "leading"
+    assert (
+        old.sampler_options("euler").timestep_spacing == "linspace"
+        and old.sampler_options("pndm").timestep_spacing == "leading"
+    )
     assert old.sampler_options("ddim").timestep_spacing == "leading" and old.sampler_options("ddpm").clip_sample is True
     loaded = tiny_pipeline({"timestep_spacing": "leading", "_use_default_values": ["timestep_spacing"]})
-    assert loaded.sampler_options("heun").timestep_spacing == "linspace" and loaded.sampler_options("heun").clip_sample is False
+    assert (
+        loaded.sampler_options("heun").timestep_spacing == "linspace"
+        and loaded.sampler_options("heun").clip_sample is False
+    )
     assert loaded.sampler_options("pndm", skip_prk_steps=True).skip_prk_steps is True
     assert tiny_pipeline({"set_alpha_to_one": True}).sampler_options("pndm").set_alpha_to_one is True
 
@@ -289,7 +361,9 @@ def test_config_keys_diffusers_would_honour_are_refused_not_ignored(name):
     assert tiny_pipeline(dict(defaults)).sampler_options(name).num_inference_steps > 0
     for key, off in spec.refuses.items():
         on = {False: True, "discrete": "continuous"}.get(off, -5.0)
-        with pytest.raises(ValueError, match=re.escape(f"sets {key}={on!r}, which diffusers honours but the '{name}' sampler does not")):
+        with pytest.raises(
+            ValueError, match=re.escape(f"sets {key}={on!r}, which diffusers honours but the '{name}' sampler does not")
+        ):
             tiny_pipeline({key: on}).sampler_options(name)
         assert tiny_pipeline({key: on}).sampler_options("ddim").num_inference_steps == 50
         assert tiny_pipeline({key: on, "_use_default_values": [key]}).sampler_options(name)  # diffusers' own default
@@ -303,8 +377,11 @@ def test_sigma_options_come_from_the_config(name):
     for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
         assert getattr(tiny_pipeline({key: True}).sampler_options(name), key) is True
         assert getattr(tiny_pipeline({key: True}).sampler_options(name, **{key: False}), key) is False
-        assert not hasattr(tiny_pipeline({key: True}).sampler_options("euler-ancestral"), key)  # diffusers' ignores it too
-    with pytest.raises(ValueError, match="Only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be true"):
+        # diffusers' ignores it too
+        assert not hasattr(tiny_pipeline({key: True}).sampler_options("euler-ancestral"), key)
+    with pytest.raises(
+        ValueError, match="Only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be true"
+    ):
         tiny_pipeline({"use_karras_sigmas": True, "use_beta_sigmas": True}).sampler_options(name)
     with pytest.raises(ValueError, match="use_karras_sigmas and use_exponential_sigmas"):
         get_sampler(name).make_options(use_karras_sigmas=True, use_exponential_sigmas=True)
@@ -315,12 +392,18 @@ def test_sigma_plans_follow_the_models_betas():
     that schedule (DPM-Solver++: Karras timesteps not rounded but truncated, as diffusers does for
     "squaredcos_cap_v2"), and SamplerSpec.timesteps given an int T means the default linear schedule."""
     cosine = NoiseSchedule.from_config("squaredcos_cap_v2")
-    for name, kind in (("dpm-solver++", "use_karras_sigmas"), ("euler", "use_exponential_sigmas"), ("heun", "use_beta_sigmas")):
+    for name, kind in (
+        ("dpm-solver++", "use_karras_sigmas"),
+        ("euler", "use_exponential_sigmas"),
+        ("heun", "use_beta_sigmas"),
+    ):
         spec, options = get_sampler(name), {kind: True, "num_inference_steps": 25}
         scheduler = make_scheduler(name, beta_schedule="squaredcos_cap_v2", **{kind: True})
         scheduler.set_timesteps(25)
         assert spec.timesteps(cosine, spec.make_options(**options)) == [float(t) for t in scheduler.timesteps], name
-        assert spec.timesteps(1000, spec.make_options(**options)) == spec.timesteps(NoiseSchedule.from_config(), spec.make_options(**options))
+        assert spec.timesteps(1000, spec.make_options(**options)) == spec.timesteps(
+            NoiseSchedule.from_config(), spec.make_options(**options)
+        )
 
 
 def test_registry_lists_the_new_samplers_with_diffusers_defaults():
@@ -334,28 +417,67 @@ def test_registry_lists_the_new_samplers_with_diffusers_defaults():
                 assert getattr(ours, field) == config[field], (name, field)
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: get_sampler("dpm-solver++").make_options(solver_order=4), "solver_order=4 is not one of 1, 2, 3"),
-    (lambda: get_sampler("dpm-solver++").make_options(algorithm_type="sde-dpmsolver"), "algorithm_type='sde-dpmsolver' is not one of"),
-    (lambda: get_sampler("euler-ancestral").make_options(use_karras_sigmas=True), "Sampler 'euler-ancestral' has no option 'use_karras_sigmas'"),
-    (lambda: get_sampler("heun").make_options(use_beta_sigmas=True, use_karras_sigmas=True), "Only one of"),
-    (lambda: get_sampler("euler").make_options(use_karras_sigmas=True, sigma_min=0.0), "sigma_min must be positive"),
-    (lambda: get_sampler("dpm-solver++").make_options(solver_type="bh2"), "solver_type='bh2' is not one of 'midpoint', 'heun'"),
-    (lambda: get_sampler("dpm-solver++").make_options(final_sigmas_type="one"), "final_sigmas_type='one' is not one of"),
-    (lambda: get_sampler("euler").make_options(timestep_spacing="quad"), "timestep_spacing='quad' is not one of 'leading', 'linspace', 'trailing'"),
-    (lambda: get_sampler("euler").make_options(interpolation_type="log_linear"), "interpolation_type='log_linear' is not one of 'linear'"),
-    (lambda: get_sampler("euler").make_options(clip_sample=True), "Sampler 'euler' has no option 'clip_sample'"),
-    (lambda: get_sampler("heun").make_options(clip_sample_range=0), "clip_sample_range must be positive"),
-    (lambda: get_sampler("heun").make_options(prediction_type="flow"), "prediction_type='flow' is not one of"),
-    (lambda: get_sampler("pndm").make_options(num_inference_steps=3), "warm-up .* needs at least 4 .* skip_prk_steps=True"),
-    (lambda: get_sampler("pndm").make_options(eta=0.5), "Sampler 'pndm' has no option 'eta'"),
-    (lambda: get_sampler("dpm-solver++").timesteps(1000, get_sampler("dpm-solver++").make_options(num_inference_steps=1000, timestep_spacing="leading")),
-     "'leading' spacing repeats timesteps at 1000 steps"),
-    (lambda: get_sampler("heun").timesteps(1000, get_sampler("heun").make_options(num_inference_steps=1001)), "between 1 and 1000"),
-    (lambda: get_sampler("euler").timesteps(1000, get_sampler("euler").make_options(num_inference_steps=10, timestep_spacing="leading", steps_offset=100)),
-     "past the last trained timestep 999"),
-    (lambda: tiny_pipeline({}).sampler_options("pndm", num_inference_steps=2000), "between 1 and 1000"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: get_sampler("dpm-solver++").make_options(solver_order=4), "solver_order=4 is not one of 1, 2, 3"),
+        (
+            lambda: get_sampler("dpm-solver++").make_options(algorithm_type="sde-dpmsolver"),
+            "algorithm_type='sde-dpmsolver' is not one of",
+        ),
+        (
+            lambda: get_sampler("euler-ancestral").make_options(use_karras_sigmas=True),
+            "Sampler 'euler-ancestral' has no option 'use_karras_sigmas'",
+        ),
+        (lambda: get_sampler("heun").make_options(use_beta_sigmas=True, use_karras_sigmas=True), "Only one of"),
+        (
+            lambda: get_sampler("euler").make_options(use_karras_sigmas=True, sigma_min=0.0),
+            "sigma_min must be positive",
+        ),
+        (
+            lambda: get_sampler("dpm-solver++").make_options(solver_type="bh2"),
+            "solver_type='bh2' is not one of 'midpoint', 'heun'",
+        ),
+        (
+            lambda: get_sampler("dpm-solver++").make_options(final_sigmas_type="one"),
+            "final_sigmas_type='one' is not one of",
+        ),
+        (
+            lambda: get_sampler("euler").make_options(timestep_spacing="quad"),
+            "timestep_spacing='quad' is not one of 'leading', 'linspace', 'trailing'",
+        ),
+        (
+            lambda: get_sampler("euler").make_options(interpolation_type="log_linear"),
+            "interpolation_type='log_linear' is not one of 'linear'",
+        ),
+        (lambda: get_sampler("euler").make_options(clip_sample=True), "Sampler 'euler' has no option 'clip_sample'"),
+        (lambda: get_sampler("heun").make_options(clip_sample_range=0), "clip_sample_range must be positive"),
+        (lambda: get_sampler("heun").make_options(prediction_type="flow"), "prediction_type='flow' is not one of"),
+        (
+            lambda: get_sampler("pndm").make_options(num_inference_steps=3),
+            "warm-up .* needs at least 4 .* skip_prk_steps=True",
+        ),
+        (lambda: get_sampler("pndm").make_options(eta=0.5), "Sampler 'pndm' has no option 'eta'"),
+        (
+            lambda: get_sampler("dpm-solver++").timesteps(
+                1000, get_sampler("dpm-solver++").make_options(num_inference_steps=1000, timestep_spacing="leading")
+            ),
+            "'leading' spacing repeats timesteps at 1000 steps",
+        ),
+        (
+            lambda: get_sampler("heun").timesteps(1000, get_sampler("heun").make_options(num_inference_steps=1001)),
+            "between 1 and 1000",
+        ),
+        (
+            lambda: get_sampler("euler").timesteps(
+                1000,
+                get_sampler("euler").make_options(num_inference_steps=10, timestep_spacing="leading", steps_offset=100),
+            ),
+            "past the last trained timestep 999",
+        ),
+        (lambda: tiny_pipeline({}).sampler_options("pndm", num_inference_steps=2000), "between 1 and 1000"),
+    ],
+)
 def test_bad_options_are_refused_clearly(call, message):
     with pytest.raises(ValueError, match=message):
         call()

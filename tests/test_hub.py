@@ -44,9 +44,11 @@ def run_loads(loads: list[tuple[str, str | None]], hf_home: Path, endpoint: str,
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1" if offline else "0",
            "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "5", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("HF_TOKEN", None)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(loads)], env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(loads)], env=env, capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULTS "))
+    line = next(text for text in proc.stdout.splitlines() if text.startswith("RESULTS "))
     return json.loads(line[len("RESULTS "):])
 
 
@@ -66,8 +68,14 @@ def hub(tmp_path_factory):
     refs = {}
     with HubServer() as server:
         flat = tmp / "flat"
-        refs["flat"] = write_diffusers_checkpoint(flat, GOOGLE_TINY, layout="flat", weights="safetensors", old_names=True,
-                                                  scheduler={"variance_type": "fixed_large", "clip_sample": False})
+        refs["flat"] = write_diffusers_checkpoint(
+            flat,
+            GOOGLE_TINY,
+            layout="flat",
+            weights="safetensors",
+            old_names=True,
+            scheduler={"variance_type": "fixed_large", "clip_sample": False},
+        )
         write_diffusers_checkpoint(flat / "_bin", GOOGLE_TINY, layout="flat", weights="bin", old_names=True)
         (flat / "diffusion_pytorch_model.bin").write_bytes((flat / "_bin" / "diffusion_pytorch_model.bin").read_bytes())
         for f in (flat / "_bin").iterdir():
@@ -88,12 +96,19 @@ def hub(tmp_path_factory):
     # The server is gone now: what follows can only come from the cache.
     offline = run_loads([("google-test/ddpm-flat", None), ("someone/ddpm-sub", None), ("never/cached", None)],
                         hf_home, server.url, offline=True)
-    unreachable = run_loads([("someone/ddpm-sub", None), ("google-test/ddpm-flat", None)], tmp / "empty_home", server.url, offline=False)
+    unreachable = run_loads(
+        [("someone/ddpm-sub", None), ("google-test/ddpm-flat", None)], tmp / "empty_home", server.url, offline=False
+    )
     cached_unreachable = run_loads([("someone/ddpm-sub", None)], hf_home, server.url, offline=False)
     with socket.socket() as blackhole:  # accepts connections (the kernel's backlog) and never answers
         blackhole.bind(("127.0.0.1", 0))
         blackhole.listen(8)
-        silent = run_loads([("someone/ddpm-sub", None), ("nobody/missing", None)], hf_home, f"http://127.0.0.1:{blackhole.getsockname()[1]}", offline=False)
+        silent = run_loads(
+            [("someone/ddpm-sub", None), ("nobody/missing", None)],
+            hf_home,
+            f"http://127.0.0.1:{blackhole.getsockname()[1]}",
+            offline=False,
+        )
     return {"refs": refs, "online": results, "requests": requests, "offline": offline, "unreachable": unreachable,
             "cached_unreachable": cached_unreachable, "silent": silent}
 
@@ -162,4 +177,6 @@ def test_a_silent_hub_costs_the_probe_timeout(hub):
     the cache: a cached repo loads, an unknown one is a clear error, each within seconds."""
     cached, missing = hub["silent"]["someone/ddpm-sub@None"], hub["silent"]["nobody/missing@None"]
     assert "error" not in cached and cached["seconds"] < 8, cached
-    assert "'nobody/missing'" in missing["error"] and "could not be reached" in missing["error"] and missing["seconds"] < 8, missing
+    assert (
+        "'nobody/missing'" in missing["error"] and "could not be reached" in missing["error"] and missing["seconds"] < 8
+    ), missing

@@ -10,6 +10,7 @@ import torch
 
 import diffusion
 from diffusion import CheckpointError
+
 from conftest import DIFFUSERS_TINY, GOOGLE_TINY, write_diffusers_checkpoint
 
 
@@ -50,7 +51,9 @@ def test_our_save_loads_in_diffusers(tmp_path, google_checkpoint):
     theirs = UNet2DModel.from_pretrained(out, subfolder="unet").eval()
     assert (outputs(theirs, GOOGLE_TINY) - outputs(pipe.unet, GOOGLE_TINY)).abs().max().item() <= 1e-5
     ddpm = DDPMPipeline.from_pretrained(out)
-    images = ddpm(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=5, output_type="pt").images
+    images = ddpm(
+        batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=5, output_type="pt"
+    ).images
     ours = pipe.sample("ddpm", n=1, seed=0, num_inference_steps=5)
     assert (images - ours).abs().max().item() <= 1e-4
     again = diffusion.load(out)
@@ -101,12 +104,18 @@ def test_truncated_safetensors_is_reported(tmp_path):
         diffusion.load(tmp_path)
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda c: c.update(down_block_types=["CrossAttnDownBlock2D", "AttnDownBlock2D"]), "Unsupported block type 'CrossAttnDownBlock2D'"),
-    (lambda c: c.update(block_out_channels=[32, 96]), "shape mismatches"),
-    (lambda c: c.update(layers_per_block=2), "missing keys"),
-    (lambda c: c.update(_class_name="UNet2DConditionModel"), "only pixel-space DDPM models"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            lambda c: c.update(down_block_types=["CrossAttnDownBlock2D", "AttnDownBlock2D"]),
+            "Unsupported block type 'CrossAttnDownBlock2D'",
+        ),
+        (lambda c: c.update(block_out_channels=[32, 96]), "shape mismatches"),
+        (lambda c: c.update(layers_per_block=2), "missing keys"),
+        (lambda c: c.update(_class_name="UNet2DConditionModel"), "only pixel-space DDPM models"),
+    ],
+)
 def test_bad_configs_name_the_problem(tmp_path, change, message):
     write_diffusers_checkpoint(tmp_path, DIFFUSERS_TINY, "subfolder")
     path = tmp_path / "unet" / "config.json"

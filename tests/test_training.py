@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.hub import atomic_write
+from diffusion.files import atomic_write
 from diffusion.unet import UNet
 from training.config import resolve_config
 from training.data import load_images
@@ -154,7 +154,9 @@ def test_stopped_and_resumed_run_is_bit_identical(images, tmp_path, capsys):
     resumed = train(tiny_config(images, tmp_path / "resumed", steps=6))
     assert f"resumed from {ckpt(tmp_path / 'resumed', 3)} at step 3" in capsys.readouterr().out
 
-    assert_same_training_state(read_checkpoint(ckpt(tmp_path / "straight", 6)), read_checkpoint(ckpt(tmp_path / "resumed", 6)))
+    assert_same_training_state(
+        read_checkpoint(ckpt(tmp_path / "straight", 6)), read_checkpoint(ckpt(tmp_path / "resumed", 6))
+    )
     assert_identical(straight["model"].state_dict(), resumed["model"].state_dict(), "model")
     assert_identical(straight["ema"].state_dict(), resumed["ema"].state_dict(), "ema")
     assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")  # the log is continued, not restarted
@@ -162,12 +164,12 @@ def test_stopped_and_resumed_run_is_bit_identical(images, tmp_path, capsys):
 
 
 def test_killed_cli_run_resumes_from_its_newest_checkpoint(images, tmp_path, capsys):
-    """SIGKILL a real `python training/train.py CONFIG` mid-run, resume, and match an uninterrupted run."""
+    """SIGKILL a real `python -m training.train CONFIG` mid-run, resume, and match an uninterrupted run."""
     killed = tmp_path / "killed"
     config_file = tmp_path / "tiny.json"
     config_file.write_text(json.dumps(settings(images, killed, steps=10_000)))
     with (tmp_path / "out.txt").open("w") as out:
-        proc = subprocess.Popen([sys.executable, "training/train.py", str(config_file)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "training.train", str(config_file)], cwd=ROOT,
                                 env=SUBPROCESS_ENV, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 120
@@ -189,15 +191,17 @@ def test_killed_cli_run_resumes_from_its_newest_checkpoint(images, tmp_path, cap
     train(tiny_config(images, killed, steps=steps))
     assert f"resumed from {ckpt(killed, newest)} at step {newest}" in capsys.readouterr().out
     train(tiny_config(images, tmp_path / "straight", steps=steps))
-    assert_same_training_state(read_checkpoint(ckpt(tmp_path / "straight", steps)), read_checkpoint(ckpt(killed, steps)))
+    assert_same_training_state(
+        read_checkpoint(ckpt(tmp_path / "straight", steps)), read_checkpoint(ckpt(killed, steps))
+    )
     assert losses(tmp_path / "straight") == losses(killed)
     assert no_temp_files(killed) == []
 
 
 def torchrun(images: Path, run_dir: Path, steps: int) -> str:
-    """`torchrun --nproc_per_node=2 training/train.py ...` on CPU (gloo); its stdout."""
+    """`torchrun --nproc_per_node=2 -m training.train ...` on CPU (gloo); its stdout."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "training/train.py", *as_args(settings(images, run_dir, steps=steps, deterministic=False))]
+           "-m", "training.train", *as_args(settings(images, run_dir, steps=steps, deterministic=False))]
     proc = subprocess.run(cmd, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -209,7 +213,10 @@ def test_torchrun_two_cpu_processes_train_and_checkpoint(images, tmp_path, capsy
     state = read_checkpoint(ckpt(run_dir, 4))
     assert ckpt(run_dir, 2).exists() and state["step"] == 4
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])  # one per rank
-    assert state["config"] == resolve_config(None, as_args(settings(images, run_dir, steps=4, deterministic=False))).to_dict()
+    assert (
+        state["config"]
+        == resolve_config(None, as_args(settings(images, run_dir, steps=4, deterministic=False))).to_dict()
+    )
     assert [s for s, _ in losses(run_dir)] == [1, 2, 3, 4] and all(math.isfinite(v) for _, v in losses(run_dir))
     assert (run_dir / "export" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert no_temp_files(run_dir) == []
@@ -221,7 +228,9 @@ def test_torchrun_two_cpu_processes_train_and_checkpoint(images, tmp_path, capsy
     assert read_checkpoint(ckpt(run_dir, 6))["step"] == 6
 
 
-@pytest.mark.skipif(not os.environ.get("SLOW_TESTS"), reason="two torchrun launches, ~70 s on 2 busy cores; set SLOW_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("SLOW_TESTS"), reason="two torchrun launches, ~70 s on 2 busy cores; set SLOW_TESTS=1"
+)
 def test_torchrun_resumes_under_torchrun(images, tmp_path):
     run_dir = tmp_path / "ddp"
     torchrun(images, run_dir, steps=2)
@@ -284,20 +293,34 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path, error):
 # ----------------------------------------------------------------------------- config errors
 
 BAD_CONFIGS = {
-    "unknown dataset": (["--dataset=imagenet"], "dataset='imagenet' is unknown; choose one of mnist, fashion-mnist, cifar10, folder"),
+    "unknown dataset": (
+        ["--dataset=imagenet"],
+        "dataset='imagenet' is unknown; choose one of mnist, fashion-mnist, cifar10, folder",
+    ),
     "negative lr": (["--lr=-1e-4"], "lr must be positive, got -0.0001"),
     "lr not a number": (["--lr=fast"], "lr must be a number, got 'fast'"),
     "steps not an integer": (["--steps=1.5"], "steps must be an integer, got 1.5"),
     "bool not true/false": (["--random_flip=yes"], "random_flip must be true or false, got 'yes'"),
-    "size the UNet cannot halve": (["--image_size=15"], "sample_size 15 is not divisible by 2, the downsampling of 2 levels"),
+    "size the UNet cannot halve": (
+        ["--image_size=15"],
+        "sample_size 15 is not divisible by 2, the downsampling of 2 levels",
+    ),
     "unknown key": (["--learning_rate=1e-4"], "Unknown config keys learning_rate"),
     "unknown UNet key": (["--unet.widths=[8]"], "unexpected keyword argument 'widths'"),
     "no value": (["--lr"], "Cannot read '--lr': overrides look like --key=value"),
     "no dashes": (["lr=1e-4"], "Cannot read 'lr=1e-4'"),
-    "several problems at once": (["--lr=0", "--beta_end=2", "--ema_decay=1"],
-                                 "lr must be positive, got 0.0\n  - ema_decay must be in [0, 1), got 1.0\n  - need 0 < beta_start"),
-    "batch larger than the data": (["--batch_size=128"], "The dataset has 64 images, fewer than one batch of 128 x 1 processes"),
-    "missing image folder": (["--data_root=/nonexistent/images"], "dataset=folder needs --data_root pointing at a folder of images"),
+    "several problems at once": (
+        ["--lr=0", "--beta_end=2", "--ema_decay=1"],
+        "lr must be positive, got 0.0\n  - ema_decay must be in [0, 1), got 1.0\n  - need 0 < beta_start",
+    ),
+    "batch larger than the data": (
+        ["--batch_size=128"],
+        "The dataset has 64 images, fewer than one batch of 128 x 1 processes",
+    ),
+    "missing image folder": (
+        ["--data_root=/nonexistent/images"],
+        "dataset=folder needs --data_root pointing at a folder of images",
+    ),
 }
 
 
@@ -313,7 +336,9 @@ def test_bad_configs_fail_clearly_before_any_work(images, tmp_path, case):
 
 
 def test_unknown_config_file_lists_the_known_ones():
-    with pytest.raises(SystemExit, match="No config file 'fashion_mnist'; give a path or one of: cifar10, fashion-mnist, mnist"):
+    with pytest.raises(
+        SystemExit, match="No config file 'fashion_mnist'; give a path or one of: cifar10, fashion-mnist, mnist"
+    ):
         main(["fashion_mnist"])
 
 
@@ -370,17 +395,27 @@ def test_min_snr_weights_equal_the_formula(images, tmp_path, prediction):
     abar = schedule.alphas_cumprod[t]
     snr = abar / (1 - abar)
     gamma = 5.0
-    expected = {"epsilon": torch.minimum(snr, torch.tensor(gamma)) / snr, "sample": torch.minimum(snr, torch.tensor(gamma)),
-                "v_prediction": torch.minimum(snr, torch.tensor(gamma)) / (snr + 1)}[prediction]
-    cfg = tiny_config(images, tmp_path / "run", prediction_type=prediction, loss_weighting="min_snr", min_snr_gamma=gamma)
+    expected = {
+        "epsilon": torch.minimum(snr, torch.tensor(gamma)) / snr,
+        "sample": torch.minimum(snr, torch.tensor(gamma)),
+        "v_prediction": torch.minimum(snr, torch.tensor(gamma)) / (snr + 1),
+    }[prediction]
+    cfg = tiny_config(
+        images, tmp_path / "run", prediction_type=prediction, loss_weighting="min_snr", min_snr_gamma=gamma
+    )
     w = loss_weights(schedule, cfg, t)
     assert torch.allclose(w.double(), expected, rtol=1e-6)
-    # Each gives the same weight to the x0 error: ||x0_hat - x0||^2 = ||eps error||^2 / SNR = ||v error||^2 / (SNR + 1) ... x abar
+    # Each gives the same weight to the x0 error:
+    # ||x0_hat - x0||^2 = ||eps error||^2 / SNR = ||v error||^2 / (SNR + 1) ... x abar
     x0_weight = {"epsilon": w.double() * snr, "sample": w.double(), "v_prediction": w.double() * (snr + 1)}[prediction]
     assert torch.allclose(x0_weight, torch.minimum(snr, torch.tensor(gamma)), rtol=1e-6)
     assert loss_weights(schedule, tiny_config(images, tmp_path / "u", prediction_type=prediction), t) is None
     # and the weighted run trains
-    out = train(tiny_config(images, tmp_path / "run", prediction_type=prediction, loss_weighting="min_snr", steps=2, ckpt_every=2))
+    out = train(
+        tiny_config(
+            images, tmp_path / "run", prediction_type=prediction, loss_weighting="min_snr", steps=2, ckpt_every=2
+        )
+    )
     assert all(math.isfinite(v) for _, v in losses(tmp_path / "run")) and out["step"] == 2
 
 
@@ -391,7 +426,9 @@ def test_init_from_loads_model_and_ema_and_refuses_another_architecture(images, 
     exported = tmp_path / "first" / "export"
     start = diffusion.load(exported).unet.state_dict()
     # steps=0 is refused, so run one step with lr ~ 0 and check both copies started from the export
-    cfg = tiny_config(images, tmp_path / "second", steps=1, lr=1e-30, dropout=0.0, init_from=str(exported), ckpt_every=1)
+    cfg = tiny_config(
+        images, tmp_path / "second", steps=1, lr=1e-30, dropout=0.0, init_from=str(exported), ckpt_every=1
+    )
     out = train(cfg)
     for name in ("model", "ema"):
         for key, value in out[name].state_dict().items():
@@ -399,10 +436,16 @@ def test_init_from_loads_model_and_ema_and_refuses_another_architecture(images, 
     state = read_checkpoint(ckpt(tmp_path / "second", 1))
     assert state["optimizer"]["state"][0]["step"].item() == 1  # a fresh optimizer, not the first run's
     assert state["config"]["init_from"] == str(exported)
-    assert json.loads((tmp_path / "second" / "export" / "training_config.json").read_text())["init_from"] == str(exported)
+    assert json.loads((tmp_path / "second" / "export" / "training_config.json").read_text())["init_from"] == str(
+        exported
+    )
     # another architecture: one clear message naming the difference, before any training
     with pytest.raises(SystemExit) as e:
-        main(as_args(settings(images, tmp_path / "third", init_from=str(exported), unet={**TINY_UNET, "layers_per_block": 2})))
+        main(
+            as_args(
+                settings(images, tmp_path / "third", init_from=str(exported), unet={**TINY_UNET, "layers_per_block": 2})
+            )
+        )
     assert "is another architecture" in str(e.value) and "layers_per_block: 1 there, 2 here" in str(e.value)
     assert not (tmp_path / "third").exists()
     with pytest.raises(SystemExit, match="init_from='/nonexistent/model': No model folder"):
@@ -417,13 +460,21 @@ def test_model_card_counts_the_training_a_model_was_continued_from(images, tmp_p
     first = json.loads((tmp_path / "model" / "training_config.json").read_text())
     assert first["previous_training"]["images"] == 0 and first["wall_s"] > 0
     # continued in place, as the bundled model is: the card reads the old config before overwriting it
-    train(tiny_config(images, tmp_path / "b", steps=3, ckpt_every=3, init_from=str(tmp_path / "model"), loss_weighting="min_snr"))
+    train(
+        tiny_config(
+            images, tmp_path / "b", steps=3, ckpt_every=3, init_from=str(tmp_path / "model"), loss_weighting="min_snr"
+        )
+    )
     section = tmp_path / "extra.md"
     section.write_text("## Measured\n\n| a | b |\n")
     model_card.main(["--run", str(tmp_path / "b"), "--out", str(tmp_path / "model"), "--command", "second",
                      "--section", str(section)])
     second = json.loads((tmp_path / "model" / "training_config.json").read_text())
-    assert second["previous_training"] == {"source": str(tmp_path / "model"), "images": 2 * 8, "wall_s": first["wall_s"]}
+    assert second["previous_training"] == {
+        "source": str(tmp_path / "model"),
+        "images": 2 * 8,
+        "wall_s": first["wall_s"],
+    }
     card = (tmp_path / "model" / "README.md").read_text()
     assert f"| in all | {(5 * 8) / 60000:.1f} epochs (40 images)" in card
     assert "min_snr weighting (gamma 5.0)" in card and "## Measured" in card and "fresh optimizer" in card

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffusion.unet import UNet, UNetConfig, convert_state_dict, load_state_dict_strict
+
 from conftest import old_attention_names
 
 
@@ -60,8 +61,15 @@ def test_forward_matches_diffusers(fam, channels, size, levels, lpb):
 
 
 def test_dropout_only_in_training():
-    cfg = UNetConfig(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 32),
-                     down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), dropout=0.5)
+    cfg = UNetConfig(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        dropout=0.5,
+    )
     model = UNet(cfg)
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([5, 6])
     model.train()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from diffusion.hub import atomic_write
+from diffusion.files import atomic_write
 
 from .data import DEBIAN_FASHION_MNIST, load_images
 
@@ -41,7 +41,9 @@ class Classifier(nn.Module):
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
-        self.body = nn.Sequential(block(1, 32), nn.MaxPool2d(2), block(32, 64), block(64, 64), nn.MaxPool2d(2), block(64, 128))
+        self.body = nn.Sequential(
+            block(1, 32), nn.MaxPool2d(2), block(32, 64), block(64, 64), nn.MaxPool2d(2), block(64, 128)
+        )
         self.fc = nn.Linear(128, features)
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(features, classes)
@@ -148,7 +150,9 @@ def train(epochs: int, batch_size: int, lr: float, seed: int, root: str) -> tupl
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m training.classifier", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.classifier", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="checkpoints/fashion-mnist-classifier")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from diffusion.samplers import get_sampler
+from diffusion.schedule import ALIASES, BETA_SCHEDULES, PREDICTIONS
 from diffusion.typed import coerce
-from diffusion.schedule import BETA_SCHEDULES, PREDICTIONS, ALIASES
 from diffusion.unet import UNetConfig
 
 from .data import DATASETS
@@ -84,16 +84,31 @@ class TrainConfig:
         if self.dataset not in DATASETS:
             problems.append(f"dataset={self.dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
         if ALIASES.get(self.beta_schedule, self.beta_schedule) not in BETA_SCHEDULES:
-            problems.append(f"beta_schedule={self.beta_schedule!r} is unknown; choose one of {', '.join(BETA_SCHEDULES)}")
+            problems.append(
+                f"beta_schedule={self.beta_schedule!r} is unknown; choose one of {', '.join(BETA_SCHEDULES)}"
+            )
         if self.prediction_type not in PREDICTIONS:
-            problems.append(f"prediction_type={self.prediction_type!r} is unknown; choose one of {', '.join(PREDICTIONS)}")
+            problems.append(
+                f"prediction_type={self.prediction_type!r} is unknown; choose one of {', '.join(PREDICTIONS)}"
+            )
         if self.loss_weighting not in ("uniform", "min_snr"):
             problems.append(f"loss_weighting={self.loss_weighting!r} is unknown; choose uniform or min_snr")
         if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
             problems.append(f"min_snr_gamma must be a positive number, got {self.min_snr_gamma}")
         if self.precision not in ("fp32", "bf16"):
             problems.append(f"precision={self.precision!r}: use fp32 or bf16 (fp16 overflows in diffusion training)")
-        for name in ("lr", "steps", "batch_size", "image_size", "channels", "num_train_timesteps", "ckpt_every", "log_every", "keep_checkpoints", "sample_steps"):
+        for name in (
+            "lr",
+            "steps",
+            "batch_size",
+            "image_size",
+            "channels",
+            "num_train_timesteps",
+            "ckpt_every",
+            "log_every",
+            "keep_checkpoints",
+            "sample_steps",
+        ):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("warmup_steps", "weight_decay", "grad_clip", "sample_every"):
@@ -109,7 +124,8 @@ class TrainConfig:
             self.unet_config()
         except (TypeError, ValueError) as e:
             problems.append(f"the UNet cannot be built: {e}")
-        if self.sample_steps > 0 and self.num_train_timesteps > 0:  # the sample grids' DDIM options, checked as every sampler's
+        # The sample grids' DDIM options, checked as every sampler's.
+        if self.sample_steps > 0 and self.num_train_timesteps > 0:
             try:
                 ddim = get_sampler("ddim")
                 ddim.timesteps(self.num_train_timesteps, ddim.make_options(num_inference_steps=self.sample_steps))

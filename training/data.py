@@ -41,9 +41,14 @@ def _torchvision(name: str, root: str, split: str, download: bool) -> torch.Tens
     try:
         ds = cls(root=root, train=split == "train", download=download)
     except (RuntimeError, OSError) as e:
-        how = (f"`apt-get install dataset-fashion-mnist` puts it in {DEBIAN_FASHION_MNIST}; " if name == "fashion-mnist" else "")
+        how = (
+            f"`apt-get install dataset-fashion-mnist` puts it in {DEBIAN_FASHION_MNIST}; "
+            if name == "fashion-mnist"
+            else ""
+        )
         raise FileNotFoundError(
-            f"{name} is not in {root} and could not be downloaded ({e}). {how}With internet access, pass --download=true "
+            f"{name} is not in {root} and could not be downloaded ({e}). "
+            f"{how}With internet access, pass --download=true "
             f"(torchvision fetches it into --data_root), or put the files there yourself."
         ) from None
     data = torch.as_tensor(np.asarray(ds.data))
@@ -57,7 +62,9 @@ def _folder(root: str, image_size: int, channels: int) -> torch.Tensor:
 
     files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; point --data_root at a folder of images.")
+        raise FileNotFoundError(
+            f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; point --data_root at a folder of images."
+        )
     out = torch.empty((len(files), channels, image_size, image_size), dtype=torch.uint8)
     for i, p in enumerate(tqdm(files, desc=f"loading {root}", unit="img")):
         with Image.open(p) as im:
@@ -75,16 +82,22 @@ def load_images(name: str, root: str, split: str = "train", image_size: int | No
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     if name == "folder":
         if not root or not Path(root).is_dir():
-            raise FileNotFoundError(f"dataset=folder needs --data_root pointing at a folder of images; {root!r} is not a folder.")
+            raise FileNotFoundError(
+                f"dataset=folder needs --data_root pointing at a folder of images; {root!r} is not a folder."
+            )
         return _folder(root, image_size or 32, channels)
     if name == "fashion-mnist" and not download and root in ("", DEFAULT_ROOT):
         local = _debian_fashion_mnist(split)
         if local is not None:
             return local
     if root not in ("", DEFAULT_ROOT) and not download and not Path(root).is_dir():
-        fallback = f"leave --data_root out to use Debian's copy in {DEBIAN_FASHION_MNIST}, " if name == "fashion-mnist" else ""
-        raise FileNotFoundError(f"data_root={root!r} is not a folder. Point --data_root at the folder that holds {name} "
-                                f"(torchvision's layout), {fallback}or pass --download=true to fetch it there.")
+        fallback = (
+            f"leave --data_root out to use Debian's copy in {DEBIAN_FASHION_MNIST}, " if name == "fashion-mnist" else ""
+        )
+        raise FileNotFoundError(
+            f"data_root={root!r} is not a folder. Point --data_root at the folder that holds {name} "
+            f"(torchvision's layout), {fallback}or pass --download=true to fetch it there."
+        )
     return _torchvision(name, root, split, download)
 
 

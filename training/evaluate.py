@@ -5,7 +5,8 @@ offline, a Frechet distance (FD) and classifier IS on the features of a small Fa
     python -m training.evaluate --model google/ddpm-cifar10-32 --sampler ddpm -n 50000 --batch-size 1000 \\
         --metric inception --reference cifar10-train --out runs/eval/cifar10-ddpm1000
     # Offline, the bundled model against the Fashion-MNIST test split:
-    python -m training.evaluate --model checkpoints/fashion-mnist --sampler ddim --steps 50 -n 10000 --out runs/eval/ddim50
+    python -m training.evaluate --model checkpoints/fashion-mnist --sampler ddim --steps 50 -n 10000 \\
+        --out runs/eval/ddim50
     # The README's table (every sampler row; resumable: rows already in table.json are kept):
     python -m training.evaluate --table --model checkpoints/fashion-mnist --out runs/eval/table
     # Several GPUs: each process samples its share of the batches, process 0 scores them.
@@ -34,9 +35,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from diffusion.hub import CheckpointError, atomic_write, check_writable, load
+from diffusion.files import CheckpointError, atomic_write, check_writable
 from diffusion.images import to_uint8
-from diffusion.pipeline import DiffusionPipeline, to_unit
+from diffusion.pipeline import DiffusionPipeline, load, to_unit
 from diffusion.sample import add_sampler_arguments, check_device, sampler_overrides
 from diffusion.samplers import get_sampler
 
@@ -70,7 +71,9 @@ def generate(pipe: DiffusionPipeline, sampler: str, options: Any, n: int, batch_
     out: dict[int, np.ndarray] = {}
     evaluations = 0
     start = time.perf_counter()
-    bar = tqdm(total=len(batches), desc=f"{sampler} {options.num_inference_steps} steps", unit="batch", disable=not progress)
+    bar = tqdm(
+        total=len(batches), desc=f"{sampler} {options.num_inference_steps} steps", unit="batch", disable=not progress
+    )
     for b in batches:
         size = min(batch_size, n - b * batch_size)
         generator = torch.Generator(device).manual_seed(seed + b)
@@ -120,8 +123,10 @@ class Scorer:
             return
         if self.metric == "inception":
             if not self.reference:
-                raise ValueError("Inception FID/IS need --reference: a torch-fidelity dataset (cifar10-train for "
-                                 "google/ddpm-cifar10-32), a dataset split such as fashion-mnist-test, or a folder of images.")
+                raise ValueError(
+                    "Inception FID/IS need --reference: a torch-fidelity dataset (cifar10-train for "
+                    "google/ddpm-cifar10-32), a dataset split such as fashion-mnist-test, or a folder of images."
+                )
             try:
                 import torch_fidelity  # noqa: F401
             except ImportError:
@@ -132,7 +137,10 @@ class Scorer:
                 raise ValueError(f"The classifier metric scores 1x28x28 Fashion-MNIST-like images; these are "
                                  f"{'x'.join(map(str, shape))}. Use --metric inception with a --reference.")
             _, _, self.info = clf.load(self.classifier_dir)
-            if self.reference not in ("", "fashion-mnist-test", "fashion-mnist-train") and not Path(self.reference).exists():
+            if (
+                self.reference not in ("", "fashion-mnist-test", "fashion-mnist-train")
+                and not Path(self.reference).exists()
+            ):
                 raise ValueError(f"--reference {self.reference!r} is neither fashion-mnist-test, fashion-mnist-train "
                                  "nor an existing .npz or folder of images.")
             dim = clf.FEATURES
@@ -144,9 +152,13 @@ class Scorer:
     def describe(self) -> dict[str, Any]:
         if self.metric == "classifier":
             ref = self.reference or "fashion-mnist-test"
-            return {"metric": "Frechet distance and Inception Score on the features/logits of the Fashion-MNIST classifier "
-                              "(not comparable with Inception FID/IS)", "reference": ref,
-                    "classifier": str(self.classifier_dir), "classifier_test_accuracy": self.info.get("test_accuracy")}
+            return {
+                "metric": "Frechet distance and Inception Score on the features/logits of the Fashion-MNIST classifier "
+                "(not comparable with Inception FID/IS)",
+                "reference": ref,
+                "classifier": str(self.classifier_dir),
+                "classifier_test_accuracy": self.info.get("test_accuracy"),
+            }
         if self.metric == "inception":
             return {"metric": "FID and IS on Inception-v3 (torch-fidelity)", "reference": self.reference}
         return {"metric": "none"}
@@ -164,7 +176,8 @@ class Scorer:
         feats, logits = clf.extract(model, torch.from_numpy(images).permute(0, 3, 1, 2))
         mu, sigma = feature_statistics(feats)
         is_mean, is_std = inception_score(logits)
-        # Precision/recall compare sets of equal size (Kynkaanniemi et al. 2019): a fixed random subset of the reference.
+        # Precision/recall compare sets of equal size (Kynkaanniemi et al. 2019):
+        # a fixed random subset of the reference.
         if len(real) > len(feats):
             real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:len(feats)]]
         precision, recall = precision_recall(feats, real)
@@ -209,7 +222,11 @@ def inception_metrics(images: np.ndarray, reference: str, cuda: bool = False, **
 
     registered = reference in torch_fidelity.registry.DATASETS_REGISTRY
     ref: Any = reference if registered or Path(reference).is_dir() else _Images(_reference_images(reference))
-    extra = {} if registered or isinstance(ref, str) else {"cache": True, "input2_cache_name": f"repro-diffusion-{reference}"}
+    extra = (
+        {}
+        if registered or isinstance(ref, str)
+        else {"cache": True, "input2_cache_name": f"repro-diffusion-{reference}"}
+    )
     m = torch_fidelity.calculate_metrics(input1=_Images(images), input2=ref, cuda=cuda, fid=True, isc=True,
                                          verbose=False, **extra, **kwargs)
     return {"fd": m["frechet_inception_distance"], "is": m["inception_score_mean"], "is_std": m["inception_score_std"]}
@@ -273,9 +290,13 @@ def table_rows() -> list[Row]:
     rows = []
     for steps in (1000, 100, 50, 20, 10):
         for var in ("fixed_large", "fixed_small"):
-            rows.append(Row(f"ddpm-{var}-{steps}", "ddpm", {"num_inference_steps": steps, "variance_type": var}, steps == 1000))
+            rows.append(
+                Row(f"ddpm-{var}-{steps}", "ddpm", {"num_inference_steps": steps, "variance_type": var}, steps == 1000)
+            )
         for eta in (0.0, 1.0):
-            rows.append(Row(f"ddim-eta{eta:g}-{steps}", "ddim", {"num_inference_steps": steps, "eta": eta}, steps == 1000))
+            rows.append(
+                Row(f"ddim-eta{eta:g}-{steps}", "ddim", {"num_inference_steps": steps, "eta": eta}, steps == 1000)
+            )
     for sampler in ("dpm-solver++", "pndm", "euler", "heun"):
         for nfe in (10, 20, 50):
             # PNDM as PLMS (skip_prk_steps): its Runge-Kutta warm-up alone spends 12 evaluations.
@@ -283,16 +304,27 @@ def table_rows() -> list[Row]:
             rows.append(Row(f"{sampler}-nfe{nfe}", sampler, options, False, nfe))
     # What most users pick first: DPM++ 2M Karras, DPM++ 2M SDE Karras, Euler a.
     karras = {"use_karras_sigmas": True}
-    for name, sampler, options in (("dpm-solver++-karras", "dpm-solver++", karras),
-                                   ("dpm-solver++-sde-karras", "dpm-solver++", {**karras, "algorithm_type": "sde-dpmsolver++"}),
-                                   ("euler-ancestral", "euler-ancestral", {})):
+    for name, sampler, options in (
+        ("dpm-solver++-karras", "dpm-solver++", karras),
+        ("dpm-solver++-sde-karras", "dpm-solver++", {**karras, "algorithm_type": "sde-dpmsolver++"}),
+        ("euler-ancestral", "euler-ancestral", {}),
+    ):
         for nfe in (10, 20):
             rows.append(Row(f"{name}-nfe{nfe}", sampler, options, False, nfe))
     return rows
 
 
-def run_table(pipe: DiffusionPipeline, scorer: Scorer, out: Path, n_long: int, n_short: int, batch_size: int,
-              seed: int, only: list[str] | None = None, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def run_table(
+    pipe: DiffusionPipeline,
+    scorer: Scorer,
+    out: Path,
+    n_long: int,
+    n_short: int,
+    batch_size: int,
+    seed: int,
+    only: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Every row of :func:`table_rows` (or those named in ``only``, by row or sampler name), appended to
     ``out/table.json`` as each finishes; rows already there are kept, so an interrupted run resumes."""
     path = out / "table.json"
@@ -301,7 +333,10 @@ def run_table(pipe: DiffusionPipeline, scorer: Scorer, out: Path, n_long: int, n
     rank, _ = _dist()
     order = {r.name: i for i, r in enumerate(table_rows())}
     # Cheapest rows first: an interrupted run has the most rows done.
-    for row in sorted(table_rows(), key=lambda r: (n_long if r.long else n_short) * (r.evaluations or r.options["num_inference_steps"])):
+    for row in sorted(
+        table_rows(),
+        key=lambda r: (n_long if r.long else n_short) * (r.evaluations or r.options["num_inference_steps"]),
+    ):
         if row.name in have or (only and row.name not in only and row.sampler not in only):
             continue
         options = {**row.options, **(overrides or {})}
@@ -314,16 +349,21 @@ def run_table(pipe: DiffusionPipeline, scorer: Scorer, out: Path, n_long: int, n
             done = sorted([*done, {"name": row.name, **result}], key=lambda r: order.get(r["name"], len(order)))
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda p: p.write_text(json.dumps(done, indent=1) + "\n"))
-            print(f"{row.name}: n={n} NFE={result['model_evaluations']} FD={result.get('fd')} IS={result.get('is')} "
-                  f"precision={result.get('precision')} recall={result.get('recall')} ({result['seconds']} s)", flush=True)
+            print(
+                f"{row.name}: n={n} NFE={result['model_evaluations']} FD={result.get('fd')} IS={result.get('is')} "
+                f"precision={result.get('precision')} recall={result.get('recall')} ({result['seconds']} s)",
+                flush=True,
+            )
     return done
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The table as README markdown: sampler, steps, NFE, FD, IS, N, wall time per 1000 samples."""
     kind = "Inception" if rows and rows[0].get("metric", "").startswith("FID") else "classifier"
-    lines = [f"| sampler | setting | steps | NFE | FD ({kind}) | IS ({kind}) | precision | recall | N | s / 1000 samples |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| sampler | setting | steps | NFE | FD ({kind}) | IS ({kind}) | precision | recall | N | s / 1000 samples |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         o = r["options"]
         setting = {"ddpm": o.get("variance_type", ""), "ddim": f"eta {o.get('eta', 0):g}"}.get(r["sampler"], "")
@@ -336,9 +376,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         if r["sampler"] == "dpm-solver++":
             setting = ", ".join(["SDE" if o.get("algorithm_type") == "sde-dpmsolver++" else "2M"]
                                 + (["Karras sigmas"] if o.get("use_karras_sigmas") else []))
-        lines.append(f"| {r['sampler']} | {setting} | {o['num_inference_steps']} | {r['model_evaluations']} | "
-                     f"{r.get('fd', float('nan')):.3f} | {r.get('is', float('nan')):.2f} | {r.get('precision', float('nan')):.3f} | "
-                     f"{r.get('recall', float('nan')):.3f} | {r['n']:,} | {r['seconds_per_1000']:.2f} |")
+        lines.append(
+            f"| {r['sampler']} | {setting} | {o['num_inference_steps']} | {r['model_evaluations']} | "
+            f"{r.get('fd', float('nan')):.3f} | {r.get('is', float('nan')):.2f} | "
+            f"{r.get('precision', float('nan')):.3f} | "
+            f"{r.get('recall', float('nan')):.3f} | {r['n']:,} | {r['seconds_per_1000']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -357,10 +400,14 @@ def score_images(scorer: Scorer, images: str, n: int, out: Path) -> int:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_sampler_arguments(p, model_required=False)
     p.add_argument("-n", "--num-samples", type=int, default=10_000)
-    p.add_argument("--batch-size", type=int, default=500, help="samples per forward pass (part of what fixes the noise)")
+    p.add_argument(
+        "--batch-size", type=int, default=500, help="samples per forward pass (part of what fixes the noise)"
+    )
     p.add_argument("--seed", type=int, default=0, help="batch b draws its noise from seed + b")
     p.add_argument("--metric", choices=["classifier", "inception", "none"], default="classifier")
     p.add_argument("--reference", default="", help="what samples are compared with: cifar10-train (Inception), "
@@ -369,11 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for samples and metrics.json (table.json with --table)")
     p.add_argument("--save", choices=["npz", "png", "none"], default="npz")
     p.add_argument("--table", action="store_true", help="run every row of the README table instead of one sampler")
-    p.add_argument("--rows", nargs="*", default=None, help="with --table: only these rows (names as in table.json, or sampler names)")
+    p.add_argument(
+        "--rows",
+        nargs="*",
+        default=None,
+        help="with --table: only these rows (names as in table.json, or sampler names)",
+    )
     p.add_argument("--n-long", type=int, default=2000, help="with --table: samples for the 1000-step rows")
     p.add_argument("--device", type=check_device, default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--score", default=None, metavar="IMAGES", help="score these images instead of sampling (--model is "
-                   "then ignored): samples.npz from an earlier run, a folder, or a dataset split such as fashion-mnist-train")
+    p.add_argument(
+        "--score",
+        default=None,
+        metavar="IMAGES",
+        help="score these images instead of sampling (--model is "
+        "then ignored): samples.npz from an earlier run, a folder, or a dataset split such as fashion-mnist-train",
+    )
     return p
 
 
@@ -392,18 +449,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.score:
             return score_images(scorer, args.score, args.num_samples, out)
         if not args.model:
-            raise ValueError("--model is required (a model folder or Hub repo id), unless --score scores existing images.")
+            raise ValueError(
+                "--model is required (a model folder or Hub repo id), unless --score scores existing images."
+            )
         pipe = load(args.model, args.revision, local_files_only=args.offline, device=device)
         scorer.check(pipe.image_shape, min(args.n_long, args.num_samples) if args.table else args.num_samples)
         if args.table:
             given = {k: v for k, v in sampler_overrides(args).items() if v is not None}  # e.g. --no-clip for every row
-            rows = run_table(pipe, scorer, out, args.n_long, args.num_samples, args.batch_size, args.seed, args.rows, given)
+            rows = run_table(
+                pipe, scorer, out, args.n_long, args.num_samples, args.batch_size, args.seed, args.rows, given
+            )
             if rank == 0:
                 atomic_write(out / "table.md", lambda p: p.write_text(markdown_table(rows)))
                 print(markdown_table(rows))
             return 0
         options = pipe.sampler_options(args.sampler, **sampler_overrides(args))
-        row = evaluate(pipe, scorer, args.sampler, options, args.num_samples, args.batch_size, args.seed, out, args.save)
+        row = evaluate(
+            pipe, scorer, args.sampler, options, args.num_samples, args.batch_size, args.seed, out, args.save
+        )
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

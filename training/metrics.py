@@ -50,7 +50,9 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
     """IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016), mean and std over ``splits`` folds
     of the samples in order, as torch-fidelity and the original code report it."""
     if len(logits) < splits:
-        raise ValueError(f"The Inception Score over {splits} splits needs at least {splits} samples, got {len(logits)}.")
+        raise ValueError(
+            f"The Inception Score over {splits} splits needs at least {splits} samples, got {len(logits)}."
+        )
     log_p = logits.double().log_softmax(1)
     scores = []
     for chunk in log_p.tensor_split(splits):
@@ -68,7 +70,9 @@ def precision_recall(generated: torch.Tensor, real: torch.Tensor, k: int = 3) ->
     from torch_fidelity.metric_prc import prc_features_to_metric
 
     if generated.ndim != 2 or real.ndim != 2 or generated.shape[1] != real.shape[1]:
-        raise ValueError(f"Features must be (N, D) with the same D, got {tuple(generated.shape)} and {tuple(real.shape)}.")
+        raise ValueError(
+            f"Features must be (N, D) with the same D, got {tuple(generated.shape)} and {tuple(real.shape)}."
+        )
     if min(len(generated), len(real)) <= k:
         raise ValueError(f"Precision and recall with k={k} need more than {k} samples in each set.")
     m = prc_features_to_metric(generated.double(), real.double(), prc_neighborhood=k, prc_batch_size=2048,

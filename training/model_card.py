@@ -1,8 +1,8 @@
 """Turn a finished run into a shippable model folder: the EMA export, a loss curve, an 8x8 grid of
 DDIM-50 samples from seed 0, and a model card README with the exact command and numbers.
 
-    python training/model_card.py --run runs/fashion-mnist --out checkpoints/fashion-mnist \
-        --command "python training/train.py fashion-mnist"
+    python -m training.model_card --run runs/fashion-mnist --out checkpoints/fashion-mnist \
+        --command "python -m training.train fashion-mnist"
 """
 
 from __future__ import annotations
@@ -10,16 +10,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import diffusion
-from diffusion.hub import atomic_write
+from diffusion.files import atomic_write
 from diffusion.images import save_grid
 
 
@@ -68,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", required=True, help="the run folder (holds export/, log.csv)")
     p.add_argument("--out", required=True)
     p.add_argument("--command", required=True, help="the command that trained it, for the card")
-    p.add_argument("--note", default="", help="a sentence about the run for the card (e.g. what else shared the machine)")
+    p.add_argument(
+        "--note", default="", help="a sentence about the run for the card (e.g. what else shared the machine)"
+    )
     p.add_argument("--section", action="append", default=[], metavar="FILE.md",
                    help="markdown appended to the card (measured tables, the recipe comparison); repeatable")
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """Train a DDPM (Ho et al. 2020, Algorithm 1) on one CPU or GPU, or many through torchrun.
 
-    python training/train.py fashion-mnist --steps=2000 --lr=1e-4
-    torchrun --nproc_per_node=8 training/train.py cifar10
+    python -m training.train fashion-mnist --steps=2000 --lr=1e-4     (or diffusion-train, after pip install -e .)
+    torchrun --nproc_per_node=8 -m training.train cifar10
 
 Checkpoints (model, EMA, optimizer, step, RNG states, config) go to RUN_DIR/checkpoints every
 ``ckpt_every`` steps, written atomically; a restarted run resumes from the newest valid one.
@@ -22,23 +22,19 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import diffusion
-from diffusion.hub import CheckpointError, atomic_write, check_writable, save_pretrained
+from diffusion.files import CheckpointError, atomic_write, check_writable
 from diffusion.images import save_grid
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedule import NoiseSchedule
 from diffusion.unet import UNet
 from training.config import TrainConfig, resolve_config
 from training.data import batches, load_images
-
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -94,7 +90,7 @@ def export(cfg: TrainConfig, ema: UNet, out_dir: Path, step: int) -> Path:
     """Write the EMA model in diffusers' layout, with the resolved training config beside it."""
     pipe = DiffusionPipeline(copy.deepcopy(ema).float().cpu().eval(), cfg.scheduler_config(), str(out_dir))
     extra = {"training_config.json": json.dumps({**cfg.to_dict(), "trained_steps": step}, indent=2) + "\n"}
-    save_pretrained(pipe, out_dir, extra)
+    pipe.save_pretrained(out_dir, extra)
     if cfg.push_to_hub:
         url = pipe.push_to_hub(cfg.push_to_hub, extra_files=extra)
         print(f"pushed to {url}")
@@ -119,7 +115,9 @@ def loss_weights(schedule: NoiseSchedule, cfg: TrainConfig, t: torch.Tensor) -> 
     return per_prediction[cfg.prediction_type].float()
 
 
-def diffusion_loss(forward: Any, schedule: NoiseSchedule, cfg: TrainConfig, x0: torch.Tensor, autocast: Any) -> torch.Tensor:
+def diffusion_loss(
+    forward: Any, schedule: NoiseSchedule, cfg: TrainConfig, x0: torch.Tensor, autocast: Any
+) -> torch.Tensor:
     """|| target - model(x_t, t) ||^2 (Ho et al. 2020, Algorithm 1; target eps, x0 or v), weighted per sample
     by :func:`loss_weights` when ``loss_weighting`` asks for it."""
     # (2) t ~ Uniform({1..T}), eps ~ N(0, I); (3) x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
@@ -147,8 +145,10 @@ def load_init_weights(source: str, model: UNet) -> None:
     differ = [k for k in ours if k != "dropout" and theirs.get(k) != ours[k]]
     if differ:
         what = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in differ)
-        raise ValueError(f"init_from={source!r} is another architecture than this config describes ({what}). "
-                         "Set the config's unet, image_size and channels to the model's (its training_config.json has them).")
+        raise ValueError(
+            f"init_from={source!r} is another architecture than this config describes ({what}). "
+            "Set the config's unet, image_size and channels to the model's (its training_config.json has them)."
+        )
     model.load_state_dict(pipe.unet.state_dict())
 
 
@@ -218,8 +218,10 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
             ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as e:
-            raise ValueError(f"{path} was written for another model than this config describes; "
-                             f"resume with its own config (saved in the checkpoint) or use a new run_dir. ({str(e).splitlines()[0]})") from None
+            raise ValueError(
+                f"{path} was written for another model than this config describes; "
+                f"resume with its own config (saved in the checkpoint) or use a new run_dir. ({str(e).splitlines()[0]})"
+            ) from None
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
@@ -243,7 +245,11 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     per_rank = cfg.batch_size // world
     data = batches(len(images), per_rank, cfg.seed, step, rank, world)
 
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
+    net = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ddp
+        else model
+    )
     forward = torch.compile(net) if cfg.compile else net
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
     ema_params, params = list(ema.parameters()), list(model.parameters())
@@ -275,7 +281,9 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
         loss = diffusion_loss(forward, schedule, cfg, x0, autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        )
         optimizer.step()
         scheduler.step()
         step += 1
@@ -284,7 +292,9 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"The loss became {loss.item()} at step {step}; lower lr or use precision=fp32/bf16.")
+            raise FloatingPointError(
+                f"The loss became {loss.item()} at step {step}; lower lr or use precision=fp32/bf16."
+            )
 
         seen += x0.shape[0] * world
         loss_sum, n_sum = loss_sum + loss.item(), n_sum + 1

@@ -1,7 +1,16 @@
 """Samplers: plain functions over a model, registered by name (see ``base``)."""
 
-from .base import (SAMPLERS, SPACINGS, BaseOptions, SamplerOptions, SamplerSpec, Step, get_sampler, randn_like,
-                   select_timesteps)
+from .base import (
+    SAMPLERS,
+    SPACINGS,
+    BaseOptions,
+    SamplerOptions,
+    SamplerSpec,
+    Step,
+    get_sampler,
+    randn_like,
+    select_timesteps,
+)
 from .ddim import DDIMOptions, ddim
 from .ddpm import DDPMOptions, ddpm
 from .dpm_solver import DPMSolverOptions, dpm_solver
@@ -10,6 +19,28 @@ from .euler_ancestral import EulerAncestralOptions, euler_ancestral
 from .heun import HeunOptions, heun
 from .pndm import PNDMOptions, pndm
 
-__all__ = ["SAMPLERS", "SPACINGS", "BaseOptions", "SamplerOptions", "SamplerSpec", "Step", "get_sampler", "randn_like",
-           "select_timesteps", "DDIMOptions", "DDPMOptions", "DPMSolverOptions", "EulerOptions", "EulerAncestralOptions", "HeunOptions",
-           "PNDMOptions", "ddim", "ddpm", "dpm_solver", "euler", "euler_ancestral", "heun", "pndm"]
+__all__ = [
+    "SAMPLERS",
+    "SPACINGS",
+    "BaseOptions",
+    "SamplerOptions",
+    "SamplerSpec",
+    "Step",
+    "get_sampler",
+    "randn_like",
+    "select_timesteps",
+    "DDIMOptions",
+    "DDPMOptions",
+    "DPMSolverOptions",
+    "EulerOptions",
+    "EulerAncestralOptions",
+    "HeunOptions",
+    "PNDMOptions",
+    "ddim",
+    "ddpm",
+    "dpm_solver",
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "pndm",
+]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Protocol
@@ -157,12 +156,16 @@ class Sampler(Protocol):
 
 def check_steps(T: int, steps: int) -> None:
     if not 1 <= steps <= T:
-        raise ValueError(f"The number of steps must be between 1 and {T} (the model's training timesteps), got {steps}.")
+        raise ValueError(
+            f"The number of steps must be between 1 and {T} (the model's training timesteps), got {steps}."
+        )
 
 
 def check_offset(first: float, T: int, offset: int) -> None:
     if first >= T:
-        raise ValueError(f"steps_offset={offset} pushes the first timestep to {first:g}, past the last trained timestep {T - 1}.")
+        raise ValueError(
+            f"steps_offset={offset} pushes the first timestep to {first:g}, past the last trained timestep {T - 1}."
+        )
 
 
 def trailing_timesteps(T: int, steps: int) -> np.ndarray:
@@ -192,8 +195,13 @@ def select_timesteps(T: int, steps: int, spacing: Spacing = "leading", offset: i
     elif spacing == "quad":
         ts = np.floor(np.linspace(0, math.sqrt(T * 0.8), steps) ** 2)
         if len(np.unique(ts)) != steps:
-            most = max(k for k in range(1, steps) if len(np.unique(np.floor(np.linspace(0, math.sqrt(T * 0.8), k) ** 2))) == k)
-            raise ValueError(f"'quad' spacing repeats timesteps for {steps} steps of T={T}; use at most {most} steps or another spacing.")
+            most = max(
+                k for k in range(1, steps) if len(np.unique(np.floor(np.linspace(0, math.sqrt(T * 0.8), k) ** 2))) == k
+            )
+            raise ValueError(
+                f"'quad' spacing repeats timesteps for {steps} steps of T={T}; "
+                f"use at most {most} steps or another spacing."
+            )
     else:
         raise ValueError(f"Unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
     ts = [int(t) for t in ts[::-1]]
@@ -231,9 +239,11 @@ class SamplerSpec:
         diffusers would do and this sampler would silently not (Lu lambdas, say)."""
         for key, off in self.refuses.items():
             if key in config and config[key] is not None and config[key] != off:
-                raise ValueError(f"This model's scheduler config sets {key}={config[key]!r}, which diffusers honours but the "
-                                 f"{self.name!r} sampler does not implement, so its samples would differ from diffusers'. "
-                                 f"Pick another sampler, or remove {key!r} from the model's scheduler_config.json.")
+                raise ValueError(
+                    f"This model's scheduler config sets {key}={config[key]!r}, which diffusers honours but the "
+                    f"{self.name!r} sampler does not implement, so its samples would differ from diffusers'. "
+                    f"Pick another sampler, or remove {key!r} from the model's scheduler_config.json."
+                )
 
     def timesteps(self, schedule: NoiseSchedule | int, options: BaseOptions) -> list[float]:
         """The timestep of every model evaluation, in order (diffusers' ``scheduler.timesteps``), for a
@@ -257,7 +267,10 @@ class SamplerSpec:
         names = [f.name for f in dataclasses.fields(self.options)]
         unknown = [k for k in values if k not in names]
         if unknown:
-            raise ValueError(f"Sampler {self.name!r} has no option {', '.join(map(repr, unknown))}; its options are: {', '.join(names)}.")
+            raise ValueError(
+                f"Sampler {self.name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"its options are: {', '.join(names)}."
+            )
         return self.options(**values)
 
 
@@ -285,6 +298,27 @@ def get_sampler(name: str) -> SamplerSpec:
         raise ValueError(f"Unknown sampler {name!r}; available: {', '.join(SAMPLERS)}.") from None
 
 
-__all__ = ["Step", "BaseOptions", "SamplerOptions", "SamplerSpec", "SAMPLERS", "SPACINGS", "PREDICTIONS", "ModelFn",
-           "DiffusersSpacing", "Range", "OPTION_RANGES", "check_option", "check_options", "check_timesteps", "check_steps",
-           "check_offset", "trailing_timesteps", "select_timesteps", "randn_like", "clip_x0", "register", "get_sampler"]
+__all__ = [
+    "Step",
+    "BaseOptions",
+    "SamplerOptions",
+    "SamplerSpec",
+    "SAMPLERS",
+    "SPACINGS",
+    "PREDICTIONS",
+    "ModelFn",
+    "DiffusersSpacing",
+    "Range",
+    "OPTION_RANGES",
+    "check_option",
+    "check_options",
+    "check_timesteps",
+    "check_steps",
+    "check_offset",
+    "trailing_timesteps",
+    "select_timesteps",
+    "randn_like",
+    "clip_x0",
+    "register",
+    "get_sampler",
+]

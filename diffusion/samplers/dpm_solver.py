@@ -75,12 +75,26 @@ def dpm_solver_timesteps(schedule: NoiseSchedule, options: DPMSolverOptions) -> 
     return dpm_solver_plan(schedule, options)[0]
 
 
-@register("dpm-solver++", DPMSolverOptions,
-          "DPM-Solver++(2M) (Lu et al. 2022): 2nd-order multistep ODE solver (or SDE: algorithm_type), 1 evaluation per step, 20 steps",
-          dpm_solver_timesteps,
-          refuses={"use_lu_lambdas": False, "use_flow_sigmas": False, "use_dynamic_shifting": False, "lambda_min_clipped": -math.inf})
-def dpm_solver(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DPMSolverOptions,
-               generator: torch.Generator | None = None) -> Iterator[Step]:
+@register(
+    "dpm-solver++",
+    DPMSolverOptions,
+    "DPM-Solver++(2M) (Lu et al. 2022): 2nd-order multistep ODE solver (or SDE: algorithm_type), "
+    "1 evaluation per step, 20 steps",
+    dpm_solver_timesteps,
+    refuses={
+        "use_lu_lambdas": False,
+        "use_flow_sigmas": False,
+        "use_dynamic_shifting": False,
+        "lambda_min_clipped": -math.inf,
+    },
+)
+def dpm_solver(
+    model: ModelFn,
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    options: DPMSolverOptions,
+    generator: torch.Generator | None = None,
+) -> Iterator[Step]:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; orders 1 and 3 as diffusers), and with
     ``algorithm_type="sde-dpmsolver++"`` its stochastic counterpart SDE-DPM-Solver++(2M) (the same paper's
     multistep solver of the diffusion SDE), as diffusers' ``DPMSolverMultistepScheduler``: the same seed gives
@@ -108,9 +122,17 @@ def dpm_solver(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options
         # (3) The SDE's noise z ~ N(0, I), drawn at every step (the last too), in float32 as diffusers draws it.
         z = randn_like(x.to(torch.float32), generator).to(x.dtype) if sde else None
         # (4) The order: 1 on the first step and on a last step to sigma = 0 or of a short run; up to solver_order.
-        lower_final = i == n - 1 and (o.euler_at_final or (o.lower_order_final and n < 15) or o.final_sigmas_type == "zero")
+        lower_final = i == n - 1 and (
+            o.euler_at_final or (o.lower_order_final and n < 15) or o.final_sigmas_type == "zero"
+        )
         lower_second = i == n - 2 and o.lower_order_final and n < 15
-        order = 1 if o.solver_order == 1 or i < 1 or lower_final else 2 if o.solver_order == 2 or i < 2 or lower_second else 3
+        order = (
+            1
+            if o.solver_order == 1 or i < 1 or lower_final
+            else 2
+            if o.solver_order == 2 or i < 2 or lower_second
+            else 3
+        )
         a_t, s_t, s_s = alpha[i + 1], sigma[i + 1], sigma[i]
         h = lam[i + 1] - lam[i]  # inf when landing on the data
         # (5) D0 = x_theta_i and, from order 2, its divided differences over lambda: r_k = h_{i-k} / h,
@@ -132,7 +154,10 @@ def dpm_solver(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options
             phi = math.expm1(-h)  # e^{-h} - 1
             x_prev = (s_t / s_s) * x - (a_t * phi) * x0
             if d1 is not None:
-                x_prev = x_prev + (-0.5 * (a_t * phi) if order == 2 and o.solver_type == "midpoint" else a_t * (phi / h + 1.0)) * d1
+                x_prev = (
+                    x_prev
+                    + (-0.5 * (a_t * phi) if order == 2 and o.solver_type == "midpoint" else a_t * (phi / h + 1.0)) * d1
+                )
             if d2 is not None:
                 x_prev = x_prev - (a_t * ((phi + h) / h**2 - 0.5)) * d2
         else:
@@ -142,7 +167,15 @@ def dpm_solver(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options
             psi = -math.expm1(-2 * h)  # 1 - e^{-2h}
             x_prev = (s_t / s_s * math.exp(-h)) * x + (a_t * psi) * x0
             if d1 is not None:
-                x_prev = x_prev + (0.5 * (a_t * psi) if order == 2 and o.solver_type == "midpoint" else a_t * (psi / (-2 * h) + 1.0)) * d1
+                x_prev = (
+                    x_prev
+                    + (
+                        0.5 * (a_t * psi)
+                        if order == 2 and o.solver_type == "midpoint"
+                        else a_t * (psi / (-2 * h) + 1.0)
+                    )
+                    * d1
+                )
             if d2 is not None:
                 x_prev = x_prev + (a_t * ((psi - 2 * h) / (2 * h) ** 2 - 0.5)) * d2
             x_prev = x_prev + (s_t * math.sqrt(psi)) * z

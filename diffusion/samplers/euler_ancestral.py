@@ -30,9 +30,13 @@ def euler_ancestral_timesteps(schedule: NoiseSchedule, options: EulerAncestralOp
     return [float(t) for t in noise_levels(schedule, options)[0]]
 
 
-@register("euler-ancestral", EulerAncestralOptions,
-          "Euler ancestral (k-diffusion): Euler step down to sigma_down, then fresh noise up to sigma_next, 1 evaluation per step",
-          euler_ancestral_timesteps)
+@register(
+    "euler-ancestral",
+    EulerAncestralOptions,
+    "Euler ancestral (k-diffusion): Euler step down to sigma_down, then fresh noise up to sigma_next, "
+    "1 evaluation per step",
+    euler_ancestral_timesteps,
+)
 def euler_ancestral(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: EulerAncestralOptions,
                     generator: torch.Generator | None = None) -> Iterator[Step]:
     """Ancestral Euler steps, as diffusers' ``EulerAncestralDiscreteScheduler`` (k-diffusion's
@@ -55,7 +59,8 @@ def euler_ancestral(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, op
         # (2) D(x; sigma) from the model, which sees the variance-preserving input x_sigma / sqrt(sigma^2 + 1).
         out = model(x_t, float(t))
         x0 = denoised(o.prediction_type, out, x, sigma)
-        # (3) sigma_up = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2), sigma_down = sqrt(sigma_next^2 - sigma_up^2).
+        # (3) sigma_up = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2),
+        #     sigma_down = sqrt(sigma_next^2 - sigma_up^2).
         sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
         sigma_down = math.sqrt(max(sigma_next**2 - sigma_up**2, 0.0))
         # (4) The Euler step to sigma_down with d = (x - D(x; sigma)) / sigma, then noise up to sigma_next.

@@ -48,7 +48,8 @@ def heun(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: Heun
     x_t = x * vp_scale(sigmas[0])
     for i, t in enumerate(ts):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        # (1) D(x_i; sigma_i) and the Euler step: d_i = (x_i - D) / sigma_i, x' = x_i + (sigma_next - sigma_i) d_i (lines 4-5).
+        # (1) D(x_i; sigma_i) and the Euler step: d_i = (x_i - D) / sigma_i,
+        #     x' = x_i + (sigma_next - sigma_i) d_i (lines 4-5).
         x0 = clip_x0(denoised(o.prediction_type, model(x_t, float(t)), x, sigma), o)
         d = (x - x0) / sigma
         dt = sigma_next - sigma

@@ -41,7 +41,10 @@ class NoiseLevelOptions(BaseOptions):
         super().__post_init__()
         on = [k for k in NOISE_LEVEL_OPTIONS if getattr(self, k)]
         if len(on) > 1:
-            raise ValueError(f"Only one of {', '.join(NOISE_LEVEL_OPTIONS)} can be true (diffusers refuses more); got {' and '.join(on)}.")
+            raise ValueError(
+                f"Only one of {', '.join(NOISE_LEVEL_OPTIONS)} can be true (diffusers refuses more); "
+                f"got {' and '.join(on)}."
+            )
 
 
 def uses_noise_levels(options: BaseOptions) -> bool:
@@ -66,7 +69,8 @@ def convert_sigmas(sigmas: np.ndarray, options: BaseOptions, sigma_min: float | 
     hi = float(sigmas[0]) if sigma_max is None else sigma_max
     ramp = np.linspace(0, 1, N)
     if getattr(options, "use_karras_sigmas", False):
-        # (1) Karras et al. eq. 5: sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
+        # (1) Karras et al. eq. 5:
+        #     sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
         return (hi ** (1 / RHO) + ramp * (lo ** (1 / RHO) - hi ** (1 / RHO))) ** RHO
     if getattr(options, "use_exponential_sigmas", False):
         # (2) Log-uniform: log sigma_i = log sigma_max + i / (N - 1) (log sigma_min - log sigma_max).

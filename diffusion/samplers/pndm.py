@@ -29,8 +29,10 @@ class PNDMOptions(BaseOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.skip_prk_steps and self.num_inference_steps < RK_STEPS + 1:
-            raise ValueError(f"PNDM's Runge-Kutta warm-up takes {RK_STEPS} steps and needs at least {RK_STEPS + 1} in all, "
-                             f"got {self.num_inference_steps}; use more steps or skip_prk_steps=True (pure PLMS).")
+            raise ValueError(
+                f"PNDM's Runge-Kutta warm-up takes {RK_STEPS} steps and needs at least {RK_STEPS + 1} in all, "
+                f"got {self.num_inference_steps}; use more steps or skip_prk_steps=True (pure PLMS)."
+            )
 
 
 def pndm_timesteps(schedule: NoiseSchedule, options: PNDMOptions) -> list[int]:
@@ -66,7 +68,8 @@ def pndm(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: PNDM
 
     def transfer(x: torch.Tensor, t: int, t_prev: int, out: torch.Tensor) -> torch.Tensor:
         # (1) The transfer part phi(x_t, eps, t, t_prev) (Liu et al. 2022, eq. 9): the DDIM step with the given epsilon,
-        #     x_prev = sqrt(a' / a) x - (a' - a) eps / (a sqrt(1 - a') + sqrt(a (1 - a) a')),  a = abar_t, a' = abar_prev.
+        #     x_prev = sqrt(a' / a) x - (a' - a) eps / (a sqrt(1 - a') + sqrt(a (1 - a) a')),
+        #     a = abar_t, a' = abar_prev.
         a = schedule.alphas_cumprod[t].item()  # t in 0..T-1: "trailing" keeps N timesteps (no t = -1, see base)
         a_prev = schedule.abar(t_prev, final).item()
         eps = to_x0_eps(o.prediction_type, out, x, a)[1]
@@ -103,7 +106,8 @@ def pndm(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: PNDM
         x = x_prev
         start = 1
     for i in range(start, len(ts)):  # N steps
-        # (4) PLMS: the pseudo linear multi-step formula of the last (up to) four outputs, then the transfer to t - T // N.
+        # (4) PLMS: the pseudo linear multi-step formula of the last (up to) four outputs,
+        #     then the transfer to t - T // N.
         t = ts[i]
         e = model(x, t)
         ets = (ets + [e])[-4:]
