@@ -3,20 +3,21 @@
 Measures, for the Sample endpoint with DDIM (default 16 images, 50 steps, eta 0):
   * first preview: from submitting the request to the first streamed x0 preview arriving;
   * result: from submitting to the result message arriving, and to its images fetched (the client does
-    not download files itself; the benchmark fetches the picture, the gallery tiles and the PNG grid in
-    parallel, as a browser does);
+    not download files itself; the benchmark fetches the picture and the PNG grid in parallel, as a
+    browser does);
   * result over sampler: the result time over the seconds the server spent in the sampler itself (the
     baseline of the same run: what the studio adds around the library).
 Targets on a 2-core CPU with the bundled model: first preview <= 1 s, 16-image DDIM-50 result <= 5 s.
 
-    python benchmarks/app_latency.py                          # starts `python app.py` itself
-    python benchmarks/app_latency.py --model /path/to/model   # ... with another default model
-    python benchmarks/app_latency.py --url http://127.0.0.1:7860/   # an app already running
+    python -m benchmarks.app_latency                          # starts `python app.py` itself
+    python -m benchmarks.app_latency --model /path/to/model   # ... with another default model
+    python -m benchmarks.app_latency --no-compile             # ... eager only (COMPILE=0)
+    python -m benchmarks.app_latency --url http://127.0.0.1:7860/   # an app already running
 
-The server compiles the model with torch.compile in the background (app.py; COMPILE=0 turns it off)
-and answers eagerly until then. The first request is measured as soon as the server answers (eager,
-while it compiles); then the benchmark waits until the server reports the batch size compiled (probing
-with 1-step requests) and measures ``--repeats`` requests. Each line says which path served it.
+The server uses the model's ahead-of-time compiled UNet where one was built (``python -m
+diffusion.compiled MODEL``; ``scripts/setup.sh`` builds the bundled model's) and runs eagerly otherwise;
+each line says which path served it. The first request is measured as soon as the server answers, then
+``--repeats`` more.
 
 Prints one line per request and a JSON summary (medians of the repeats) at the end.
 """
@@ -119,11 +120,11 @@ def measure(client, images: int, steps: int, seed: int, timeout: float) -> dict:
         time.sleep(0.01)  # 10 ms resolution; polling faster steals CPU from the app on a 2-core machine
     result = job.result()
     total = time.perf_counter() - t0
-    size = fetch_all(file_urls(result[:3]))  # the picture, the gallery, the PNG grid
+    info = next(v for v in result if isinstance(v, str) and "model evaluations" in v)
+    size = fetch_all(file_urls([v for v in result if v is not info]))  # the picture and the PNG grid
     with_files = time.perf_counter() - t0
-    info = result[3]
     sampler_s = float(re.search(r"([0-9.]+) s \(", info).group(1))
-    mode = "compiled" if info.rstrip().endswith("compiled") else "eager (compiling)" if "compiling" in info else "eager"
+    mode = "compiled" if info.rstrip().endswith("compiled") else "eager"
     return {
         "first_preview_s": first if first is not None else total,
         "result_s": total,
@@ -143,21 +144,6 @@ def describe(m: dict, images: int, steps: int) -> str:
     )
 
 
-def wait_compiled(client, images: int, timeout: float) -> float | None:
-    """Seconds until a 1-step request of ``images`` images reports "compiled" (None: not within
-    ``timeout``, or the server does not compile)."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        job = client.submit(sampler="ddim", steps=1, eta=0.0, num_images=images, seed=0, api_name="/sample")
-        info = job.result()[3]
-        if info.rstrip().endswith("compiled"):
-            return time.perf_counter() - t0
-        if "compiling" not in info:
-            return None
-        time.sleep(10)  # probes closer together would keep the server busy: it compiles only when idle
-    return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="an app already running (otherwise `python app.py` is started)")
@@ -168,7 +154,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120, help="seconds allowed per request")
-    parser.add_argument("--compile-timeout", type=float, default=900, help="seconds to wait for the server's compile")
     args = parser.parse_args()
 
     from gradio_client import Client
@@ -181,14 +166,11 @@ def main() -> None:
         t_start = time.perf_counter()
         wait_ready(url, proc, 180)
         client = Client(url, verbose=False, download_files=False)
-        print(f"server ready after {time.perf_counter() - t_start:.1f} s", flush=True)
+        ready_after = time.perf_counter() - t_start
+        print(f"server ready after {ready_after:.1f} s", flush=True)
         m = measure(client, args.images, args.steps, 100, args.timeout)
         first_request = {k: round(v, 3) if isinstance(v, float) else v for k, v in m.items()}
         print("first request: " + describe(m, args.images, args.steps), flush=True)
-        waited = wait_compiled(client, args.images, args.compile_timeout)
-        compiled_after = None if waited is None else round(time.perf_counter() - t_start, 1)
-        if compiled_after is not None:
-            print(f"compiled for {args.images} images {compiled_after} s after the server started", flush=True)
         runs = []
         for r in range(args.repeats):
             runs.append(measure(client, args.images, args.steps, r, args.timeout))
@@ -204,7 +186,7 @@ def main() -> None:
             "images": args.images,
             "steps": args.steps,
             "first_request": first_request,
-            "compiled_after_s": compiled_after,
+            "ready_after_s": round(ready_after, 1),
             "modes": sorted({m["mode"] for m in runs}),
             **{k: round(v, 3) for k, v in med.items()},
             # the baseline of the same runs: the sampler's own time on the server

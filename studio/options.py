@@ -141,27 +141,18 @@ class OptionControls:
         defaults = {s: dataclasses.asdict(default_options(pipe, s)) for s in SAMPLERS}
         own = sampler_fields(sampler)
         self.controls: dict[str, gr.components.Component] = {}
+
+        def add(name: str) -> None:
+            hint, value = own.get(name, self.fields[name]), self._value(name, sampler, defaults)
+            self.controls[name] = self._control(name, hint, value, name in own, T, self._elem_id(name))
+
         for name in (k for k in self.fields if k in PRIMARY_OPTIONS):
-            self.controls[name] = self._control(
-                name,
-                own.get(name, self.fields[name]),
-                self._value(name, sampler, defaults),
-                name in own,
-                T,
-                self._elem_id(name),
-            )
+            add(name)
         advanced = [k for k in self.fields if k not in PRIMARY_OPTIONS]
         if advanced:
             with gr.Accordion("Advanced sampler options (defaults: the model's scheduler config)", open=False):
                 for name in advanced:
-                    self.controls[name] = self._control(
-                        name,
-                        own.get(name, self.fields[name]),
-                        self._value(name, sampler, defaults),
-                        name in own,
-                        T,
-                        self._elem_id(name),
-                    )
+                    add(name)
 
     def _elem_id(self, name: str) -> str:
         return f"{self.prefix or 's_'}{API_NAMES.get(name, name)}"

@@ -39,6 +39,21 @@ def launch_kwargs() -> dict[str, Any]:
     return dict(theme=gr.themes.Soft(**THEME_FONTS), css=CSS, state_session_capacity=64)
 
 
+def compare_panel(pipe: Any, panel: str, sampler: str) -> tuple[OptionControls, gr.Image]:
+    """One Compare panel: its sampler controls (prefixed ``a_`` / ``b_``) above its picture."""
+    with gr.Column():
+        controls = OptionControls(pipe, sampler, f"{panel}_", f"Panel {panel.upper()} sampler")
+        image = gr.Image(
+            label=f"Panel {panel.upper()}",
+            type="filepath",
+            format="png",
+            interactive=False,
+            elem_id=f"compare-{panel}",
+            height=360,
+        )
+    return controls, image
+
+
 def build_app(studio: Studio) -> gr.Blocks:
     """The Blocks app over ``studio`` (whose default model is loaded here, if it can be)."""
     try:
@@ -111,26 +126,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     c_go = gr.Button("Compare", variant="primary", scale=2)
                     c_stop = gr.Button("Stop", variant="stop", scale=1)
                 with gr.Row():
-                    with gr.Column():
-                        a_opts = OptionControls(pipe, "ddpm", "a_", "Panel A sampler")
-                        c_img_a = gr.Image(
-                            label="Panel A",
-                            type="filepath",
-                            format="png",
-                            interactive=False,
-                            elem_id="compare-a",
-                            height=360,
-                        )
-                    with gr.Column():
-                        b_opts = OptionControls(pipe, "ddim", "b_", "Panel B sampler")
-                        c_img_b = gr.Image(
-                            label="Panel B",
-                            type="filepath",
-                            format="png",
-                            interactive=False,
-                            elem_id="compare-b",
-                            height=360,
-                        )
+                    a_opts, c_img_a = compare_panel(pipe, "a", "ddpm")
+                    b_opts, c_img_b = compare_panel(pipe, "b", "ddim")
                 c_progress = gr.Markdown("", elem_id="c-progress", min_height=44)
                 c_md = gr.Markdown("Press **Compare**.")
                 with gr.Row():

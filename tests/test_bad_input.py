@@ -42,9 +42,10 @@ def option_cases():
             hint = hints[f.name]
             if hint is float:
                 bad = [(math.nan, "finite number"), (math.inf, "finite number"), (-math.inf, "finite number"),
-                       ("0.5", "finite number"), (True, "finite number")]
+                       ("half", "finite number"), ("nan", "finite number"), (True, "finite number")]
             elif hint is int:
-                bad = [(2.5, "whole number"), ("3", "whole number"), (True, "whole number"), (math.nan, "whole number")]
+                bad = [(2.5, "whole number"), ("2.5", "whole number"), ("three", "whole number"), (True, "whole number"),
+                       (math.nan, "whole number")]
             elif hint is bool:
                 bad = [("maybe", "true or false"), (1, "true or false"), (None, "true or false")]
             elif typing.get_origin(hint) is typing.Literal:
@@ -59,6 +60,15 @@ def option_cases():
 def test_every_samplers_options_are_checked_by_type(sampler, option, value, message):
     with pytest.raises(ValueError, match=message):
         get_sampler(sampler).make_options(**{option: value})
+
+
+def test_option_text_is_typed_by_the_one_coercion():
+    """Text from a command line (``--option steps_offset=1``) and a number widget's floats become the
+    option's type through diffusion.typed.coerce, which every caller shares."""
+    opts = get_sampler("ddim").make_options(num_inference_steps="20", eta="0.5", clip_sample="false", steps_offset=1.0)
+    assert (opts.num_inference_steps, opts.eta, opts.clip_sample, opts.steps_offset) == (20, 0.5, False, 1)
+    assert type(opts.num_inference_steps) is int and type(opts.eta) is float
+    assert get_sampler("dpm-solver++").make_options(solver_order="3").solver_order == 3  # an int Literal from text
 
 
 @pytest.mark.parametrize(
@@ -302,7 +312,7 @@ CLI_CASES = {
     "eta nan": (["--eta", "nan"], "eta must be a finite number, got nan", False),
     "eta 1e400": (["--eta", "1e400"], "eta must be a finite number, got inf", False),
     "eta negative": (["--eta", "-0.5"], "eta must be between 0 and 1", False),
-    "spacing not a choice": (["--option", "timestep_spacing=5"], "timestep_spacing=5 is not one of", False),
+    "spacing not a choice": (["--option", "timestep_spacing=5"], "timestep_spacing='5' is not one of", False),
     "option without =": (["--option", "steps_offset"], "--option wants KEY=VALUE, got 'steps_offset'", False),
     "unknown option": (["--option", "etta=0.5"], "Sampler 'ddim' has no option 'etta'", False),
     "steps past T": (["--steps", "5000"], "between 1 and 1000", False),
