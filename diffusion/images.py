@@ -12,6 +12,11 @@ from PIL import Image
 from .files import atomic_write
 
 
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] to image space [0, 1], as diffusers' pipelines finish."""
+    return (x / 2 + 0.5).clamp(0, 1)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[0, 1] images (N, C, H, W) to uint8 (N, H, W, C)."""
     return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

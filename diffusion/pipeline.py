@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from . import compiled, hub
 from .files import CheckpointError
+from .images import to_unit
 from .samplers import BaseOptions, Step, get_sampler
 from .schedule import NoiseSchedule
 from .unet import UNet, build_unet
@@ -271,7 +272,3 @@ def load(
         source, revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device
     )
 
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Model space [-1, 1] to image space [0, 1], as diffusers' pipelines finish."""
-    return (x / 2 + 0.5).clamp(0, 1)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .files import atomic_write
-from .pipeline import to_unit
+from .images import to_unit
 from .samplers import Step
 from .schedule import NoiseSchedule
 

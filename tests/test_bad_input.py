@@ -44,8 +44,8 @@ def option_cases():
                 bad = [(math.nan, "finite number"), (math.inf, "finite number"), (-math.inf, "finite number"),
                        ("half", "finite number"), ("nan", "finite number"), (True, "finite number")]
             elif hint is int:
-                bad = [(2.5, "whole number"), ("2.5", "whole number"), ("three", "whole number"), (True, "whole number"),
-                       (math.nan, "whole number")]
+                bad = [(2.5, "whole number"), ("2.5", "whole number"), ("three", "whole number"),
+                       (True, "whole number"), (math.nan, "whole number")]
             elif hint is bool:
                 bad = [("maybe", "true or false"), (1, "true or false"), (None, "true or false")]
             elif typing.get_origin(hint) is typing.Literal:

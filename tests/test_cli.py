@@ -39,11 +39,12 @@ def test_cli_dpm_solver_with_karras_sigmas_runs_as_diffusers(tmp_path, layout, r
     with use_karras_sigmas=True from the same scheduler config, UNet and seed."""
     from diffusers import DPMSolverMultistepScheduler
 
+    import diffusion.pipeline
     import diffusion.sample as cli
 
     path, unet = request.getfixturevalue(f"{layout}_checkpoint")
     raw = []
-    monkeypatch.setattr(cli, "to_unit", lambda x: raw.append(x) or to_unit(x))
+    monkeypatch.setattr(diffusion.pipeline, "to_unit", lambda x: raw.append(x) or to_unit(x))
     assert (
         cli.main(
             [

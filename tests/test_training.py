@@ -298,8 +298,8 @@ BAD_CONFIGS = {
         "dataset='imagenet' is unknown; choose one of mnist, fashion-mnist, cifar10, folder",
     ),
     "negative lr": (["--lr=-1e-4"], "lr must be positive, got -0.0001"),
-    "lr not a number": (["--lr=fast"], "lr must be a number, got 'fast'"),
-    "steps not an integer": (["--steps=1.5"], "steps must be an integer, got 1.5"),
+    "lr not a number": (["--lr=fast"], "lr must be a finite number, got 'fast'"),
+    "steps not an integer": (["--steps=1.5"], "steps must be a whole number, got 1.5"),
     "bool not true/false": (["--random_flip=yes"], "random_flip must be true or false, got 'yes'"),
     "size the UNet cannot halve": (
         ["--image_size=15"],
