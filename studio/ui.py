@@ -12,6 +12,8 @@ import gradio as gr
 
 from diffusion.samplers import SAMPLERS
 
+from .explore import Explore
+from .explore_ui import explore_tab
 from .handlers import NO_RUN, Studio
 from .options import OptionControls, check_count
 from .settings import MAX_IMAGES, MAX_SEED, STATE_TTL_S
@@ -191,6 +193,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     file_count="multiple",
                     interactive=False,
                 )
+
+            explore_tab(Explore(studio), model, load_event, model_event, gpu_task)
 
         dice_js = "() => Math.floor(Math.random() * 2147483647)"
         s_dice.click(None, None, s_seed, js=dice_js, **private)

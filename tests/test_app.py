@@ -567,7 +567,7 @@ def served(tiny_model):
 def test_client_sees_two_named_endpoints(served):
     client, _, _ = served
     info = client.view_api(return_format="dict", print_info=False)
-    assert set(info["named_endpoints"]) == {"/sample", "/compare"}
+    assert set(info["named_endpoints"]) == {"/sample", "/compare", "/interpolate", "/reconstruct", "/consistency"}
     names = [p["parameter_name"] for p in info["named_endpoints"]["/sample"]["parameters"]]
     assert names[:4] == ["model", "sampler", "seed", "num_images"] and {
         "steps",
@@ -750,3 +750,94 @@ def test_served_app_keeps_gradio_cache_bounded(served, monkeypatch):
     after = count_files(root) - count_files(root / "studio")
     new = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "studio" not in p.parts)
     assert after <= before + 2, new[-20:]  # results are served in place, not copied
+
+
+# ------------------------------------------------------------------------------------------- explore
+
+
+@pytest.fixture(scope="module")
+def explore(studio):
+    from studio.explore import Explore
+
+    return Explore(studio)
+
+
+def a_picture(tmp_path: Path, name: str = "img.png", size: int = 40, mode: str = "RGB") -> str:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (size, size, 3 if mode == "RGB" else 1), dtype=np.uint8)
+    path = tmp_path / name
+    Image.fromarray(arr.squeeze(-1) if mode == "L" else arr).save(path)
+    return str(path)
+
+
+def test_explore_interpolates_between_seeds_and_between_images(explore, tmp_path):
+    outs = run_all(explore.interpolate(explore.studio.default_model, 3, 4, 5, 4))
+    strip, gif, info = outs[-1]
+    assert png(strip).shape[1] >= settings.DISPLAY_PX and "5 frames" in info and "seeds 3 and 4" in info
+    import imageio.v3 as iio
+
+    assert iio.imread(gif, index=None).shape[0] == 5 + 3  # there and back
+    # the ends are the seeds' own DDIM samples
+    alone = [
+        png(run_all(explore.studio.sample(explore.studio.default_model, "ddim", s, 1, steps=4, eta=0.0))[-1][0])
+        for s in (3, 4)
+    ]
+    tiles = png(strip)
+    assert tiles.shape[0] > 0 and not np.array_equal(alone[0], alone[1])
+    img = a_picture(tmp_path)
+    outs = run_all(
+        explore.interpolate(
+            explore.studio.default_model, 0, 0, 3, 3, image_a=img, image_b=a_picture(tmp_path, "b.png", mode="L")
+        )
+    )
+    assert "images' DDIM latents" in outs[-1][2]
+    with pytest.raises(gr.Error, match="Frames"):
+        next(explore.interpolate(explore.studio.default_model, 0, 1, 1, 4))
+    with pytest.raises(gr.Error, match="image B"):
+        next(explore.interpolate(explore.studio.default_model, 0, 1, 3, 4, image_a=img))
+
+
+def test_explore_reconstructs_an_image_and_refuses_bad_uploads(explore, tmp_path):
+    *_, (inp, latent, recon, info) = run_all(explore.reconstruct(explore.studio.default_model, a_picture(tmp_path), 5))
+    assert png(inp).shape == png(latent).shape == png(recon).shape and "per-dimension MSE" in info
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    for path, message in [
+        (None, "Upload"),
+        (str(not_image), "not an image"),
+        (str(tmp_path / "gone.png"), "not an image"),
+    ]:
+        with pytest.raises(gr.Error, match=message):
+            next(explore.reconstruct(explore.studio.default_model, path, 5))
+    big = tmp_path / "big.png"
+    Image.new("L", (5000, 5000)).save(big)
+    with pytest.raises(gr.Error, match="at most 4096"):
+        next(explore.reconstruct(explore.studio.default_model, str(big), 5))
+    with pytest.raises(gr.Error, match="whole number"):
+        next(explore.reconstruct(explore.studio.default_model, a_picture(tmp_path), 2.5))
+    fig, table = run_all(explore.error_curve(explore.studio.default_model, a_picture(tmp_path)))[-1]
+    assert len(fig.axes) == 1 and "| steps | 10 | 20 | 50 | 100 |" in table
+
+
+def test_explore_consistency_one_row_per_step_count(explore):
+    *_, (grid, info) = run_all(explore.consistency(explore.studio.default_model, 2, 3, [10, 5]))
+    assert "5, 10 steps" in info and Image.open(grid).size[1] > 0
+    with pytest.raises(gr.Error, match="at least one"):
+        next(explore.consistency(explore.studio.default_model, 2, 3, []))
+    studio = make_studio(explore.studio.default_model, max_work=1000)
+    from studio.explore import Explore
+
+    with pytest.raises(gr.Error, match="budget"):
+        next(Explore(studio).consistency(studio.default_model, 0, 8, [1000]))
+
+
+def test_client_explore_endpoints(served, tmp_path):
+    from gradio_client import handle_file
+
+    client, _, _ = served
+    strip, gif, info = client.predict(seed_a=1, seed_b=2, frames=4, steps=3, api_name="/interpolate")
+    assert Image.open(strip).size[0] >= settings.DISPLAY_PX and "4 frames" in info
+    inp, latent, recon, info = client.predict(image=handle_file(a_picture(tmp_path)), steps=3, api_name="/reconstruct")
+    assert "MSE" in info and Image.open(recon).size == Image.open(inp).size
+    grid, info = client.predict(seed=0, num_images=2, counts=[10, 20], api_name="/consistency")
+    assert "10, 20 steps" in info

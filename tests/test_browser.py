@@ -16,8 +16,15 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 TIMEOUT_MS = 180_000  # generous: the test machine's CPU is shared with training runs
 
 
@@ -33,8 +40,12 @@ def launch_studio(model: str, compile: bool = False):
 
 
 def boxes_overlap(a: dict, b: dict) -> bool:
-    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
-            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and b["y"] < a["y"] + a["height"]
+    )
 
 
 def open_browser(playwright):
@@ -97,12 +108,19 @@ def test_generate_compare_and_denoising_in_chromium(studio_url):
             expect(page.locator("#d-mp4 video")).to_be_visible(timeout=TIMEOUT_MS)
             gif, mp4 = page.locator("#d-gif").bounding_box(), page.locator("#d-mp4").bounding_box()
             assert gif and mp4 and not boxes_overlap(gif, mp4), (gif, mp4)  # the two animations side by side
+
+            page.get_by_role("tab", name="Explore").click()
+            slider_value(page, "i_steps", 3)
+            slider_value(page, "i_frames", 4)
+            page.get_by_role("button", name="Interpolate", exact=True).click()
+            expect(page.locator("#i-strip img")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.get_by_text("4 frames")).to_be_visible(timeout=TIMEOUT_MS)
         finally:
             browser.close()
 
 
 def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
-    """Screenshots of the three tabs with the app's defaults (16 images DDIM 50; DDPM 1000 vs DDIM 50)."""
+    """Screenshots of the tabs with the app's defaults (16 images DDIM 50; DDPM 1000 vs DDIM 50; Explore)."""
     from playwright.sync_api import expect, sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +128,13 @@ def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
 
     configure_threads()  # CPU_CORES, or the cores this process may use
     demo, url = launch_studio(model, compile=True)
-    paths = [out / "studio-sample.png", out / "studio-compare.png", out / "studio-denoising.png"]
+    paths = [
+        out / "studio-sample.png",
+        out / "studio-compare.png",
+        out / "studio-denoising.png",
+        out / "studio-explore-reconstruct.png",
+        out / "studio-explore-interpolate.png",
+    ]
     try:
         with sync_playwright() as p:
             browser = open_browser(p)
@@ -134,6 +158,20 @@ def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
             expect(page.get_by_text("Speed-up")).to_be_visible(timeout=15 * 60_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=paths[1], full_page=True)
+            page.get_by_role("tab", name="Explore").click()
+            page.get_by_role("button", name="Interpolate", exact=True).click()
+            expect(page.get_by_text("frames** slerped")).to_be_visible(timeout=15 * 60_000)
+            page.get_by_role("tab", name="Invert and reconstruct").click()
+            page.locator(".gallery-item").first.click()  # the first bundled example
+            page.get_by_role("button", name="Invert and reconstruct", exact=True).click()
+            expect(page.get_by_text("per-dimension MSE")).to_be_visible(timeout=15 * 60_000)
+            page.get_by_role("button", name="Error against steps (10, 20, 50, 100)").click()
+            expect(page.get_by_text("MSE per dimension |")).to_be_visible(timeout=15 * 60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=paths[3], full_page=True)
+            page.get_by_role("tab", name="Interpolate").click()
+            page.wait_for_timeout(500)
+            page.screenshot(path=paths[4], full_page=True)
             browser.close()
     finally:
         demo.close()

@@ -1,0 +1,284 @@
+"""The Explore tab's handlers: x_T as DDIM's latent code (Song et al. 2021, Sec. 5.2-5.4) through
+:mod:`diffusion.latents`: interpolation between seeds or images, inversion and reconstruction of an
+image, and one x_T decoded at several step counts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import gradio as gr
+import torch
+
+import diffusion
+from diffusion import latents
+from diffusion.images import images_to_tensor, read_images, save_grid, scale_to_unit
+from diffusion.samplers import Step
+
+from . import media
+from .handlers import Studio
+from .options import check_count
+from .runs import Throttle, time_left
+from .settings import DISPLAY_PX, MAX_SEED, PROGRESS_EVERY_S
+
+EXAMPLES = Path(__file__).resolve().parent / "examples"  # real Fashion-MNIST test images, one per class
+MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_UPLOAD_PIXELS = 4096 * 4096
+CONSISTENCY_STEPS = (10, 20, 50, 100, 1000)
+ERROR_STEPS = (10, 20, 50, 100)
+MAX_FRAMES = 16
+
+
+def example_images() -> list[str]:
+    """The bundled example images (Fashion-MNIST's test split, one per class)."""
+    return sorted(str(p) for p in EXAMPLES.glob("*.png"))
+
+
+def read_upload(path: str | None, pipe: diffusion.DiffusionPipeline, what: str = "the image") -> torch.Tensor:
+    """An uploaded image file as the model's input (1, C, H, W) in [0, 1], or gr.Error saying what is wrong."""
+    if not path:
+        raise gr.Error(f"Upload {what} (or pick an example) first.")
+    p = Path(path)
+    size = p.stat().st_size if p.is_file() else 0
+    if size > MAX_UPLOAD_BYTES:
+        raise gr.Error(
+            f"{what.capitalize()} is {size / 2**20:.0f} MB; upload one under {MAX_UPLOAD_BYTES // 2**20} MB."
+        )
+    try:
+        (image,) = read_images(p, limit=1)
+    except ValueError:
+        raise gr.Error(f"{what.capitalize()} is not an image this app can read; upload a PNG, JPEG or WebP.") from None
+    if image.width * image.height > MAX_UPLOAD_PIXELS:
+        raise gr.Error(f"{what.capitalize()} is {image.width}×{image.height} pixels; upload one of at most 4096×4096.")
+    c, h, _ = pipe.image_shape
+    return images_to_tensor([image], c, h).to(pipe.device)
+
+
+class Explore:
+    """Handlers of the Explore tab over a :class:`Studio`'s models, budget and temp folders."""
+
+    def __init__(self, studio: Studio) -> None:
+        self.studio = studio
+
+    def _pipe(self, model: str, steps: Any) -> tuple[diffusion.DiffusionPipeline, Any]:
+        pipe = self.studio.store.get(model)
+        steps = check_count(steps, "Steps", 1, pipe.schedule.num_train_timesteps)
+        try:
+            options = latents.decode_options(pipe, num_inference_steps=steps, eta=0.0)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        return pipe, options
+
+    def _check_work(self, pipe: diffusion.DiffusionPipeline, model: str, images: int, evaluations: int) -> None:
+        self.studio.store.check_work(pipe, images, evaluations, self.studio.store.name(model))
+
+    def _drive(
+        self,
+        steps: Iterator[Step],
+        total: int,
+        done: int,
+        grand_total: int,
+        label: str,
+        progress: gr.Progress,
+        start: float,
+    ) -> Iterator[Step]:
+        """Run a step iterator with progress (``done`` of ``grand_total`` steps before it), yielding each step."""
+        tick = Throttle(PROGRESS_EVERY_S)
+        for i, step in enumerate(steps, 1):
+            if tick(i == total):
+                progress(
+                    (done + i) / grand_total,
+                    desc=f"{label} {i}/{total} · {time_left(done + i, grand_total, time.perf_counter() - start)}",
+                )
+            yield step
+
+    def _decode(
+        self,
+        pipe: diffusion.DiffusionPipeline,
+        noise: torch.Tensor,
+        options: Any,
+        done: int,
+        grand: int,
+        label: str,
+        progress: gr.Progress,
+        start: float,
+    ) -> Iterator[torch.Tensor | None]:
+        """DDIM-decode ``noise``; yields None at every step (a cancel point), then the images in [0, 1]."""
+        last = None
+        for last in self._drive(
+            pipe.denoise("ddim", noise=noise, options=options),
+            options.num_inference_steps,
+            done,
+            grand,
+            label,
+            progress,
+            start,
+        ):
+            yield None
+        assert last is not None
+        yield diffusion.to_unit(last.x_prev).float().cpu()
+
+    def _encode(
+        self,
+        pipe: diffusion.DiffusionPipeline,
+        images: torch.Tensor,
+        options: Any,
+        done: int,
+        grand: int,
+        label: str,
+        progress: gr.Progress,
+        start: float,
+    ) -> Iterator[torch.Tensor | None]:
+        """DDIM-invert ``images``; yields None at every step, then the latents x_T."""
+        last = None
+        try:
+            steps = pipe.invert_steps(images, options=options)
+            for last in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
+                yield None
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        assert last is not None
+        yield last.x_prev
+
+    # -- Interpolate -------------------------------------------------------------------------------
+
+    def interpolate(
+        self,
+        model: str,
+        seed_a: Any,
+        seed_b: Any,
+        frames: Any,
+        steps: Any,
+        image_a: str | None = None,
+        image_b: str | None = None,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[tuple]:
+        """A strip of ``frames`` images decoded (DDIM, eta 0) from x_T slerped between two seeds' noise, or
+        between two images' latents (DDIM inversion) when both are given. Yields (strip PNG, GIF, info)."""
+        pipe, options = self._pipe(model, steps)
+        frames = check_count(frames, "Frames", 2, MAX_FRAMES)
+        use_images = bool(image_a) or bool(image_b)
+        K = options.num_inference_steps
+        grand = frames * K + (2 * K if use_images else 0)
+        self._check_work(pipe, model, frames, K + (2 * K // frames + 1 if use_images else 0))
+        start = time.perf_counter()
+        if use_images:
+            x = torch.cat([read_upload(image_a, pipe, "image A"), read_upload(image_b, pipe, "image B")])
+            for z in self._encode(pipe, x, options, 0, grand, "Encoding the images", progress, start):
+                if z is None:
+                    yield gr.skip(), gr.skip(), gr.skip()
+            ends = z
+            try:
+                w = torch.linspace(0, 1, frames, dtype=torch.float64)
+                noise = latents.slerp(ends[0], ends[1], w)
+            except ValueError as e:
+                raise gr.Error(str(e)) from None
+            how = "the two images' DDIM latents"
+        else:
+            seeds = [check_count(s, "The seed", 0, MAX_SEED) for s in (seed_a, seed_b)]
+            noise = latents.interpolation_latents(pipe, seeds, frames)
+            how = f"seeds {seeds[0]} and {seeds[1]}"
+        done = 2 * K if use_images else 0
+        for images in self._decode(pipe, noise, options, done, grand, "Decoding", progress, start):
+            if images is None:
+                yield gr.skip(), gr.skip(), gr.skip()
+        folder = self.studio.outputs.new()
+        stem = f"{media.slug(self.studio.store.name(model))}_interpolation_{K}steps"
+        save_grid(images, folder / f"{stem}_grid.png", nrow=frames)
+        strip = media.save_png(media.picture(images, DISPLAY_PX, nrow=frames), folder / f"{stem}.png")
+        tiles = [media.picture(images[i : i + 1], 192) for i in range(len(images))]
+        gif = diffusion.images.save_animation(tiles + tiles[-2:0:-1], folder / f"{stem}.gif", fps=6)
+        info = (
+            f"**{frames} frames** slerped between {how} · DDIM {K} steps, eta 0 · {time.perf_counter() - start:.1f} s"
+        )
+        yield strip, str(gif), info
+
+    # -- Invert and reconstruct --------------------------------------------------------------------
+
+    def reconstruct(
+        self, model: str, image: str | None, steps: Any, progress: gr.Progress = gr.Progress()
+    ) -> Iterator[tuple]:
+        """Encode the image into x_T (DDIM inversion) and decode it back with the same plan. Yields
+        (input, x_T shown scaled to [0, 1], reconstruction, info Markdown)."""
+        pipe, options = self._pipe(model, steps)
+        K = options.num_inference_steps
+        self._check_work(pipe, model, 1, 2 * K)
+        x = read_upload(image, pipe)
+        start = time.perf_counter()
+        for z in self._encode(pipe, x, options, 0, 2 * K, "Encoding", progress, start):
+            if z is None:
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        for recon in self._decode(pipe, z, options, K, 2 * K, "Decoding", progress, start):
+            if recon is None:
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        mse = latents.mse_per_dimension(x.cpu(), recon)
+        folder = self.studio.outputs.new()
+        pics = [
+            media.save_png(media.picture(t, 256), folder / f"{name}.png")
+            for name, t in (("input", x.cpu()), ("latent", scale_to_unit(z.cpu())), ("reconstruction", recon))
+        ]
+        info = (
+            f"DDIM inversion and reconstruction with **{K} steps** (eta 0): per-dimension MSE "
+            f"**{mse:.5f}** (images in [0, 1]) · x_T: mean {z.mean().item():+.3f}, std {z.std().item():.3f} "
+            f"(N(0, I) has 0 and 1) · {time.perf_counter() - start:.1f} s"
+        )
+        yield (*pics, info)
+
+    def error_curve(self, model: str, image: str | None, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+        """Reconstruction error against steps (10, 20, 50, 100), as in the DDIM paper's Table 2. Yields
+        (figure, Markdown table)."""
+        pipe = self.studio.store.get(model)
+        x = read_upload(image, pipe)
+        self._check_work(pipe, model, 1, 2 * sum(ERROR_STEPS))
+        grand, done, start, errors = 2 * sum(ERROR_STEPS), 0, time.perf_counter(), {}
+        for K in ERROR_STEPS:
+            _, options = self._pipe(model, K)
+            for z in self._encode(pipe, x, options, done, grand, f"{K} steps: encoding", progress, start):
+                if z is None:
+                    yield gr.skip(), gr.skip()
+            for recon in self._decode(pipe, z, options, done + K, grand, f"{K} steps: decoding", progress, start):
+                if recon is None:
+                    yield gr.skip(), gr.skip()
+            done += 2 * K
+            errors[K] = latents.mse_per_dimension(x.cpu(), recon)
+        table = "| steps | " + " | ".join(map(str, errors)) + " |\n|---|" + "---:|" * len(errors) + "\n"
+        table += "| MSE per dimension | " + " | ".join(f"{e:.5f}" for e in errors.values()) + " |"
+        table += "\n| DDIM paper, CIFAR-10 | 0.014 | 0.0065 | 0.0023 | 0.0009 |"
+        yield media.error_figure(errors), table
+
+    # -- Consistency -------------------------------------------------------------------------------
+
+    def consistency(
+        self, model: str, seed: Any, num_images: Any, counts: Sequence[Any], progress: gr.Progress = gr.Progress()
+    ) -> Iterator[tuple]:
+        """One x_T (the seed's) decoded with DDIM at each step count: a row per count. Yields (grid, info)."""
+        pipe = self.studio.store.get(model)
+        n = check_count(num_images, "The number of images", 1, 8)
+        seed = check_count(seed, "The seed", 0, MAX_SEED)
+        if not counts:
+            raise gr.Error("Pick at least one step count.")
+        T = pipe.schedule.num_train_timesteps
+        plans = [self._pipe(model, check_count(k, "Steps", 1, T))[1] for k in sorted({int(k) for k in counts})]
+        total = sum(o.num_inference_steps for o in plans)
+        self._check_work(pipe, model, n, total)
+        noise = pipe.initial_noise(n, seed)
+        start, done, rows = time.perf_counter(), 0, []
+        for options in plans:
+            K = options.num_inference_steps
+            for images in self._decode(pipe, noise, options, done, total, f"{K} steps", progress, start):
+                if images is None:
+                    yield gr.skip(), gr.skip()
+            rows.append(images)
+            done += K
+        folder = self.studio.outputs.new()
+        grid = torch.cat(rows)
+        stem = f"{media.slug(self.studio.store.name(model))}_consistency_seed{seed}"
+        save_grid(grid, folder / f"{stem}_grid.png", nrow=n)
+        shown = media.save_png(media.picture(grid, DISPLAY_PX // 2 * max(1, n // 4), nrow=n), folder / f"{stem}.png")
+        counts_text = ", ".join(str(o.num_inference_steps) for o in plans)
+        info = (
+            f"One x_T per column (seed {seed}), decoded with DDIM (eta 0) at **{counts_text} steps**, one row "
+            f"each, top to bottom · {time.perf_counter() - start:.1f} s"
+        )
+        yield shown, info
