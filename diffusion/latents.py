@@ -46,7 +46,11 @@ def check_inversion_options(options: DDIMOptions) -> None:
 def inversion_timesteps(T: int, options: DDIMOptions) -> list[tuple[int, int]]:
     """(t_from, t_to) of every encoding step, in order: ``t_to`` ascends through the DDIM sampler's
     timesteps (diffusers' ``DDIMInverseScheduler.set_timesteps``: the same plans, reversed) and
-    ``t_from = t_to - T // K`` as its ``step`` computes it (negative: the image itself)."""
+    ``t_from = t_to - T // K`` as its ``step`` computes it (negative: the image itself).
+
+    "trailing" keeps the K timesteps asked for where diffusers' float arange adds a K + 1-th, t = -1
+    (K = 61 of T = 1000 is the first): diffusers would evaluate the model at t = -1 and step to
+    alphas_cumprod[-1] there (see :func:`diffusion.samplers.base.trailing_timesteps`)."""
     check_inversion_options(options)
     K = options.num_inference_steps
     ts = select_timesteps(T, K, options.timestep_spacing, options.steps_offset)[::-1]
