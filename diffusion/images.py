@@ -87,3 +87,55 @@ def _ffmpeg_write(path: Path, frames: Sequence[np.ndarray], fps: int) -> None:
     ) as w:
         for f in frames:
             w.append_data(f)
+
+
+MAX_INPUT_IMAGES = 256  # images one reconstruction run reads (encoding and decoding all of them at once)
+
+
+def read_images(path: str | Path, limit: int = MAX_INPUT_IMAGES) -> list[Image.Image]:
+    """The image file ``path``, or the image files in the folder ``path`` sorted by name (other files are
+    skipped), loaded; ValueError for a missing path, a file that is not an image, a folder with none,
+    or more than ``limit`` of them."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder.")
+    if path.is_dir():
+        known = set(Image.registered_extensions())
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in known and p.name[0] != ".")
+        if not files:
+            raise ValueError(f"{path}: the folder holds no image files ({', '.join(sorted(known)[:6])}, ...).")
+    else:
+        files = [path]
+    if len(files) > limit:
+        raise ValueError(f"{path}: {len(files)} images; at most {limit} at a time.")
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                images.append(im.copy())
+        except (OSError, Image.DecompressionBombError) as e:
+            raise ValueError(f"{f}: not a readable image ({e}).") from None
+    return images
+
+
+def images_to_tensor(images: Sequence[Image.Image], channels: int, size: int) -> torch.Tensor:
+    """PIL images as a model's input: converted to L (1 channel) or RGB (3), resized to ``size`` x ``size``
+    (bicubic), as floats in [0, 1] of shape (n, channels, size, size)."""
+    if channels not in (1, 3):
+        raise ValueError(f"Images can be read for models of 1 or 3 channels, not {channels}.")
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for im in images:
+        im = im.convert(mode)
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(im, dtype=np.float32).reshape(size, size, channels))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() / 255.0
+
+
+def scale_to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` (n, C, H, W) stretched to [0, 1] (latents, which are not images, for display)."""
+    flat = x.detach().float().flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values
+    return ((flat - low[:, None]) / (high - low).clamp(min=1e-12)[:, None]).view_as(x)

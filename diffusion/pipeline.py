@@ -206,6 +206,67 @@ class DiffusionPipeline:
                 finals.append(to_unit(step.x_prev))
         return torch.cat(finals)
 
+    def inversion_options(self, options: BaseOptions | None = None, **overrides: Any) -> BaseOptions:
+        """DDIM options for encoding (:meth:`sampler_options` of "ddim", then the deprecated
+        ``set_alpha_to_zero`` config key as diffusers' ``DDIMInverseScheduler`` reads it); ValueError for
+        what inversion cannot honour (eta > 0, linspace or quad spacing)."""
+        from .latents import check_inversion_options
+
+        if options is None:
+            if self.scheduler_config.get("set_alpha_to_zero") is not None and overrides.get("set_alpha_to_one") is None:
+                overrides["set_alpha_to_one"] = self.scheduler_config["set_alpha_to_zero"]
+            options = self.sampler_options("ddim", **overrides)
+        check_inversion_options(options)
+        return options
+
+    def invert_steps(
+        self,
+        images: torch.Tensor,
+        num_inference_steps: int | None = None,
+        *,
+        options: BaseOptions | None = None,
+        **overrides: Any,
+    ) -> Iterator[Step]:
+        """Yield every step of encoding ``images`` ([0, 1], (n, C, H, W) as :meth:`sample` returns them)
+        into their DDIM latents x_T (Song et al. 2021, Sec. 4.3): :func:`diffusion.latents.ddim_invert`,
+        as diffusers' ``DDIMInverseScheduler`` loop with this scheduler config. The last ``x_prev`` is x_T."""
+        from .latents import check_images, ddim_invert
+
+        opts = self.inversion_options(options, num_inference_steps=num_inference_steps, **overrides)
+        check_images(images, self.image_shape)
+        self.unet.eval()
+        x = images.to(self.device, self.unet.dtype) * 2 - 1
+        yield from ddim_invert(self.model_fn(), x, self.schedule, opts)
+
+    def invert(
+        self,
+        images: torch.Tensor,
+        num_inference_steps: int | None = None,
+        *,
+        options: BaseOptions | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+        **overrides: Any,
+    ) -> torch.Tensor:
+        """The DDIM latents x_T of ``images`` (eta 0; the last step of :meth:`invert_steps`), ``batch_size``
+        images at a time. Decoding them with :meth:`sample` (``noise=``, the same options) reconstructs
+        the images (Table 2)."""
+        from .latents import check_images
+
+        opts = self.inversion_options(options, num_inference_steps=num_inference_steps, **overrides)
+        check_images(images, self.image_shape)
+        batch = batch_size or len(images)
+        latents = []
+        with tqdm(total=opts.num_inference_steps * -(-len(images) // batch), desc="invert", unit="step",
+                  disable=not progress) as bar:
+            for b in range(0, len(images), batch):
+                step = None
+                for step in self.invert_steps(images[b : b + batch], options=opts):
+                    bar.update(1)
+                assert step is not None  # at least one step: options checked
+                latents.append(step.x_prev)
+        return torch.cat(latents)
+
     @classmethod
     def from_pretrained(
         cls,

@@ -3,6 +3,12 @@
     python -m diffusion.sample --model google/ddpm-cifar10-32 --sampler ddim --steps 50 --eta 0 -n 16 --out grid.png
     python -m diffusion.sample --model checkpoints/fashion-mnist --sampler ddpm --steps 1000 --process process.png
 
+DDIM latents (Song et al. 2021, Sec. 5.2-5.4), decoded with deterministic DDIM:
+
+    python -m diffusion.sample --model M --mode interpolate --seed 1 --seed-b 2 --frames 9 --out strip.png
+    python -m diffusion.sample --model M --mode reconstruct --input images/ --steps 50 --out recon.png
+    python -m diffusion.sample --model M --mode consistency --steps 10,20,50,100,1000 -n 8 --out rows.png
+
 Defaults for every option not given are those of the checkpoint's scheduler config, as in diffusers.
 """
 
@@ -17,12 +23,14 @@ from typing import Any
 import torch
 
 from .files import CheckpointError, check_writable
-from .images import save_grid
+from .images import MAX_INPUT_IMAGES, images_to_tensor, read_images, save_grid, scale_to_unit
+from .latents import consistency, decode_options, interpolation_latents, mse_per_dimension, reconstruct
 from .pipeline import DiffusionPipeline, load
 from .samplers import SAMPLERS, SPACINGS
 from .trajectory import Trajectory
 
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
+MODES = ("sample", "interpolate", "reconstruct", "consistency")
 
 
 def _int_arg(low: int, high: int | None = None) -> Any:
@@ -43,6 +51,15 @@ def _int_arg(low: int, high: int | None = None) -> Any:
 
     parse.__name__ = "integer"
     return parse
+
+
+def _steps_list(text: str) -> list[int]:
+    """An argparse type: one step count or a comma-separated list of them (``--mode consistency``)."""
+    parse = _int_arg(1)
+    return [parse(part.strip()) for part in text.split(",")]
+
+
+_steps_list.__name__ = "step count(s)"
 
 
 def check_device(name: str) -> str:
@@ -78,8 +95,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def add_sampler_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    """--model, --sampler and the sampler options (shared with ``training.evaluate``)."""
+def add_sampler_arguments(p: argparse.ArgumentParser, model_required: bool = True, step_lists: bool = False) -> None:
+    """--model, --sampler and the sampler options (shared with ``training.evaluate``); ``step_lists``:
+    --steps also takes a comma-separated list (a list of ints then)."""
     p.add_argument(
         "--model", required=model_required, help="a model folder (diffusers layout) or a Hugging Face Hub repo id"
     )
@@ -88,9 +106,10 @@ def add_sampler_arguments(p: argparse.ArgumentParser, model_required: bool = Tru
     p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
     p.add_argument(
         "--steps",
-        type=_int_arg(1),
+        type=_steps_list if step_lists else _int_arg(1),
         default=None,
-        help="number of sampling steps (default: the sampler's: DDPM 1000, DDIM 50)",
+        help="number of sampling steps (default: the sampler's: DDPM 1000, DDIM 50)"
+        + ("; --mode consistency: a list, e.g. 10,20,50" if step_lists else ""),
     )
     p.add_argument("--eta", type=float, default=None, help="DDIM noise scale: 0 deterministic, 1 DDPM-like")
     p.add_argument(
@@ -132,12 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m diffusion.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_sampler_arguments(p)
+    add_sampler_arguments(p, step_lists=True)
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="sample",
+        help="sample; or explore DDIM latents: interpolate (--seed to --seed-b), reconstruct (--input), "
+        "consistency (one x_T at each of --steps)",
+    )
     p.add_argument("--seed", type=_int_arg(0, MAX_SEED), default=0)
+    p.add_argument("--seed-b", type=_int_arg(0, MAX_SEED), default=None, help="interpolate: the other end's seed")
+    p.add_argument("--frames", type=_int_arg(2), default=9, help="interpolate: images in the strip, ends included")
+    p.add_argument(
+        "--input", default=None, help=f"reconstruct: an image file or a folder of them (at most {MAX_INPUT_IMAGES})"
+    )
     p.add_argument("-n", "--num-images", type=_int_arg(1), default=16)
     p.add_argument("--batch-size", type=_int_arg(1), default=None, help="images per forward pass (default: all)")
     p.add_argument("--out", default="samples.png", help="PNG grid of the samples")
-    p.add_argument("--process", default=None, help="also save the denoising process (x_t and predicted x0) as this PNG")
+    p.add_argument(
+        "--process",
+        default=None,
+        help="also save the denoising process (x_t and predicted x0) as this PNG; reconstruct: inputs, latents "
+        "and reconstructions side by side",
+    )
     p.add_argument("--process-frames", type=_int_arg(1), default=8)
     p.add_argument("--device", type=check_device, default="cuda" if torch.cuda.is_available() else "cpu")
     return p
@@ -154,13 +190,43 @@ def check_outputs(args: argparse.Namespace) -> None:
             )
 
 
+def check_mode(args: argparse.Namespace) -> list[int]:
+    """The arguments --mode needs and refuses, checked before any model work (ValueError otherwise);
+    returns the step counts given (``args.steps`` becomes the first, or None)."""
+    steps = args.steps or []
+    args.steps = steps[0] if steps else None
+    if len(steps) > 1 and args.mode != "consistency":
+        raise ValueError(f"--steps takes a list of step counts with --mode consistency only, got {len(steps)} counts.")
+    if args.mode == "sample":
+        return steps
+    if args.sampler != "ddim":
+        raise ValueError(f"--mode {args.mode} decodes DDIM latents with the ddim sampler, not {args.sampler!r}.")
+    if args.process and args.mode != "reconstruct":
+        raise ValueError(f"--process is for --mode sample and reconstruct, not {args.mode}.")
+    if args.mode == "interpolate" and args.seed_b is None:
+        raise ValueError("--mode interpolate needs --seed-b, the seed of the other end.")
+    if args.mode == "reconstruct" and args.input is None:
+        raise ValueError("--mode reconstruct needs --input, an image file or a folder of images.")
+    if args.mode == "consistency" and not steps:
+        raise ValueError("--mode consistency needs --steps, a list of step counts such as 10,20,50,100.")
+    return steps
+
+
 def main(argv: list[str] | None = None) -> int:
     """Sample and save; every expected failure is one ``error:`` line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
+        steps = check_mode(args)
         options = sampler_overrides(args)
         check_outputs(args)  # before the model work, so that a bad path does not lose it
+        inputs = read_images(args.input) if args.mode == "reconstruct" else []
         pipe: DiffusionPipeline = load(args.model, args.revision, local_files_only=args.offline, device=args.device)
+        if args.mode == "interpolate":
+            return _interpolate(args, pipe, decode_options(pipe, **options))
+        if args.mode == "reconstruct":
+            return _reconstruct(args, pipe, pipe.inversion_options(**options), inputs)
+        if args.mode == "consistency":
+            return _consistency(args, pipe, options, steps)
         opts = pipe.sampler_options(args.sampler, **options)
         return _sample(args, pipe, opts)
     except (CheckpointError, ValueError) as e:
@@ -203,6 +269,44 @@ def _sample(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any) -> int
     if trajectory is not None:
         save_grid(trajectory.process_grid(), args.process, nrow=len(trajectory))
         print(f"saved the denoising process to {args.process}")
+    return 0
+
+
+def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any) -> int:
+    """One row of --frames images decoded from x_T slerped between the two seeds' (Sec. 5.4)."""
+    start = time.perf_counter()
+    latents = interpolation_latents(pipe, [args.seed, args.seed_b], args.frames)
+    images = pipe.sample("ddim", noise=latents, options=opts, batch_size=args.batch_size, progress=True)
+    save_grid(images, args.out, nrow=args.frames)
+    print(f"saved {args.frames} images from seed {args.seed} to {args.seed_b} to {args.out} "
+          f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _reconstruct(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any, inputs: list[Any]) -> int:
+    """Encode the --input images to x_T, decode them again, save the reconstructions (Table 2)."""
+    channels, size, _ = pipe.image_shape
+    images = images_to_tensor(inputs, channels, size).to(pipe.device)
+    start = time.perf_counter()
+    latents, recon = reconstruct(pipe, images, opts, args.batch_size)
+    save_grid(recon, args.out)
+    print(f"saved {len(recon)} reconstructions to {args.out} ({time.perf_counter() - start:.1f} s)")
+    if args.process:
+        rows = torch.stack([images.cpu(), scale_to_unit(latents).cpu(), recon.cpu()], 1).flatten(0, 1)
+        save_grid(rows, args.process, nrow=3)
+        print(f"saved inputs, latents and reconstructions to {args.process}")
+    print(f"reconstruction MSE per dimension (images in [0, 1]), {opts.num_inference_steps} steps: "
+          f"{mse_per_dimension(recon, images):.6f}")
+    return 0
+
+
+def _consistency(args: argparse.Namespace, pipe: DiffusionPipeline, options: dict[str, Any], steps: list[int]) -> int:
+    """The seed's x_T decoded at each step count: one row per count (Sec. 5.2, Fig. 5)."""
+    start = time.perf_counter()
+    rows = consistency(pipe, pipe.initial_noise(args.num_images, args.seed), steps, **options)
+    save_grid(torch.cat([rows[k].cpu() for k in steps]), args.out, nrow=args.num_images)
+    print(f"saved {len(steps)} rows ({', '.join(map(str, steps))} steps) of {args.num_images} images to {args.out} "
+          f"({time.perf_counter() - start:.1f} s)")
     return 0
 
 

@@ -21,6 +21,17 @@ class DDIMOptions(SamplerOptions):
     use_clipped_model_output: bool = False
 
 
+def predict_x0_eps(out: torch.Tensor, x: torch.Tensor, abar_t: torch.Tensor,
+                   options: DDIMOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted x0 (clipped as the options say) and epsilon at x = x_t (eq. 12's "predicted x0"
+    and "direction pointing to x_t"); shared by sampling and inversion (:mod:`diffusion.latents`)."""
+    x0, eps = to_x0_eps(options.prediction_type, out, x, abar_t)
+    x0 = clip_x0(x0, options)
+    if options.use_clipped_model_output:
+        eps = (x - abar_t.sqrt().item() * x0) / (1 - abar_t).sqrt().item()
+    return x0, eps
+
+
 @register("ddim", DDIMOptions, "DDIM (Song et al. 2021): eta 0 deterministic, eta 1 close to DDPM")
 def ddim(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DDIMOptions,
          generator: torch.Generator | None = None) -> Iterator[Step]:
@@ -42,10 +53,7 @@ def ddim(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DDIM
         abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev, final)
         out = model(x, t)
         # (1) "predicted x0" and the epsilon it implies.
-        x0, eps = to_x0_eps(o.prediction_type, out, x, abar_t)
-        x0 = clip_x0(x0, o)
-        if o.use_clipped_model_output:
-            eps = (x - abar_t.sqrt().item() * x0) / (1 - abar_t).sqrt().item()
+        x0, eps = predict_x0_eps(out, x, abar_t, o)
         # (2) sigma_t(eta) = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)) (eq. 16).
         std = o.eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
         # (3) x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z (eq. 12).

@@ -1,0 +1,174 @@
+"""x_T as a latent code (Song et al. 2021, "Denoising Diffusion Implicit Models", Sec. 4.3, 5.2-5.4).
+
+DDIM with eta = 0 maps x_T to an image deterministically, so x_T is a latent code: running the same update
+backwards (the ODE of eq. 14 integrated towards t = T) encodes a real image into its x_T (:func:`ddim_invert`,
+:meth:`DiffusionPipeline.invert <diffusion.pipeline.DiffusionPipeline.invert>`), the same x_T decoded with
+different step counts gives similar images (:func:`consistency`), and spherical interpolation between two
+x_T gives images in between (:func:`slerp`, :func:`interpolation_latents`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+
+from .samplers import Step
+from .samplers.base import ModelFn, select_timesteps
+from .samplers.ddim import DDIMOptions, predict_x0_eps
+from .schedule import NoiseSchedule
+
+if TYPE_CHECKING:
+    from .pipeline import DiffusionPipeline
+
+INVERSION_SPACINGS = ("leading", "trailing")  # what diffusers' DDIMInverseScheduler takes
+
+
+def check_inversion_options(options: DDIMOptions) -> None:
+    """Refuse, with the reason, the DDIM options an encoder cannot honour: eta > 0 (the stochastic
+    process has no inverse), spacings diffusers' ``DDIMInverseScheduler`` does not define, and x0
+    prediction starting from abar = 1."""
+    if options.eta != 0:
+        raise ValueError(f"Inversion is deterministic DDIM (eta = 0); got eta={options.eta:g}.")
+    if options.timestep_spacing not in INVERSION_SPACINGS:
+        raise ValueError(
+            f"Inversion takes timestep_spacing {' or '.join(map(repr, INVERSION_SPACINGS))} (as diffusers' "
+            f"DDIMInverseScheduler), got {options.timestep_spacing!r}."
+        )
+    if options.prediction_type == "sample" and options.set_alpha_to_one:
+        raise ValueError(
+            "Inversion of a sample-predicting model starts at abar = 1, where the implied epsilon "
+            "(x - x0) / sqrt(1 - abar) is 0 / 0 (diffusers gives NaN); set set_alpha_to_one=false."
+        )
+
+
+def inversion_timesteps(T: int, options: DDIMOptions) -> list[tuple[int, int]]:
+    """(t_from, t_to) of every encoding step, in order: ``t_to`` ascends through the DDIM sampler's
+    timesteps (diffusers' ``DDIMInverseScheduler.set_timesteps``: the same plans, reversed) and
+    ``t_from = t_to - T // K`` as its ``step`` computes it (negative: the image itself).
+
+    "trailing" keeps the K timesteps asked for where diffusers' float arange adds a K + 1-th, t = -1
+    (K = 61 of T = 1000 is the first): diffusers would evaluate the model at t = -1 and step to
+    alphas_cumprod[-1] there (see :func:`diffusion.samplers.base.trailing_timesteps`)."""
+    check_inversion_options(options)
+    K = options.num_inference_steps
+    ts = select_timesteps(T, K, options.timestep_spacing, options.steps_offset)[::-1]
+    return [(max(min(t - T // K, T - 1), -1), t) for t in ts]
+
+
+def ddim_invert(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DDIMOptions) -> Iterator[Step]:
+    """Encode ``x`` (model space, [-1, 1]) into x_T, one :class:`Step` per update (``t``: the level of
+    ``x_t``, -1 for the image; ``t_prev``: the level reached; the last ``x_prev`` is x_T).
+
+    Each step is DDIM's eq. 12 with sigma = 0 run towards more noise (Sec. 4.3), as diffusers'
+    ``DDIMInverseScheduler`` loop does it: the model is evaluated at the step's target timestep on the
+    current x (first-order: the exact inverse would need eps at the point being solved for).
+    """
+    o = options
+    final = 1.0 if o.set_alpha_to_one else schedule.alphas_cumprod[0].item()
+    for i, (t_from, t_to) in enumerate(inversion_timesteps(schedule.num_train_timesteps, o)):
+        abar_from, abar_to = schedule.abar(t_from, final), schedule.abar(t_to)
+        out = model(x, t_to)
+        # (1) predicted x0 and epsilon at the current level abar_from.
+        x0, eps = predict_x0_eps(out, x, abar_from, o)
+        # (2) x_to = sqrt(abar_to) x0 + sqrt(1 - abar_to) eps (eq. 12, sigma = 0, towards t_to > t_from).
+        x_next = abar_to.sqrt().item() * x0 + (1 - abar_to).sqrt().item() * eps
+        yield Step(i, t_from, t_to, x, x0, x_next)
+        x = x_next
+
+
+def check_images(images: torch.Tensor, shape: tuple[int, int, int]) -> None:
+    """``images`` are what :meth:`DiffusionPipeline.sample` returns for a model of image ``shape``:
+    a float tensor (n, C, H, W) in [0, 1]; ValueError saying what differs otherwise."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"The images must be a torch.Tensor, got {type(images).__name__}.")
+    want = f"(n, {', '.join(map(str, shape))})"
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise ValueError(f"The images have shape {tuple(images.shape)}; this model takes {want}.")
+    if images.shape[1] != shape[0]:
+        raise ValueError(f"The images have {images.shape[1]} channel(s); this model takes {shape[0]} ({want}).")
+    if tuple(images.shape[2:]) != shape[1:]:
+        raise ValueError(f"The images are {images.shape[2]}x{images.shape[3]}; this model takes {want}.")
+    if not images.is_floating_point():
+        raise ValueError(f"The images must be floats in [0, 1], got {images.dtype}.")
+    if not torch.isfinite(images).all():
+        raise ValueError("The images contain NaN or infinite values.")
+    low, high = images.min().item(), images.max().item()
+    if low < 0 or high > 1:
+        raise ValueError(f"The images must lie in [0, 1] (as sample() returns them), got {low:g} to {high:g}.")
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of two latents (Song et al. 2021, Sec. 5.4; Shoemake 1985):
+    ``sin((1 - t) th) / sin(th) a + sin(t th) / sin(th) b``, ``th = arccos(<a, b> / (|a| |b|))`` over all
+    elements. ``t``: a number (result shaped as ``a``) or a 1-D sequence (result (len(t), *a.shape)).
+
+    Parallel latents (th ~ 0) are interpolated linearly (the limit); opposite ones (th ~ pi), and zero
+    latents, have no unique great circle and raise ValueError."""
+    if a.shape != b.shape:
+        raise ValueError(f"slerp needs latents of one shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    scalar = not isinstance(t, (torch.Tensor, Sequence)) or (isinstance(t, torch.Tensor) and t.ndim == 0)
+    w = torch.as_tensor(t, dtype=torch.float64).reshape(-1, *([1] * a.ndim))
+    if not torch.isfinite(w).all():
+        raise ValueError("slerp's t must be finite.")
+    a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    na, nb = a64.norm(), b64.norm()
+    if na == 0 or nb == 0:
+        raise ValueError("slerp of a zero latent: the angle is undefined.")
+    # (1) th = arccos(<a, b> / (|a| |b|)), clamped against rounding.
+    cos = ((a64 * b64).sum() / (na * nb)).clamp(-1, 1)
+    theta = torch.arccos(cos)
+    if math.pi - theta.item() < 1e-6:
+        raise ValueError("slerp of opposite latents (b = -a): every great circle joins them, so it is undefined.")
+    if theta.item() < 1e-6:  # (2) the limit th -> 0: linear interpolation
+        out = (1 - w) * a64 + w * b64
+    else:  # (3) sin((1 - t) th) / sin(th) a + sin(t th) / sin(th) b
+        out = (torch.sin((1 - w) * theta) * a64 + torch.sin(w * theta) * b64) / torch.sin(theta)
+    out = out.to(a.dtype)
+    return out[0] if scalar else out
+
+
+def interpolation_latents(pipe: DiffusionPipeline, seeds: Sequence[int], frames: int) -> torch.Tensor:
+    """x_T of each seed (:meth:`DiffusionPipeline.initial_noise`) and ``frames`` slerped latents from each
+    to the next, endpoints included once: ((len(seeds) - 1) * (frames - 1) + 1, C, H, W)."""
+    if len(seeds) < 2:
+        raise ValueError(f"Interpolation needs at least two seeds, got {len(seeds)}.")
+    if frames < 2:
+        raise ValueError(f"Interpolation needs at least 2 frames (the two ends), got {frames}.")
+    ends = [pipe.initial_noise(1, seed)[0] for seed in seeds]
+    w = torch.linspace(0, 1, frames, dtype=torch.float64)
+    parts = [slerp(a, b, w if i == 0 else w[1:]) for i, (a, b) in enumerate(zip(ends, ends[1:]))]
+    return torch.cat(parts)
+
+
+def decode_options(pipe: DiffusionPipeline, **overrides: Any) -> DDIMOptions:
+    """Deterministic DDIM options for this model (its scheduler config, then ``overrides``); eta must be 0."""
+    options = pipe.sampler_options("ddim", **overrides)
+    if options.eta != 0:
+        raise ValueError(f"Latent codes are decoded with deterministic DDIM (eta = 0); got eta={options.eta:g}.")
+    return options
+
+
+def consistency(
+    pipe: DiffusionPipeline, noise: torch.Tensor, steps: Sequence[int], **overrides: Any
+) -> dict[int, torch.Tensor]:
+    """The same x_T (``noise``) decoded with DDIM (eta 0) at each step count (Sec. 5.2, Fig. 5): step
+    count -> images in [0, 1]. All counts are checked before the first decoding."""
+    if not steps:
+        raise ValueError("Give at least one step count.")
+    plans = {k: decode_options(pipe, **{**overrides, "num_inference_steps": k}) for k in steps}
+    return {k: pipe.sample("ddim", noise=noise, options=options) for k, options in plans.items()}
+
+
+def reconstruct(pipe: DiffusionPipeline, images: torch.Tensor, options: DDIMOptions,
+                batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode ``images`` ([0, 1]) to x_T and decode them again with the same DDIM plan (Table 2):
+    (latents, reconstructions in [0, 1])."""
+    latents = pipe.invert(images, options=options, batch_size=batch_size)
+    return latents, pipe.sample("ddim", noise=latents, options=options, batch_size=batch_size)
+
+
+def mse_per_dimension(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared error per dimension of two image batches in [0, 1] (Table 2's measure)."""
+    return (a.double() - b.double()).pow(2).mean().item()
