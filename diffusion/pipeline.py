@@ -14,6 +14,7 @@ from tqdm import tqdm
 from . import compiled, hub
 from .files import CheckpointError
 from .images import to_unit
+from .latents import check_images, check_inversion_options, ddim_invert
 from .samplers import BaseOptions, Step, get_sampler
 from .schedule import NoiseSchedule
 from .unet import UNet, build_unet
@@ -210,8 +211,6 @@ class DiffusionPipeline:
         """DDIM options for encoding (:meth:`sampler_options` of "ddim", then the deprecated
         ``set_alpha_to_zero`` config key as diffusers' ``DDIMInverseScheduler`` reads it); ValueError for
         what inversion cannot honour (eta > 0, linspace or quad spacing)."""
-        from .latents import check_inversion_options
-
         if options is None:
             if self.scheduler_config.get("set_alpha_to_zero") is not None and overrides.get("set_alpha_to_one") is None:
                 overrides["set_alpha_to_one"] = self.scheduler_config["set_alpha_to_zero"]
@@ -230,8 +229,6 @@ class DiffusionPipeline:
         """Yield every step of encoding ``images`` ([0, 1], (n, C, H, W) as :meth:`sample` returns them)
         into their DDIM latents x_T (Song et al. 2021, Sec. 4.3): :func:`diffusion.latents.ddim_invert`,
         as diffusers' ``DDIMInverseScheduler`` loop with this scheduler config. The last ``x_prev`` is x_T."""
-        from .latents import check_images, ddim_invert
-
         opts = self.inversion_options(options, num_inference_steps=num_inference_steps, **overrides)
         check_images(images, self.image_shape)
         self.unet.eval()
@@ -251,8 +248,6 @@ class DiffusionPipeline:
         """The DDIM latents x_T of ``images`` (eta 0; the last step of :meth:`invert_steps`), ``batch_size``
         images at a time. Decoding them with :meth:`sample` (``noise=``, the same options) reconstructs
         the images (Table 2)."""
-        from .latents import check_images
-
         opts = self.inversion_options(options, num_inference_steps=num_inference_steps, **overrides)
         check_images(images, self.image_shape)
         batch = batch_size or len(images)
