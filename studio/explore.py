@@ -186,7 +186,9 @@ class Explore:
         folder = self.studio.outputs.new()
         stem = f"{media.slug(self.studio.store.name(model))}_interpolation_{K}steps"
         save_grid(images, folder / f"{stem}_grid.png", nrow=frames)
-        strip = media.save_png(media.picture(images, DISPLAY_PX, nrow=frames), folder / f"{stem}.png")
+        strip = media.save_png(
+            media.picture(images, max(DISPLAY_PX, 112 * frames), nrow=frames), folder / f"{stem}.png"
+        )
         tiles = [media.picture(images[i : i + 1], 192) for i in range(len(images))]
         gif = diffusion.images.save_animation(tiles + tiles[-2:0:-1], folder / f"{stem}.gif", fps=6)
         info = (
@@ -242,9 +244,10 @@ class Explore:
                     yield gr.skip(), gr.skip()
             done += 2 * K
             errors[K] = latents.mse_per_dimension(x.cpu(), recon)
-        table = "| steps | " + " | ".join(map(str, errors)) + " |\n|---|" + "---:|" * len(errors) + "\n"
-        table += "| MSE per dimension | " + " | ".join(f"{e:.5f}" for e in errors.values()) + " |"
-        table += "\n| DDIM paper, CIFAR-10 | 0.014 | 0.0065 | 0.0023 | 0.0009 |"
+        paper = latents.PAPER_TABLE2
+        table = "| steps | MSE per dimension | DDIM paper, CIFAR-10 |\n|---:|---:|---:|\n" + "\n".join(
+            f"| {k} | {e:.2e} | {paper[k]:.1e} |" for k, e in errors.items()
+        )
         yield media.error_figure(errors), table
 
     # -- Consistency -------------------------------------------------------------------------------

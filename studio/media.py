@@ -19,6 +19,7 @@ from gradio.utils import get_upload_folder
 
 import diffusion
 from diffusion import images as dimages
+from diffusion.latents import PAPER_TABLE2
 from diffusion.schedule import NoiseSchedule
 from diffusion.trajectory import Trajectory
 
@@ -207,7 +208,7 @@ def error_figure(errors: dict[int, float]) -> Any:
     CIFAR-10 numbers (Table 2)."""
     from matplotlib.figure import Figure
 
-    paper = {10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009}
+    paper = {k: v for k, v in PAPER_TABLE2.items() if k <= max(errors)}
     fig = Figure(figsize=(5.2, 3.4), dpi=100, layout="constrained")
     ax = fig.subplots()
     ax.plot(list(errors), list(errors.values()), "o-", color="#4c72b0", label="this model, this image")

@@ -160,13 +160,14 @@ def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
             page.screenshot(path=paths[1], full_page=True)
             page.get_by_role("tab", name="Explore").click()
             page.get_by_role("button", name="Interpolate", exact=True).click()
-            expect(page.get_by_text("frames** slerped")).to_be_visible(timeout=15 * 60_000)
+            expect(page.get_by_text("slerped between")).to_be_visible(timeout=15 * 60_000)
             page.get_by_role("tab", name="Invert and reconstruct").click()
-            page.locator(".gallery-item").first.click()  # the first bundled example
+            example = Path(__file__).resolve().parents[1] / "studio" / "examples" / "2-pullover-test1.png"
+            page.locator("#r-image input[type=file]").set_input_files(str(example))  # a real test image
             page.get_by_role("button", name="Invert and reconstruct", exact=True).click()
             expect(page.get_by_text("per-dimension MSE")).to_be_visible(timeout=15 * 60_000)
             page.get_by_role("button", name="Error against steps (10, 20, 50, 100)").click()
-            expect(page.get_by_text("MSE per dimension |")).to_be_visible(timeout=15 * 60_000)
+            expect(page.get_by_role("cell", name="MSE per dimension")).to_be_visible(timeout=15 * 60_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=paths[3], full_page=True)
             page.get_by_role("tab", name="Interpolate").click()
