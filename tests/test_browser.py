@@ -167,7 +167,7 @@ def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
             page.get_by_role("button", name="Invert and reconstruct", exact=True).click()
             expect(page.get_by_text("per-dimension MSE")).to_be_visible(timeout=15 * 60_000)
             page.get_by_role("button", name="Error against steps (10, 20, 50, 100)").click()
-            expect(page.get_by_role("cell", name="MSE per dimension")).to_be_visible(timeout=15 * 60_000)
+            expect(page.get_by_role("columnheader", name="MSE per dimension")).to_be_visible(timeout=15 * 60_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=paths[3], full_page=True)
             page.get_by_role("tab", name="Interpolate").click()
