@@ -9,8 +9,8 @@ import torch
 
 from ..schedule import NoiseSchedule
 from .base import DiffusersSpacing, ModelFn, Step, register
-from .noise_levels import NoiseLevelOptions, noise_levels
-from .sigmas import denoised, final_sigma, init_noise_sigma, vp_scale
+from .noise_levels import NoiseLevelOptions, noise_levels, sigma_start
+from .sigmas import denoised, final_sigma, vp_scale
 
 FinalSigma = Literal["zero", "sigma_min"]
 
@@ -52,11 +52,8 @@ def euler(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: Eul
     those of the spacing, or Karras, exponential or beta ones (``use_karras_sigmas``...).
     """
     o = options
-    ts, sigmas = noise_levels(schedule, o)
-    sigmas = [float(s) for s in sigmas] + [final_sigma(schedule, o.final_sigmas_type)]
-    # (1) x_sigma_0 from x_T: multiplied by sigma_max (sqrt(sigma_max^2 + 1) for "leading"), as diffusers.
-    x = x * init_noise_sigma(sigmas, o.timestep_spacing)
-    x_t = x * vp_scale(sigmas[0])
+    # (1) The plan's sigmas; x_sigma_0 from x_T (diffusers' init_noise_sigma) and x_t as the model sees it.
+    ts, sigmas, x, x_t = sigma_start(schedule, o, x, final_sigma(schedule, o.final_sigmas_type))
     for i, t in enumerate(ts):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         # (2) D(x; sigma) from the model, which sees the variance-preserving input x_sigma / sqrt(sigma^2 + 1).

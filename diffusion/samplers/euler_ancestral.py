@@ -11,8 +11,8 @@ import torch
 
 from ..schedule import NoiseSchedule
 from .base import BaseOptions, DiffusersSpacing, ModelFn, Step, randn_like, register
-from .noise_levels import noise_levels
-from .sigmas import denoised, init_noise_sigma, vp_scale
+from .noise_levels import noise_levels, sigma_start
+from .sigmas import denoised, vp_scale
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,8 @@ def euler_ancestral(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, op
     ``x`` is x_T ~ N(0, I); it is scaled to x_sigma here (diffusers' ``init_noise_sigma``).
     """
     o = options
-    ts, sigmas = noise_levels(schedule, o)
-    sigmas = [float(s) for s in sigmas] + [0.0]
-    # (1) x_sigma_0 from x_T: multiplied by sigma_max (sqrt(sigma_max^2 + 1) for "leading"), as diffusers.
-    x = x * init_noise_sigma(sigmas, o.timestep_spacing)
-    x_t = x * vp_scale(sigmas[0])
+    # (1) The plan's sigmas; x_sigma_0 from x_T (diffusers' init_noise_sigma) and x_t as the model sees it.
+    ts, sigmas, x, x_t = sigma_start(schedule, o, x)
     for i, t in enumerate(ts):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         # (2) D(x; sigma) from the model, which sees the variance-preserving input x_sigma / sqrt(sigma^2 + 1).

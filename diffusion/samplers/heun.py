@@ -9,8 +9,8 @@ import torch
 
 from ..schedule import NoiseSchedule
 from .base import DiffusersSpacing, ModelFn, SamplerOptions, Step, clip_x0, register
-from .noise_levels import NoiseLevelOptions, noise_levels
-from .sigmas import denoised, init_noise_sigma, vp_scale
+from .noise_levels import NoiseLevelOptions, noise_levels, sigma_start
+from .sigmas import denoised, vp_scale
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,8 @@ def heun(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: Heun
     those of the spacing, or Karras, exponential or beta ones (``use_karras_sigmas``...).
     """
     o = options
-    ts, sigmas = noise_levels(schedule, o)
-    sigmas = [float(s) for s in sigmas] + [0.0]
-    x = x * init_noise_sigma(sigmas, o.timestep_spacing)
-    x_t = x * vp_scale(sigmas[0])
+    # The plan's sigmas; x_sigma_0 from x_T (diffusers' init_noise_sigma) and x_t as the model sees it.
+    ts, sigmas, x, x_t = sigma_start(schedule, o, x)
     for i, t in enumerate(ts):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         # (1) D(x_i; sigma_i) and the Euler step: d_i = (x_i - D) / sigma_i,

@@ -21,7 +21,7 @@ import torch
 
 from ..schedule import NoiseSchedule
 from .base import BaseOptions
-from .sigmas import sigma_timesteps, sigmas_at
+from .sigmas import init_noise_sigma, sigma_timesteps, sigmas_at, vp_scale
 
 NOISE_LEVEL_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 RHO = 7.0  # Karras et al. 2022, Sec. 3 and Table 1: the rho of their deterministic sampler
@@ -108,3 +108,14 @@ def noise_levels(schedule: NoiseSchedule, options: BaseOptions) -> tuple[np.ndar
     spaced = np.interp(ts, np.arange(schedule.num_train_timesteps), diffusers_sigmas(schedule))
     sigmas = convert_sigmas(spaced, options, getattr(options, "sigma_min", None), getattr(options, "sigma_max", None))
     return sigma_to_t(schedule, sigmas).astype(np.float32), sigmas
+
+
+def sigma_start(schedule: NoiseSchedule, options: BaseOptions, x: torch.Tensor, final: float = 0.0
+                ) -> tuple[np.ndarray, list[float], torch.Tensor, torch.Tensor]:
+    """What Euler, Euler ancestral and Heun start from: the plan's timesteps, its sigmas with ``final`` appended
+    (where the last step lands), x_T ~ N(0, I) scaled to x_sigma by diffusers' ``init_noise_sigma`` (sigma_max,
+    sqrt(sigma_max^2 + 1) for "leading"), and that x in the variance-preserving scale the model sees."""
+    ts, levels = noise_levels(schedule, options)
+    sigmas = [float(s) for s in levels] + [final]
+    x = x * init_noise_sigma(sigmas, options.timestep_spacing)
+    return ts, sigmas, x, x * vp_scale(sigmas[0])
