@@ -365,25 +365,26 @@ def _write_log(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(run_dir / "log.csv", write)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Train (or ``--export`` only); every expected failure is one ``error:`` line on stderr and exit status 2,
+    before any training step where it can be known then."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         print("Options (--key=value):", ", ".join(TrainConfig.__dataclass_fields__))
-        return
+        return 0
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("--resume=")), None)
     export_only = "--export" in argv
     rest = [a for a in argv if not a.startswith("--resume=") and a != "--export"]
     config_file = rest.pop(0) if rest and not rest[0].startswith("--") else None
     try:
         cfg = resolve_config(config_file, rest)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    try:
         train(cfg, resume=resume, export_only=export_only)
     except (OSError, ValueError) as e:  # FileNotFoundError and PermissionError included
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
