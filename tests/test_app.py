@@ -738,8 +738,12 @@ def test_temp_folder_stays_bounded_over_many_requests(tiny_model):
 
 def test_served_app_keeps_gradio_cache_bounded(served, monkeypatch):
     from gradio.utils import get_upload_folder
+    from gradio_client import Client
 
-    client, _, demo = served
+    _, url, demo = served
+    # A client that downloads nothing: gradio_client's downloads land under the same temp root by default,
+    # and this test counts what the server keeps there.
+    client = Client(url, verbose=False, download_files=False)
     monkeypatch.setattr(demo.studio.outputs, "keep", 3)
     root, ours = Path(get_upload_folder()), demo.studio.outputs.root
     client.predict(steps=2, num_images=1, api_name="/sample")
@@ -750,6 +754,7 @@ def test_served_app_keeps_gradio_cache_bounded(served, monkeypatch):
     after = count_files(root) - count_files(root / "studio")
     new = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "studio" not in p.parts)
     assert after <= before + 2, new[-20:]  # results are served in place, not copied
+    client.close()
 
 
 # ------------------------------------------------------------------------------------------- explore
