@@ -366,8 +366,8 @@ def _write_log(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train (or ``--export`` only); every expected failure is one ``error:`` line on stderr and exit status 2,
-    before any training step where it can be known then."""
+    """Train (or ``--export`` only); every expected failure is an ``error:`` message on stderr (one line, or
+    the list of a config's problems) and exit status 2, before any training step where it can be known then."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
