@@ -14,7 +14,7 @@ import torch
 from diffusion import load
 from training import classifier as clf
 from training import evaluate as ev
-from training.metrics import feature_statistics, frechet_distance, inception_score, precision_recall
+from training.metrics import blank_fraction, feature_statistics, frechet_distance, inception_score, precision_recall
 
 from conftest import DIFFUSERS_TINY, write_diffusers_checkpoint
 
@@ -190,8 +190,9 @@ def test_table_rows_and_markdown(tiny, tmp_path):
     assert [r["name"] for r in rows] == ["ddim-eta0-10"] and rows[0]["n"] == 150
     # Resuming keeps finished rows instead of recomputing them.
     assert ev.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"]) == rows
+    assert 0 <= rows[0]["blank"] <= 1
     md = ev.markdown_table(rows)
-    assert "| ddim | eta 0 | 10 | 10 |" in md and "150" in md
+    assert "| ddim | eta 0 | 10 | 10 |" in md and "150" in md and f"| {100 * rows[0]['blank']:.1f}% |" in md
     # Options given for the whole table (--no-clip) reach every row.
     noclip = ev.run_table(
         pipe, scorer, tmp_path / "noclip", 150, 150, 150, 0, only=["ddim-eta1-10"], overrides={"clip_sample": False}
@@ -297,6 +298,25 @@ def test_shipped_classifier():
     test_images, labels = clf.load_labelled("test")
     _, logits = clf.extract(model, test_images[:2000])
     assert (logits.argmax(1) == labels[:2000]).double().mean() >= 0.88
+
+
+def test_blank_fraction_counts_empty_frames_and_no_real_image():
+    """No real Fashion-MNIST image (train or test) counts as blank; an empty frame, a few specks and a
+    faint uniform haze do; a garment shrunk to a corner of the frame does not."""
+    for split in ("test", "train"):
+        images, _ = clf.load_labelled(split)
+        assert blank_fraction(images) == 0.0
+    real = clf.load_labelled("test")[0][:6].clone()
+    real[1] = 0  # empty
+    real[2] = 0
+    real[2, 0, 10, 10:20] = 255  # ten specks: 1.3% of the frame
+    real[3] = 20  # haze below the lit level (8% of full scale)
+    real[4] = 0
+    real[4, 0, :6, :6] = 200  # a small object: 36 pixels, 4.6%
+    assert blank_fraction(real) == pytest.approx(3 / 6)
+    assert blank_fraction(real.float() / 255) == pytest.approx(3 / 6)  # [0, 1] floats count the same
+    with pytest.raises(ValueError, match="rank 4"):
+        blank_fraction(real[0])
 
 
 def test_precision_recall_known_answers():

@@ -42,7 +42,7 @@ from diffusion.sample import add_sampler_arguments, check_device, sampler_overri
 from diffusion.samplers import get_sampler
 
 from . import classifier as clf
-from .metrics import feature_statistics, frechet_distance, inception_score, precision_recall
+from .metrics import blank_fraction, feature_statistics, frechet_distance, inception_score, precision_recall
 
 Metric = Literal["classifier", "inception", "none"]
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "checkpoints" / "fashion-mnist-classifier"
@@ -173,7 +173,8 @@ class Scorer:
         real = clf.extract(model, _reference_images(self.reference or "fashion-mnist-test"))[0]
         if self.reference not in ("", "fashion-mnist-test"):
             reference = dict(zip(("mu", "sigma"), feature_statistics(real)))
-        feats, logits = clf.extract(model, torch.from_numpy(images).permute(0, 3, 1, 2))
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+        feats, logits = clf.extract(model, pixels)
         mu, sigma = feature_statistics(feats)
         is_mean, is_std = inception_score(logits)
         # Precision/recall compare sets of equal size (Kynkaanniemi et al. 2019):
@@ -182,7 +183,7 @@ class Scorer:
             real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:len(feats)]]
         precision, recall = precision_recall(feats, real)
         return {"fd": frechet_distance(mu, sigma, reference["mu"], reference["sigma"]), "is": is_mean, "is_std": is_std,
-                "precision": precision, "recall": recall}
+                "precision": precision, "recall": recall, "blank": blank_fraction(pixels)}
 
 
 def _reference_images(reference: str) -> torch.Tensor:
@@ -351,18 +352,20 @@ def run_table(
             atomic_write(path, lambda p: p.write_text(json.dumps(done, indent=1) + "\n"))
             print(
                 f"{row.name}: n={n} NFE={result['model_evaluations']} FD={result.get('fd')} IS={result.get('is')} "
-                f"precision={result.get('precision')} recall={result.get('recall')} ({result['seconds']} s)",
+                f"precision={result.get('precision')} recall={result.get('recall')} blank={result.get('blank')} "
+                f"({result['seconds']} s)",
                 flush=True,
             )
     return done
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The table as README markdown: sampler, steps, NFE, FD, IS, N, wall time per 1000 samples."""
+    """The table as README markdown: sampler, steps, NFE, FD, IS, precision, recall, blank images, N, wall
+    time per 1000 samples."""
     kind = "Inception" if rows and rows[0].get("metric", "").startswith("FID") else "classifier"
     lines = [
-        f"| sampler | setting | steps | NFE | FD ({kind}) | IS ({kind}) | precision | recall | N | s / 1000 samples |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| sampler | setting | steps | NFE | FD ({kind}) | IS ({kind}) | precision | recall | blank | N | s / 1000 samples |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         o = r["options"]
@@ -380,9 +383,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['sampler']} | {setting} | {o['num_inference_steps']} | {r['model_evaluations']} | "
             f"{r.get('fd', float('nan')):.3f} | {r.get('is', float('nan')):.2f} | "
             f"{r.get('precision', float('nan')):.3f} | "
-            f"{r.get('recall', float('nan')):.3f} | {r['n']:,} | {r['seconds_per_1000']:.2f} |"
+            f"{r.get('recall', float('nan')):.3f} | {_percent(r.get('blank'))} | {r['n']:,} | "
+            f"{r['seconds_per_1000']:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}%"
 
 
 def score_images(scorer: Scorer, images: str, n: int, out: Path) -> int:
