@@ -364,7 +364,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     time per 1000 samples."""
     kind = "Inception" if rows and rows[0].get("metric", "").startswith("FID") else "classifier"
     lines = [
-        f"| sampler | setting | steps | NFE | FD ({kind}) | IS ({kind}) | precision | recall | blank | N | s / 1000 samples |",
+        f"| sampler | setting | steps | NFE | FD ({kind}) | IS ({kind}) | precision | recall | blank | N "
+        "| s / 1000 samples |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
