@@ -186,8 +186,13 @@ def test_table_rows_and_markdown(tiny, tmp_path):
     assert ev.steps_for_evaluations(pipe, "ddim", 10) == 10
     scorer = ev.Scorer("classifier", "", tiny / "classifier")
     scorer.check(pipe.image_shape, 150)
-    rows = ev.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"])
+    rows = ev.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"], save="npz")
     assert [r["name"] for r in rows] == ["ddim-eta0-10"] and rows[0]["n"] == 150
+    # The row's samples are kept: scoring them again gives the row's numbers.
+    assert np.load(tmp_path / "ddim-eta0-10" / "samples.npz")["arr_0"].shape == (150, 28, 28, 1)
+    assert ev.score_images(scorer, str(tmp_path / "ddim-eta0-10" / "samples.npz"), 150, tmp_path / "again") == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["fd"] == rows[0]["fd"] and again["blank"] == rows[0]["blank"]
     # Resuming keeps finished rows instead of recomputing them.
     assert ev.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"]) == rows
     assert 0 <= rows[0]["blank"] <= 1

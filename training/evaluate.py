@@ -325,9 +325,11 @@ def run_table(
     seed: int,
     only: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    save: Literal["npz", "png", "none"] = "none",
 ) -> list[dict[str, Any]]:
     """Every row of :func:`table_rows` (or those named in ``only``, by row or sampler name), appended to
-    ``out/table.json`` as each finishes; rows already there are kept, so an interrupted run resumes."""
+    ``out/table.json`` as each finishes; rows already there are kept, so an interrupted run resumes.
+    Each row's samples go to ``out/ROW`` (``save``), to be scored again with ``--score``."""
     path = out / "table.json"
     done = json.loads(path.read_text()) if path.is_file() else []
     have = {r["name"] for r in done}
@@ -345,7 +347,7 @@ def run_table(
             options["num_inference_steps"] = steps_for_evaluations(pipe, row.sampler, row.evaluations, **row.options)
         opts = pipe.sampler_options(row.sampler, **options)
         n = n_long if row.long else n_short
-        result = evaluate(pipe, scorer, row.sampler, opts, n, batch_size, seed, save="none")
+        result = evaluate(pipe, scorer, row.sampler, opts, n, batch_size, seed, out / row.name, save)
         if rank == 0 and result is not None:
             done = sorted([*done, {"name": row.name, **result}], key=lambda r: order.get(r["name"], len(order)))
             out.mkdir(parents=True, exist_ok=True)
@@ -466,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.table:
             given = {k: v for k, v in sampler_overrides(args).items() if v is not None}  # e.g. --no-clip for every row
             rows = run_table(
-                pipe, scorer, out, args.n_long, args.num_samples, args.batch_size, args.seed, args.rows, given
+                pipe, scorer, out, args.n_long, args.num_samples, args.batch_size, args.seed, args.rows, given,
+                args.save,
             )
             if rank == 0:
                 atomic_write(out / "table.md", lambda p: p.write_text(markdown_table(rows)))
