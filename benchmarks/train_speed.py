@@ -26,7 +26,7 @@ import torch
 from diffusion.schedule import NoiseSchedule
 from diffusion.unet import UNet
 from training.config import resolve_config
-from training.train import diffusion_loss
+from training.train import diffusion_loss, ema_decay, lr_factor
 
 
 def make_step(net, forward, cfg, device, precision):
@@ -35,7 +35,7 @@ def make_step(net, forward, cfg, device, precision):
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     ema_params = list(ema.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     schedule = NoiseSchedule.from_config(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     n = [0]
@@ -48,9 +48,8 @@ def make_step(net, forward, cfg, device, precision):
         optimizer.step()
         scheduler.step()
         n[0] += 1
-        decay = min(cfg.ema_decay, (1 + n[0]) / (10 + n[0])) if cfg.ema_warmup else cfg.ema_decay
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+            torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(cfg, n[0]))
         return loss.item()  # a host sync, as train.py's logging does every step
 
     return step

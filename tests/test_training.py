@@ -27,7 +27,7 @@ from diffusion.files import atomic_write
 from diffusion.unet import UNet
 from training.config import resolve_config
 from training.data import load_images
-from training.train import main, newest_valid_checkpoint, read_checkpoint, train
+from training.train import lr_factor, main, newest_valid_checkpoint, read_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_UNET = {"block_out_channels": [16, 16], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
@@ -309,6 +309,8 @@ BAD_CONFIGS = {
     "unknown UNet key": (["--unet.widths=[8]"], "unexpected keyword argument 'widths'"),
     "no value": (["--lr"], "Cannot read '--lr': overrides look like --key=value"),
     "no dashes": (["lr=1e-4"], "Cannot read 'lr=1e-4'"),
+    "unknown lr schedule": (["--lr_schedule=linear"], "lr_schedule='linear' is not one of 'constant', 'cosine'"),
+    "min_lr above lr": (["--lr=1e-4", "--min_lr=1e-3"], "min_lr must be in [0, lr=0.0001], got 0.001"),
     "several problems at once": (
         ["--lr=0", "--beta_end=2", "--ema_decay=1"],
         "lr must be positive, got 0.0\n  - ema_decay must be in [0, 1), got 1.0\n  - need 0 < beta_start",
@@ -380,6 +382,29 @@ def test_export_loads_in_diffusion_and_diffusers(images, tmp_path):
     main([*as_args(settings(images, tmp_path / "run", steps=4)), "--export", f"--export_dir={again}"])
     assert_identical(diffusion.load(again).unet.state_dict(), ours.state_dict(), "--export weights")
     assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- learning-rate schedule
+
+def test_lr_schedule_warms_up_then_holds_or_follows_a_half_cosine(images, tmp_path):
+    """Warmup ramps to lr at step warmup_steps; constant holds it; cosine passes (lr + min_lr) / 2 half-way
+    through the steps after warmup and reaches min_lr at the last; the optimiser follows lr_factor."""
+    cfg = tiny_config(images, tmp_path / "run", steps=110, warmup_steps=10, lr=1e-3)
+    assert [lr_factor(cfg, s) for s in (0, 4, 9, 10, 109)] == pytest.approx([1 / 11, 5 / 11, 10 / 11, 1.0, 1.0])
+    cfg = tiny_config(images, tmp_path / "run", steps=110, warmup_steps=10, lr=1e-3, lr_schedule="cosine",
+                      min_lr=1e-4)
+    assert lr_factor(cfg, 9) == pytest.approx(10 / 11) and lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 60) == pytest.approx(0.55)  # half-way: (1e-3 + 1e-4) / 2
+    assert lr_factor(cfg, 110) == pytest.approx(0.1) and lr_factor(cfg, 500) == pytest.approx(0.1)
+    factors = [lr_factor(cfg, s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))  # decays monotonically
+    # A short run logs the optimiser's learning rate: warmup, then the cosine down to min_lr.
+    run = tiny_config(images, tmp_path / "cos", steps=8, warmup_steps=2, lr=1e-3, lr_schedule="cosine", min_lr=0.0,
+                      log_every=1, ckpt_every=8)
+    train(run)
+    logged = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "cos" / "log.csv"))]
+    assert logged == pytest.approx([1e-3 * lr_factor(run, s) for s in range(1, 9)])
+    assert logged[-1] == pytest.approx(0.0)
 
 
 # ----------------------------------------------------------------------------- min-SNR weighting, init_from

@@ -47,6 +47,9 @@ class TrainConfig:
     batch_size: int = 128  # global: split over the processes of torchrun
     lr: float = 2e-4
     warmup_steps: int = 500
+    # after warmup: constant (Ho et al. 2020) or a half cosine down to min_lr at the last step
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
@@ -114,6 +117,8 @@ class TrainConfig:
         for name in ("warmup_steps", "weight_decay", "grad_clip", "sample_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.min_lr <= self.lr:
+            problems.append(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if not 0 <= self.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.dropout < 1:

@@ -59,6 +59,13 @@ def started_from(init_from: str, before: dict[str, Any]) -> str:
     return f"`{init_from}` ({before['images'] / 60000:.1f} epochs of earlier training), fresh optimizer"
 
 
+def _lr_decay(train_cfg: dict[str, Any]) -> str:
+    """The learning-rate schedule after warmup, as the card's optimiser line says it (constant: nothing)."""
+    if train_cfg.get("lr_schedule", "constant") == "constant":
+        return ""
+    return f", then cosine to {train_cfg.get('min_lr', 0.0):g}"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the run folder (holds export/, log.csv)")
@@ -120,10 +127,10 @@ The offline default model of Repro-Diffusion-Models: a DDPM UNet (Ho et al. 2020
 | in all | {(images_seen + before["images"]) / 60000:.1f} epochs ({images_seen + before["images"]:,} images), {(wall_s + before["wall_s"]) / 60:.0f} min of training |
 | wall time | {wall_s / 60:.0f} min of training ({train_cfg["precision"]}, {images_seen / wall_s:.0f} images/s), sampling grids excluded |
 | loss | {train_cfg.get("loss_weighting", "uniform")} weighting{f" (gamma {train_cfg.get('min_snr_gamma')})" if train_cfg.get("loss_weighting") == "min_snr" else ""} |
-| final loss | {final_loss:.4f} (training MSE on epsilon, mean of the last logged intervals) |
+| final loss | {final_loss:.4f} (the {"min-SNR-weighted " if train_cfg.get("loss_weighting") == "min_snr" else ""}training MSE on {train_cfg["prediction_type"]}, mean of the last logged intervals) |
 | UNet | block_out_channels {train_cfg["unet"]["block_out_channels"]}, attention at 7x7, {train_cfg["unet"]["layers_per_block"]} resnets per level, dropout {train_cfg["dropout"]} |
 | diffusion | T = {train_cfg["num_train_timesteps"]}, {train_cfg["beta_schedule"]} betas {train_cfg["beta_start"]} to {train_cfg["beta_end"]}, predicts {train_cfg["prediction_type"]} |
-| optimiser | AdamW lr {train_cfg["lr"]} ({train_cfg["warmup_steps"]} warmup steps), grad clip {train_cfg["grad_clip"]}, EMA {train_cfg["ema_decay"]} with warmup |
+| optimiser | AdamW lr {train_cfg["lr"]} ({train_cfg["warmup_steps"]} warmup steps{_lr_decay(train_cfg)}), grad clip {train_cfg["grad_clip"]}, EMA {train_cfg["ema_decay"]} with warmup |
 
 {args.note}
 

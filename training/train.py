@@ -99,6 +99,25 @@ def export(cfg: TrainConfig, ema: UNet, out_dir: Path, step: int) -> Path:
 
 # ----------------------------------------------------------------------------- training
 
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimiser step ``step`` (from 0) as a fraction of ``cfg.lr``: a linear warmup over
+    ``warmup_steps``, then constant (``lr_schedule=constant``, Ho et al. 2020) or a half cosine from ``lr`` down to
+    ``min_lr`` at step ``steps`` (``cosine``; Loshchilov & Hutter 2017, SGDR, without restarts)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def ema_decay(cfg: TrainConfig, step: int) -> float:
+    """The EMA's decay after ``step`` updates: ``ema_decay``, or with ``ema_warmup`` min(ema_decay,
+    (1 + step) / (10 + step)), so that an early EMA is not mostly the initial weights."""
+    return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
+
+
 def loss_weights(schedule: NoiseSchedule, cfg: TrainConfig, t: torch.Tensor) -> torch.Tensor | None:
     """Per-sample loss weights, or None for the unweighted loss (``loss_weighting=uniform``).
 
@@ -199,7 +218,7 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     schedule = NoiseSchedule.from_config(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
 
     # -- resume: --resume PATH, else the newest valid checkpoint in the run folder
@@ -288,9 +307,8 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
         scheduler.step()
         step += 1
         # (5) EMA of the weights; identical on every rank, as the weights are
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+            torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(cfg, step))
         if not math.isfinite(loss.item()):
             raise FloatingPointError(
                 f"The loss became {loss.item()} at step {step}; lower lr or use precision=fp32/bf16."
