@@ -66,6 +66,12 @@ def _lr_decay(train_cfg: dict[str, Any]) -> str:
     return f", then cosine to {train_cfg.get('min_lr', 0.0):g}"
 
 
+def _ema(train_cfg: dict[str, Any]) -> str:
+    """The EMA as the card's optimiser line says it: its decay, and whether it warmed up (see train.ema_decay)."""
+    warmup = "with warmup" if train_cfg.get("ema_warmup", True) else "from the first step (no warmup)"
+    return f"EMA {train_cfg['ema_decay']} {warmup}"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the run folder (holds export/, log.csv)")
@@ -130,7 +136,7 @@ The offline default model of Repro-Diffusion-Models: a DDPM UNet (Ho et al. 2020
 | final loss | {final_loss:.4f} (the {"min-SNR-weighted " if train_cfg.get("loss_weighting") == "min_snr" else ""}training MSE on {train_cfg["prediction_type"]}, mean of the last logged intervals) |
 | UNet | block_out_channels {train_cfg["unet"]["block_out_channels"]}, attention at 7x7, {train_cfg["unet"]["layers_per_block"]} resnets per level, dropout {train_cfg["dropout"]} |
 | diffusion | T = {train_cfg["num_train_timesteps"]}, {train_cfg["beta_schedule"]} betas {train_cfg["beta_start"]} to {train_cfg["beta_end"]}, predicts {train_cfg["prediction_type"]} |
-| optimiser | AdamW lr {train_cfg["lr"]} ({train_cfg["warmup_steps"]} warmup steps{_lr_decay(train_cfg)}), grad clip {train_cfg["grad_clip"]}, EMA {train_cfg["ema_decay"]} with warmup |
+| optimiser | AdamW lr {train_cfg["lr"]} ({train_cfg["warmup_steps"]} warmup steps{_lr_decay(train_cfg)}), grad clip {train_cfg["grad_clip"]}, {_ema(train_cfg)} |
 
 {args.note}
 
