@@ -4,7 +4,7 @@ looks at both panels, then the Denoising tab.
 
 Also the script that takes the README screenshots::
 
-    python tests/test_browser.py --model checkpoints/fashion-mnist --out docs
+    PYTHONPATH=. python tests/test_browser.py --model checkpoints/fashion-mnist --out docs   # from the repository root
 """
 
 from __future__ import annotations
