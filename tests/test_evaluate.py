@@ -14,7 +14,14 @@ import torch
 from diffusion import load
 from training import classifier as clf
 from training import evaluate as ev
-from training.metrics import blank_fraction, feature_statistics, frechet_distance, inception_score, precision_recall
+from training.metrics import (
+    blank_fraction,
+    feature_statistics,
+    frechet_difference,
+    frechet_distance,
+    inception_score,
+    precision_recall,
+)
 
 from conftest import DIFFUSERS_TINY, write_diffusers_checkpoint
 
@@ -343,3 +350,32 @@ def test_precision_recall_known_answers():
     assert precision_recall(generated, real) == pytest.approx((0.8, 1.0))
     with pytest.raises(ValueError, match="more than 3"):
         precision_recall(real[:3], real)
+
+
+def test_frechet_difference_bootstrap_and_compare_cli(tmp_path, capsys):
+    """The paired bootstrap: a set against itself differs by exactly 0 in every round; real test images against
+    the same images with a third replaced by noise are ahead in every round, by more than the spread; unequal
+    sets are refused. The --compare CLI gives the same numbers from two samples.npz files."""
+    model, reference, _ = clf.load(ROOT / "checkpoints" / "fashion-mnist-classifier")
+    images = clf.load_labelled("test")[0][:300]
+    noisy = images.clone()
+    noisy[:100] = torch.randint(0, 256, (100, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    fa, fb = clf.extract(model, images)[0], clf.extract(model, noisy)[0]
+    same = frechet_difference(fa, fa, reference["mu"], reference["sigma"], rounds=20)
+    assert same["difference"] == 0 and same["std"] == 0 and same["p_a_lower"] == 0
+    r = frechet_difference(fa, fb, reference["mu"], reference["sigma"], rounds=50)
+    assert r["fd_a"] == pytest.approx(frechet_distance(*feature_statistics(fa), reference["mu"], reference["sigma"]))
+    assert r["difference"] < -3 * r["std"] < 0 and r["p_a_lower"] == 1.0
+    with pytest.raises(ValueError, match="same size"):
+        frechet_difference(fa, fb[:200], reference["mu"], reference["sigma"])
+    for name, x in (("a", images), ("b", noisy)):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "samples.npz", arr_0=x.permute(0, 2, 3, 1).numpy())
+    out = tmp_path / "cmp"
+    assert ev.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b" / "samples.npz"), "--rounds", "50",
+                    "--out", str(out)]) == 0
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["difference"] == pytest.approx(r["difference"]) and saved["p_a_lower"] == 1.0 and saved["n"] == 300
+    assert "a scored lower in 100%" in capsys.readouterr().out
+    assert ev.main(["--compare", str(tmp_path / "a"), str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "no samples at" in capsys.readouterr().err

@@ -9,6 +9,9 @@ offline, a Frechet distance (FD) and classifier IS on the features of a small Fa
         --out runs/eval/ddim50
     # The README's table (every sampler row; resumable: rows already in table.json are kept):
     python -m training.evaluate --table --model checkpoints/fashion-mnist --out runs/eval/table
+    # Is DDIM-50 ahead of DDPM-100 beyond the noise? A paired bootstrap over two rows' samples:
+    python -m training.evaluate --compare runs/eval/table/ddim-eta0-50 runs/eval/table/ddpm-fixed_small-100 \\
+        --out runs/eval/compare
     # Several GPUs: each process samples its share of the batches, process 0 scores them.
     torchrun --nproc_per_node 8 -m training.evaluate --model ... -n 50000 --out ...
 
@@ -42,7 +45,14 @@ from diffusion.sample import add_sampler_arguments, check_device, sampler_overri
 from diffusion.samplers import get_sampler
 
 from . import classifier as clf
-from .metrics import blank_fraction, feature_statistics, frechet_distance, inception_score, precision_recall
+from .metrics import (
+    blank_fraction,
+    feature_statistics,
+    frechet_difference,
+    frechet_distance,
+    inception_score,
+    precision_recall,
+)
 
 Metric = Literal["classifier", "inception", "none"]
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "checkpoints" / "fashion-mnist-classifier"
@@ -409,6 +419,31 @@ def score_images(scorer: Scorer, images: str, n: int, out: Path) -> int:
     return 0
 
 
+
+def compare_samples(scorer: Scorer, a: str, b: str, out: Path, rounds: int = 200) -> int:
+    """Is the FD gap between two rows real? :func:`frechet_difference` (a paired bootstrap) on the classifier
+    features of two rows' samples (``samples.npz`` files, or the row folders that hold them), written to
+    ``out/compare.json``. The rows should start from the same noise (same seed, -n and batch size)."""
+    if scorer.metric != "classifier":
+        raise ValueError("--compare works on the classifier metric's features (--metric classifier).")
+    images = []
+    for given in (a, b):
+        path = Path(given) / "samples.npz" if Path(given).is_dir() else Path(given)
+        if not path.is_file():
+            raise FileNotFoundError(f"--compare: no samples at {path}; give a samples.npz written by "
+                                    "training/evaluate.py (--save npz, the default) or the row folder holding it.")
+        images.append(_reference_images(str(path)))
+    scorer.check(tuple(images[0].shape[1:]), min(len(images[0]), len(images[1])))
+    model, reference, _ = clf.load(scorer.classifier_dir, scorer.device)
+    fa, fb = (clf.extract(model, x)[0] for x in images)
+    result = {"a": a, "b": b, "n": len(fa), "rounds": rounds, **scorer.describe(),
+              **frechet_difference(fa, fb, reference["mu"], reference["sigma"], rounds)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "compare.json", lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    print(f"FD {result['fd_a']:.3f} (a) - {result['fd_b']:.3f} (b) = {result['difference']:+.3f}, bootstrap std "
+          f"{result['std']:.3f} over {rounds} rounds; a scored lower in {100 * result['p_a_lower']:.0f}% of them")
+    return 0
+
 # ---------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -442,6 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="score these images instead of sampling (--model is "
         "then ignored): samples.npz from an earlier run, a folder, or a dataset split such as fashion-mnist-train",
     )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        default=None,
+        metavar=("A", "B"),
+        help="instead of sampling: is FD(A) < FD(B) beyond the noise? A paired bootstrap over two rows' "
+        "samples.npz (or their row folders) from the same noise, written to OUT/compare.json",
+    )
+    p.add_argument("--rounds", type=int, default=200, help="with --compare: bootstrap rounds")
     return p
 
 
@@ -459,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         out = check_writable(args.out, "folder")  # before hours of sampling, not after
         if args.score:
             return score_images(scorer, args.score, args.num_samples, out)
+        if args.compare:
+            return compare_samples(scorer, *args.compare, out, args.rounds)
         if not args.model:
             raise ValueError(
                 "--model is required (a model folder or Hub repo id), unless --score scores existing images."
