@@ -377,5 +377,9 @@ def test_frechet_difference_bootstrap_and_compare_cli(tmp_path, capsys):
     saved = json.loads((out / "compare.json").read_text())
     assert saved["difference"] == pytest.approx(r["difference"]) and saved["p_a_lower"] == 1.0 and saved["n"] == 300
     assert "a scored lower in 100%" in capsys.readouterr().out
+    # --reference holds as in scoring: against A's own images, A's FD is zero.
+    assert ev.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--rounds", "2", "--reference",
+                    str(tmp_path / "a" / "samples.npz"), "--out", str(out)]) == 0
+    assert json.loads((out / "compare.json").read_text())["fd_a"] == pytest.approx(0, abs=1e-6)
     assert ev.main(["--compare", str(tmp_path / "a"), str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "no samples at" in capsys.readouterr().err

@@ -173,16 +173,22 @@ class Scorer:
             return {"metric": "FID and IS on Inception-v3 (torch-fidelity)", "reference": self.reference}
         return {"metric": "none"}
 
+    def classifier_reference(self) -> tuple[clf.Classifier, dict[str, torch.Tensor], torch.Tensor]:
+        """The classifier, the reference's feature mean and covariance (cached for the test split) and the
+        reference images' features."""
+        model, reference, _ = clf.load(self.classifier_dir, self.device)
+        real = clf.extract(model, _reference_images(self.reference or "fashion-mnist-test"))[0]
+        if self.reference not in ("", "fashion-mnist-test"):
+            reference = dict(zip(("mu", "sigma"), feature_statistics(real)))
+        return model, reference, real
+
     def score(self, images: np.ndarray) -> dict[str, float]:
         """Scores of uint8 (N, H, W, C) images."""
         if self.metric == "none":
             return {}
         if self.metric == "inception":
             return inception_metrics(images, self.reference, cuda=self.device.startswith("cuda"))
-        model, reference, _ = clf.load(self.classifier_dir, self.device)
-        real = clf.extract(model, _reference_images(self.reference or "fashion-mnist-test"))[0]
-        if self.reference not in ("", "fashion-mnist-test"):
-            reference = dict(zip(("mu", "sigma"), feature_statistics(real)))
+        model, reference, real = self.classifier_reference()
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
         feats, logits = clf.extract(model, pixels)
         mu, sigma = feature_statistics(feats)
@@ -419,7 +425,6 @@ def score_images(scorer: Scorer, images: str, n: int, out: Path) -> int:
     return 0
 
 
-
 def compare_samples(scorer: Scorer, a: str, b: str, out: Path, rounds: int = 200) -> int:
     """Is the FD gap between two rows real? :func:`frechet_difference` (a paired bootstrap) on the classifier
     features of two rows' samples (``samples.npz`` files, or the row folders that hold them), written to
@@ -434,7 +439,7 @@ def compare_samples(scorer: Scorer, a: str, b: str, out: Path, rounds: int = 200
                                     "training/evaluate.py (--save npz, the default) or the row folder holding it.")
         images.append(_reference_images(str(path)))
     scorer.check(tuple(images[0].shape[1:]), min(len(images[0]), len(images[1])))
-    model, reference, _ = clf.load(scorer.classifier_dir, scorer.device)
+    model, reference, _ = scorer.classifier_reference()
     fa, fb = (clf.extract(model, x)[0] for x in images)
     result = {"a": a, "b": b, "n": len(fa), "rounds": rounds, **scorer.describe(),
               **frechet_difference(fa, fb, reference["mu"], reference["sigma"], rounds)}
@@ -443,6 +448,7 @@ def compare_samples(scorer: Scorer, a: str, b: str, out: Path, rounds: int = 200
     print(f"FD {result['fd_a']:.3f} (a) - {result['fd_b']:.3f} (b) = {result['difference']:+.3f}, bootstrap std "
           f"{result['std']:.3f} over {rounds} rounds; a scored lower in {100 * result['p_a_lower']:.0f}% of them")
     return 0
+
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
