@@ -173,12 +173,18 @@ class Scorer:
             return {"metric": "FID and IS on Inception-v3 (torch-fidelity)", "reference": self.reference}
         return {"metric": "none"}
 
-    def classifier_reference(self) -> tuple[clf.Classifier, dict[str, torch.Tensor], torch.Tensor]:
-        """The classifier, the reference's feature mean and covariance (cached for the test split) and the
-        reference images' features."""
+    def classifier_reference(
+        self, features: bool = True
+    ) -> tuple[clf.Classifier, dict[str, torch.Tensor], torch.Tensor | None]:
+        """The classifier, the reference's feature mean and covariance (cached for the test split) and, with
+        ``features`` or where the statistics need them, the reference images' features (else None: the cached
+        statistics need no images on disk)."""
         model, reference, _ = clf.load(self.classifier_dir, self.device)
+        cached = self.reference in ("", "fashion-mnist-test")
+        if cached and not features:
+            return model, reference, None
         real = clf.extract(model, _reference_images(self.reference or "fashion-mnist-test"))[0]
-        if self.reference not in ("", "fashion-mnist-test"):
+        if not cached:
             reference = dict(zip(("mu", "sigma"), feature_statistics(real)))
         return model, reference, real
 
@@ -439,7 +445,7 @@ def compare_samples(scorer: Scorer, a: str, b: str, out: Path, rounds: int = 200
                                     "training/evaluate.py (--save npz, the default) or the row folder holding it.")
         images.append(_reference_images(str(path)))
     scorer.check(tuple(images[0].shape[1:]), min(len(images[0]), len(images[1])))
-    model, reference, _ = scorer.classifier_reference()
+    model, reference, _ = scorer.classifier_reference(features=False)
     fa, fb = (clf.extract(model, x)[0] for x in images)
     result = {"a": a, "b": b, "n": len(fa), "rounds": rounds, **scorer.describe(),
               **frechet_difference(fa, fb, reference["mu"], reference["sigma"], rounds)}

@@ -46,7 +46,6 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     return float(diff @ diff + sigma1.trace() + sigma2.trace() - 2 * cross)
 
 
-
 def frechet_difference(a: torch.Tensor, b: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, rounds: int = 200,
                        seed: int = 0) -> dict[str, float]:
     """How sure is "FD(a) < FD(b)"? A paired bootstrap (Efron & Tibshirani 1993, ch. 6): draw N indices with
@@ -73,6 +72,7 @@ def frechet_difference(a: torch.Tensor, b: torch.Tensor, mu: torch.Tensor, sigma
     fd_a, fd_b = fd(a), fd(b)
     return {"fd_a": fd_a, "fd_b": fd_b, "difference": fd_a - fd_b, "std": float(d.std()),
             "p_a_lower": float((d < 0).double().mean())}
+
 
 def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016), mean and std over ``splits`` folds
