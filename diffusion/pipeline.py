@@ -277,6 +277,12 @@ class DiffusionPipeline:
         cache, ``revision`` pinning; offline when ``local_files_only`` or ``HF_HUB_OFFLINE=1``).
         Raises :class:`diffusion.CheckpointError` with the reason."""
         checkpoint = hub.load_checkpoint(source, revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        return cls.from_checkpoint(checkpoint, device)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: hub.Checkpoint, device: str | torch.device = "cpu") -> "DiffusionPipeline":
+        """Build a pipeline from a checkpoint already read (:func:`diffusion.hub.load_checkpoint`): the
+        tensor work of loading, without the file or network work. Raises :class:`diffusion.CheckpointError`."""
         kind = checkpoint.unet_config.get("_class_name", "UNet2DModel")
         if kind != "UNet2DModel":
             raise CheckpointError(

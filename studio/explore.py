@@ -17,6 +17,7 @@ from diffusion.images import images_to_tensor, read_images, save_grid, scale_to_
 from diffusion.samplers import Step
 
 from . import media
+from .compute import on_compute_thread
 from .handlers import Studio
 from .options import check_count
 from .runs import Throttle, time_left
@@ -143,6 +144,7 @@ class Explore:
 
     # -- Interpolate -------------------------------------------------------------------------------
 
+    @on_compute_thread
     def interpolate(
         self,
         model: str,
@@ -198,6 +200,7 @@ class Explore:
 
     # -- Invert and reconstruct --------------------------------------------------------------------
 
+    @on_compute_thread
     def reconstruct(
         self, model: str, image: str | None, steps: Any, progress: gr.Progress = gr.Progress()
     ) -> Iterator[tuple]:
@@ -227,6 +230,7 @@ class Explore:
         )
         yield (*pics, info)
 
+    @on_compute_thread
     def error_curve(self, model: str, image: str | None, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
         """Reconstruction error against steps (10, 20, 50, 100), as in the DDIM paper's Table 2. Yields
         (figure, Markdown table)."""
@@ -252,6 +256,7 @@ class Explore:
 
     # -- Consistency -------------------------------------------------------------------------------
 
+    @on_compute_thread
     def consistency(
         self, model: str, seed: Any, num_images: Any, counts: Sequence[Any], progress: gr.Progress = gr.Progress()
     ) -> Iterator[tuple]:

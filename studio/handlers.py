@@ -16,6 +16,7 @@ from diffusion.samplers import SAMPLERS, SamplerOptions
 from diffusion.trajectory import Trajectory
 
 from . import media
+from .compute import on_compute_thread
 from .models import ModelStore
 from .options import check_count, evaluations, make_options, planned_timesteps, split_options
 from .runs import Run, Throttle, compare_metrics, difference, metrics_markdown, time_left
@@ -71,6 +72,7 @@ class Studio:
 
     # -- Sample ------------------------------------------------------------------------------------
 
+    @on_compute_thread
     def sample(
         self,
         model: str,
@@ -121,6 +123,7 @@ class Studio:
 
     # -- Compare -----------------------------------------------------------------------------------
 
+    @on_compute_thread
     def compare(
         self, model: str, seed: float, num_images: float, progress: gr.Progress = gr.Progress(), **panels: Any
     ) -> Iterator[tuple]:
@@ -173,6 +176,7 @@ class Studio:
 
     # -- Denoising ---------------------------------------------------------------------------------
 
+    @on_compute_thread
     def show_trajectory(self, traj: Trajectory | None) -> tuple:
         """After a run: the scrubber at the sample, the schedule plot, GIF / MP4 / ZIP / NPZ."""
         if traj is None or len(traj) == 0:
@@ -216,6 +220,7 @@ class Studio:
                 media.save_png(pic, path)
         return str(paths[0]), str(paths[1])
 
+    @on_compute_thread
     def show_frame(self, index: float, traj: Trajectory | None) -> tuple:
         if traj is None or len(traj) == 0:
             return None, None, NO_RUN
@@ -239,6 +244,7 @@ class Studio:
         start = 0 if int(index or 0) >= len(traj) - 1 else gr.skip()
         return start, gr.Timer(active=True), gr.update(value="Pause"), True
 
+    @on_compute_thread
     def schedule_preview(self, model: str, sampler: str, **options: Any) -> Any:
         """The schedule plot for the current Sample settings, before anything runs."""
         pipe = self.store.peek(model)

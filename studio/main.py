@@ -9,6 +9,7 @@ from typing import Sequence
 
 from diffusion.machine import configure_threads
 
+from .compute import compute_thread
 from .handlers import Studio
 from .settings import BUNDLED_MODEL, Settings
 from .ui import build_app, launch
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if settings.compile and settings.build_compiled:
         start = time.perf_counter()
         pipe = studio.store.get(settings.default_model)
-        ok = pipe.compile(build=True)
+        ok = compute_thread().call(pipe.compile, build=True)
         print(f"[studio] compiled UNet {'ready' if ok else 'unavailable: eager'} ({time.perf_counter() - start:.0f} s)")
     demo = build_app(studio)
     pipe = studio.store.peek(settings.default_model)

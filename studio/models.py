@@ -11,8 +11,10 @@ from pathlib import Path
 import gradio as gr
 
 import diffusion
+from diffusion.hub import Checkpoint, load_checkpoint
 from diffusion.machine import default_device, flops_per_pixel
 
+from .compute import compute_thread
 from .settings import APP_DIR, GPU_BUDGET_FACTOR, MAX_IMAGES, REFERENCE_FLOPS, Settings
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
@@ -98,14 +100,19 @@ class ModelStore:
             return pipe
 
     def _load(self, key: str) -> diffusion.DiffusionPipeline:
+        """Read (or download) the files on the calling thread, build the model on the compute thread."""
         try:
-            pipe = diffusion.load(key, device=default_device())
+            checkpoint = load_checkpoint(key)
+            return compute_thread().call(self._build, checkpoint)
         except diffusion.CheckpointError as e:
             raise gr.Error(str(e), title="Cannot load this model") from None
         except OSError as e:  # network failures that escape huggingface_hub's own errors
             raise gr.Error(
                 f"Cannot download {key!r}: {e}. Check the connection or pick another model.", title="Download failed"
             ) from None
+
+    def _build(self, checkpoint: Checkpoint) -> diffusion.DiffusionPipeline:
+        pipe = diffusion.DiffusionPipeline.from_checkpoint(checkpoint, device=default_device())
         pipe.unet.eval().requires_grad_(False)
         if self.settings.compile:
             pipe.compile()  # the ahead-of-time compiled package, if one was built for these weights
