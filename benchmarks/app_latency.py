@@ -1,25 +1,23 @@
-"""Latency of the studio as a client sees it (gradio_client against a running app).
+"""The studio against the library on the same work, in one run: what the server adds around the sampler.
 
-Measures, for the Sample endpoint with DDIM (default 16 images, 50 steps, eta 0):
-  * first preview: from submitting the request to the first streamed x0 preview arriving;
-  * result: from submitting to the result message arriving, and to its images fetched (the client does
-    not download files itself; the benchmark fetches the picture and the PNG grid in parallel, as a
-    browser does);
-  * result over sampler: the result time over the seconds the server spent in the sampler itself (the
-    baseline of the same run: what the studio adds around the library).
-Targets on a 2-core CPU with the bundled model: first preview <= 1 s, 16-image DDIM-50 result <= 5 s.
+For each request (the studio's defaults: Compare, DDPM-1000 against DDIM-50 on 4 images; Sample, 16
+images of DDIM-50; Explore's Consistency, one x_T of 4 images decoded at 10, 20, 50 and 100 DDIM steps):
 
-    python -m benchmarks.app_latency                          # starts `python app.py` itself
-    python -m benchmarks.app_latency --model /path/to/model   # ... with another default model
-    python -m benchmarks.app_latency --no-compile             # ... eager only (COMPILE=0)
-    python -m benchmarks.app_latency --url http://127.0.0.1:7860/   # an app already running
+  * library: ``pipe.sample`` for the same work in this process's main thread, as a script runs it (the
+    baseline: measured before and after the studio's requests, with no server running, median of both);
+  * studio, its figure: the time the result line (Compare: its table) reports, what the visitor is told;
+  * studio, click to result: from submitting through ``gradio_client`` to the result arriving;
+  * first preview: from submitting to the first streamed picture.
 
-The server uses the model's ahead-of-time compiled UNet where one was built (``python -m
-diffusion.compiled MODEL``; ``scripts/setup.sh`` builds the bundled model's) and runs eagerly otherwise;
-each line says which path served it. The first request is measured as soon as the server answers, then
-``--repeats`` more.
+Then Stop (a DDPM-1000 Sample cancelled after its first preview: the seconds from the cancel to the
+server's log line "stopped at step N of 1000"), and two visitors at once (each visitor's click to result
+against its share of the machine: twice the library's time).
 
-Prints one line per request and a JSON summary (medians of the repeats) at the end.
+    python -m benchmarks.app_latency                  # starts `python app.py` itself (compiled UNet if built)
+    python -m benchmarks.app_latency --no-compile     # both sides eager (COMPILE=0)
+
+The server and this process use the same torch thread count (``CPU_CORES``, else the machine's cores).
+Prints a line per measurement, the ratios, and a JSON summary at the end. Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -37,10 +35,55 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_FIRST_PREVIEW_S = 1.0
-TARGET_RESULT_S = 5.0
+BUNDLED = "checkpoints/fashion-mnist"
+TARGETS = {"studio_figure": 1.15, "click_to_result": 1.3, "first_preview_s": 1.0, "two_visitors": 1.3}
+# The studio's default requests (the UI's defaults; the API's are the same) and the library's same work.
+REQUESTS: dict[str, dict[str, Any]] = {
+    "compare": dict(api_name="/compare"),
+    "sample": dict(api_name="/sample"),
+    "explore": dict(api_name="/consistency", seed=0, num_images=4, counts=[10, 20, 50, 100]),
+}
+
+
+def library_work(pipe: Any) -> dict[str, Callable[[], Any]]:
+    """The same work as :data:`REQUESTS`, through the library's one sampling loop."""
+    noise = pipe.initial_noise(4, 0)
+    return {
+        "compare": lambda: (
+            pipe.sample("ddpm", n=4, seed=0, num_inference_steps=1000),
+            pipe.sample("ddim", n=4, seed=0, num_inference_steps=50, eta=0.0),
+        ),
+        "sample": lambda: pipe.sample("ddim", n=16, seed=0, num_inference_steps=50, eta=0.0),
+        "explore": lambda: [
+            pipe.sample("ddim", noise=noise, num_inference_steps=k, eta=0.0) for k in (10, 20, 50, 100)
+        ],
+    }
+
+
+def time_library(model: str, compile: bool, repeats: int) -> tuple[dict[str, list[float]], str]:
+    import torch
+
+    import diffusion
+    from diffusion.machine import configure_threads
+
+    configure_threads()
+    pipe = diffusion.load(ROOT / model if (ROOT / model).is_dir() else model)
+    pipe.unet.eval().requires_grad_(False)
+    mode = "compiled" if compile and pipe.compile() else "eager"
+    work = library_work(pipe)
+    work["sample"]()  # warm-up (weights reordered, kernels chosen)
+    times: dict[str, list[float]] = {name: [] for name in work}
+    for _ in range(repeats):
+        for name, fn in work.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    print(f"library ({mode}, {torch.get_num_threads()} threads): "
+          + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in times.items()), flush=True)
+    return times, mode
 
 
 def free_port() -> int:
@@ -49,164 +92,147 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float) -> None:
-    """Poll /gradio_api/info: "Running on local URL" prints before the server answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = Path(proc.log_path).read_text()[-3000:]  # type: ignore[attr-defined]
-            raise SystemExit(f"the app exited with code {proc.returncode} before serving:\n{tail}")
-        try:
-            with urllib.request.urlopen(url.rstrip("/") + "/gradio_api/info", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"no app answered at {url} within {timeout:.0f} s")
-
-
-def start_app(model: str | None, cores: str | None, compile: bool) -> tuple[subprocess.Popen, str]:
+def start_app(model: str, compile: bool) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    if cores:
-        env["CPU_CORES"] = cores
     if not compile:
         env["COMPILE"] = "0"
-    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--host", "127.0.0.1"]
-    if model:
-        cmd += ["--model", model]
-    log = tempfile.NamedTemporaryFile("w+", prefix="app_latency_", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    proc.log_path = log.name  # type: ignore[attr-defined]
-    return proc, f"http://127.0.0.1:{port}/"
+    log = Path(tempfile.mkstemp(prefix="app_latency_", suffix=".log")[1])
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--host", "127.0.0.1", "--model", model]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # "Running on local URL" prints before the server answers
+        if proc.poll() is not None:
+            raise SystemExit(f"the app exited with code {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "gradio_api/info", timeout=2):
+                return proc, url, log
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"the app did not answer within 240 s:\n{log.read_text()[-3000:]}")
 
 
-def file_urls(value) -> list[str]:
-    """Every file URL in an endpoint's output (the client was made with ``download_files=False``)."""
-    if isinstance(value, dict):
-        return (
-            [value["url"]] if isinstance(value.get("url"), str) else [u for v in value.values() for u in file_urls(v)]
-        )
-    if isinstance(value, (list, tuple)):
-        return [u for v in value for u in file_urls(v)]
-    return []
+def server_seconds(name: str, result: tuple) -> float:
+    """The time the studio reports for a request: the result line's figure (Compare: both panels')."""
+    if name == "compare":
+        metrics = result[-1]
+        return metrics["a"]["seconds"] + metrics["b"]["seconds"]
+    info = next(v for v in result if isinstance(v, str) and re.search(r"[0-9.]+ s\b", v))
+    return float(re.findall(r"([0-9.]+) s\b", info)[-1 if name == "explore" else 0])
 
 
-def fetch_all(urls: list[str]) -> int:
-    """Fetch the files in parallel, as a browser does: total bytes."""
-
-    def get(url: str) -> int:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return len(r.read())
-
-    with ThreadPoolExecutor(8) as pool:
-        return sum(pool.map(get, urls))
-
-
-def measure(client, images: int, steps: int, seed: int, timeout: float) -> dict:
-    """One request: seconds to the first preview, to the result message, and to the result's files
-    fetched; the number of streamed updates; the seconds the server spent in the sampler (from the
-    result's info line) and the path that served it."""
-    t0 = time.perf_counter()
-    job = client.submit(sampler="ddim", steps=steps, eta=0.0, num_images=images, seed=seed, api_name="/sample")
+def request(client: Any, name: str, timeout: float = 600) -> dict[str, float]:
+    """One request: first preview, click to result, the studio's own figure."""
+    start = time.perf_counter()
+    job = client.submit(**REQUESTS[name])
     first = None
-    deadline = t0 + timeout
     while not job.done():
         if first is None and job.outputs():
-            first = time.perf_counter() - t0
-        if time.perf_counter() > deadline:
+            first = time.perf_counter() - start
+        if time.perf_counter() - start > timeout:
             job.cancel()
-            raise SystemExit(f"no result within {timeout:.0f} s")
-        time.sleep(0.01)  # 10 ms resolution; polling faster steals CPU from the app on a 2-core machine
+            raise SystemExit(f"{name}: no result within {timeout:.0f} s")
+        time.sleep(0.05)  # 50 ms resolution: faster polling steals time slices from the server's 2 torch threads
     result = job.result()
-    total = time.perf_counter() - t0
-    info = next(v for v in result if isinstance(v, str) and "model evaluations" in v)
-    size = fetch_all(file_urls([v for v in result if v is not info]))  # the picture and the PNG grid
-    with_files = time.perf_counter() - t0
-    sampler_s = float(re.search(r"([0-9.]+) s \(", info).group(1))
-    mode = "compiled" if info.rstrip().endswith("compiled") else "eager"
-    return {
-        "first_preview_s": first if first is not None else total,
-        "result_s": total,
-        "with_files_s": with_files,
-        "bytes": size,
-        "updates": len(job.outputs()),
-        "sampler_s": sampler_s,
-        "mode": mode,
-    }
+    total = time.perf_counter() - start
+    return {"first_preview_s": first if first is not None else total, "click_s": total,
+            "figure_s": server_seconds(name, result)}
 
 
-def describe(m: dict, images: int, steps: int) -> str:
-    return (
-        f"first preview {m['first_preview_s']:.3f} s, {images}-image DDIM-{steps} result {m['result_s']:.3f} s, "
-        f"its {m['bytes'] // 1024} KiB of images fetched {m['with_files_s']:.3f} s ({m['updates']} streamed updates; "
-        f"{m['sampler_s']:.2f} s in the sampler; {m['mode']})"
-    )
+def stop_latency(client: Any, log: Path) -> tuple[float, str]:
+    """Cancel a DDPM-1000 Sample after its first preview: the seconds from the cancel to the server's
+    log line saying where the run stopped, and that line."""
+    seen = log.read_text().count("stopped at step")
+    job = client.submit(api_name="/sample", sampler="ddpm", steps=1000, num_images=4)
+    while not job.outputs():
+        time.sleep(0.05)
+    job.cancel()
+    cancelled = time.perf_counter()
+    while time.perf_counter() - cancelled < 30:
+        lines = [line for line in log.read_text().splitlines() if "stopped at step" in line]
+        if len(lines) > seen:
+            return time.perf_counter() - cancelled, lines[-1].strip()
+        time.sleep(0.01)
+    raise SystemExit("the server did not stop the run within 30 s of the cancel")
+
+
+def two_visitors(url: str) -> list[float]:
+    """Two visitors submit the default Sample at once: each one's click to result."""
+    from gradio_client import Client
+
+    clients = [Client(url, verbose=False, download_files=False) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        times = list(pool.map(lambda c: request(c, "sample")["click_s"], clients))
+    for c in clients:
+        c.close()
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="an app already running (otherwise `python app.py` is started)")
-    parser.add_argument("--model", help="default model of the started app (default: the bundled checkpoint)")
-    parser.add_argument("--cores", help="CPU_CORES for the started app (default: the app's own detection)")
-    parser.add_argument("--no-compile", action="store_true", help="start the app with COMPILE=0 (eager only)")
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--timeout", type=float, default=120, help="seconds allowed per request")
+    parser.add_argument("--model", default=BUNDLED, help=f"model folder or Hub id (default {BUNDLED})")
+    parser.add_argument("--no-compile", action="store_true", help="both sides eager (the app with COMPILE=0)")
+    parser.add_argument("--repeats", type=int, default=2, help="requests of each kind (and library runs, twice)")
     args = parser.parse_args()
+    compile = not args.no_compile
 
-    from gradio_client import Client
-
-    proc = None
-    url = args.url
-    if url is None:
-        proc, url = start_app(args.model, args.cores, not args.no_compile)
+    library, mode = time_library(args.model, compile, args.repeats)
+    proc, url, log = start_app(args.model, compile)
     try:
-        t_start = time.perf_counter()
-        wait_ready(url, proc, 180)
+        from gradio_client import Client
+
         client = Client(url, verbose=False, download_files=False)
-        ready_after = time.perf_counter() - t_start
-        print(f"server ready after {ready_after:.1f} s", flush=True)
-        m = measure(client, args.images, args.steps, 100, args.timeout)
-        first_request = {k: round(v, 3) if isinstance(v, float) else v for k, v in m.items()}
-        print("first request: " + describe(m, args.images, args.steps), flush=True)
-        runs = []
-        for r in range(args.repeats):
-            runs.append(measure(client, args.images, args.steps, r, args.timeout))
-            print(f"run {r + 1}: " + describe(runs[-1], args.images, args.steps), flush=True)
+        client.predict(api_name="/sample", sampler="ddim", steps=2, num_images=1)  # warm-up
+        studio: dict[str, list[dict[str, float]]] = {name: [] for name in REQUESTS}
+        for _ in range(args.repeats):
+            for name in REQUESTS:
+                studio[name].append(m := request(client, name))
+                print(f"studio {name}: first preview {m['first_preview_s']:.2f} s, click to result "
+                      f"{m['click_s']:.2f} s, its figure {m['figure_s']:.2f} s", flush=True)
+        stop_s, stop_line = stop_latency(client, log)
+        print(f"Stop: {stop_line!r} {stop_s:.2f} s after the cancel", flush=True)
+        visitors = two_visitors(url)
+        print(f"two visitors at once (default Sample): {visitors[0]:.2f} s and {visitors[1]:.2f} s", flush=True)
         client.close()
-        med = {
-            k: statistics.median(m[k] for m in runs)
-            for k in ("first_preview_s", "result_s", "with_files_s", "sampler_s")
-        }
-        summary = {
-            "url": url,
-            "model": args.model or "app default",
-            "images": args.images,
-            "steps": args.steps,
-            "first_request": first_request,
-            "ready_after_s": round(ready_after, 1),
-            "modes": sorted({m["mode"] for m in runs}),
-            **{k: round(v, 3) for k, v in med.items()},
-            # the baseline of the same runs: the sampler's own time on the server
-            "result_over_sampler": round(med["result_s"] / med["sampler_s"], 3),
-            "first_preview_target_s": TARGET_FIRST_PREVIEW_S,
-            "result_target_s": TARGET_RESULT_S,
-            "first_preview_ok": med["first_preview_s"] <= TARGET_FIRST_PREVIEW_S,
-            "result_ok": med["with_files_s"] <= TARGET_RESULT_S,
-            "cpu_count": os.cpu_count(),
-            "load_average_1min": round(os.getloadavg()[0], 2),
-        }
-        print(json.dumps(summary))
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            Path(proc.log_path).unlink(missing_ok=True)  # type: ignore[attr-defined]
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.unlink(missing_ok=True)
+    after, _ = time_library(args.model, compile, args.repeats)
+
+    lib = {k: statistics.median(library[k] + after[k]) for k in library}
+    rows = {}
+    for name in REQUESTS:
+        med = {k: statistics.median(m[k] for m in studio[name]) for k in ("first_preview_s", "click_s", "figure_s")}
+        rows[name] = {"library_s": round(lib[name], 3), **{k: round(v, 3) for k, v in med.items()},
+                      "figure_over_library": round(med["figure_s"] / lib[name], 3),
+                      "click_over_library": round(med["click_s"] / lib[name], 3)}
+        print(f"{name:8s} library {lib[name]:6.2f} s | studio figure {med['figure_s']:6.2f} s "
+              f"({rows[name]['figure_over_library']:.2f}x) | click to result {med['click_s']:6.2f} s "
+              f"({rows[name]['click_over_library']:.2f}x) | first preview {med['first_preview_s']:.2f} s")
+    share = [round(t / (2 * lib["sample"]), 3) for t in visitors]
+    print(f"two visitors: {share[0]:.2f}x and {share[1]:.2f}x of their share (twice the library's Sample)")
+    summary = {
+        "mode": mode,
+        "model": args.model,
+        "cpu_count": os.cpu_count(),
+        "requests": rows,
+        "stop_s": round(stop_s, 3),
+        "two_visitors_s": [round(t, 3) for t in visitors],
+        "two_visitors_over_share": share,
+        "targets": TARGETS,
+        "met": {
+            "studio_figure": all(r["figure_over_library"] <= TARGETS["studio_figure"] for r in rows.values()),
+            "click_to_result": all(r["click_over_library"] <= TARGETS["click_to_result"] for r in rows.values()),
+            "first_preview_s": all(r["first_preview_s"] <= TARGETS["first_preview_s"] for r in rows.values()),
+            "two_visitors": max(share) <= TARGETS["two_visitors"],
+        },
+    }
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, TypeVar
 
+import torch
+
 T = TypeVar("T")
 _DONE = object()
 
@@ -45,11 +47,12 @@ class ComputeThread:
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the compute thread, in a copy of the caller's context variables
-        (Gradio's progress and request live there); its result or its exception."""
+        (Gradio's progress and request live there) and with the caller's torch thread count; its
+        result or its exception."""
         if self.is_current():
             return fn(*args, **kwargs)
         ctx = contextvars.copy_context()
-        return self._pool.submit(ctx.run, fn, *args, **kwargs).result()
+        return self._pool.submit(ctx.run, _with_threads, torch.get_num_threads(), fn, *args, **kwargs).result()
 
     def iterate(self, gen: Iterator[T]) -> Iterator[T]:
         """Drive ``gen`` on the compute thread, one ``next`` per step; closing this iterator (Gradio's
@@ -62,6 +65,14 @@ class ComputeThread:
                 yield item  # type: ignore[misc]
         finally:
             self.call(gen.close)
+
+
+def _with_threads(n: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn`` with ``n`` torch threads: torch applies ``set_num_threads`` to the calling thread's OpenMP
+    settings only, so a later change made elsewhere (tests, a ``CPU_CORES`` read late) reaches here."""
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return fn(*args, **kwargs)
 
 
 _thread: ComputeThread | None = None

@@ -105,8 +105,9 @@ class Explore:
         progress: gr.Progress,
         start: float,
     ) -> Iterator[torch.Tensor | None]:
-        """DDIM-decode ``noise``; yields None at every step (a cancel point), then the images in [0, 1]."""
-        last = None
+        """DDIM-decode ``noise``; yields None now and then (a cancel point for Stop: at most every
+        ``PROGRESS_EVERY_S``, since each yield is a message to the page), then the images in [0, 1]."""
+        last, cancel_point = None, Throttle(PROGRESS_EVERY_S)
         for last in self._drive(
             pipe.denoise("ddim", noise=noise, options=options),
             options.num_inference_steps,
@@ -116,7 +117,8 @@ class Explore:
             progress,
             start,
         ):
-            yield None
+            if cancel_point():
+                yield None
         assert last is not None
         yield diffusion.to_unit(last.x_prev).float().cpu()
 
@@ -131,12 +133,13 @@ class Explore:
         progress: gr.Progress,
         start: float,
     ) -> Iterator[torch.Tensor | None]:
-        """DDIM-invert ``images``; yields None at every step, then the latents x_T."""
-        last = None
+        """DDIM-invert ``images``; yields None now and then (as :meth:`_decode`), then the latents x_T."""
+        last, cancel_point = None, Throttle(PROGRESS_EVERY_S)
         try:
             steps = pipe.invert_steps(images, options=options)
             for last in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
-                yield None
+                if cancel_point():
+                    yield None
         except ValueError as e:
             raise gr.Error(str(e)) from None
         assert last is not None
@@ -261,6 +264,7 @@ class Explore:
         self, model: str, seed: Any, num_images: Any, counts: Sequence[Any], progress: gr.Progress = gr.Progress()
     ) -> Iterator[tuple]:
         """One x_T (the seed's) decoded with DDIM at each step count: a row per count. Yields (grid, info)."""
+        start = time.perf_counter()
         pipe = self.studio.store.get(model)
         n = check_count(num_images, "The number of images", 1, 8)
         seed = check_count(seed, "The seed", 0, MAX_SEED)
@@ -271,7 +275,7 @@ class Explore:
         total = sum(o.num_inference_steps for o in plans)
         self._check_work(pipe, model, n, total)
         noise = pipe.initial_noise(n, seed)
-        start, done, rows = time.perf_counter(), 0, []
+        done, rows = 0, []
         for options in plans:
             K = options.num_inference_steps
             for images in self._decode(pipe, noise, options, done, total, f"{K} steps", progress, start):

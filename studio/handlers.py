@@ -83,7 +83,9 @@ class Studio:
         **options: Any,
     ) -> Iterator[tuple]:
         """Sample images, streaming predicted-x0 previews. Yields (picture, PNG grid file, info, trajectory);
-        the last yield holds the results. Options: any sampler option (``steps``, ``eta``...)."""
+        the last yield holds the results. Options: any sampler option (``steps``, ``eta``...). The time
+        in the result line is the request's, from here to the result written."""
+        start = time.perf_counter()
         pipe, n, seed = self._prepare(model, seed, num_images)
         opts = self._options(pipe, sampler, split_options(options))
         name = self.store.name(model)
@@ -91,7 +93,6 @@ class Studio:
         run = Run(pipe, sampler, opts, n, seed, record=True, model_name=name)
         folder = self.outputs.new()
         show, tick = Throttle(self.settings.preview_every_s), Throttle(PROGRESS_EVERY_S)
-        start = time.perf_counter()
         progress(0, desc=f"{sampler.upper()}: starting")
         for step in run:
             last = run.done == run.total
@@ -111,14 +112,14 @@ class Studio:
         stem = f"{media.slug(name)}_{sampler}_{run.done}steps_seed{seed}"
         grid_path = folder / f"{stem}.png"
         dimages.save_grid(run.images, grid_path)
-        st = run.stats()
+        shown = media.save_png(media.picture(run.images, DISPLAY_PX), folder / f"{stem}_shown.png")
+        seconds = time.perf_counter() - start
         compiled = " · compiled" if pipe.compiled is not None and pipe.compiled.covers(n) else ""
         info = (
-            f"**{n} image{'s' if n != 1 else ''}** · {sampler.upper()} · {st['steps']} steps · "
-            f"{st['evaluations']} model evaluations · {st['seconds']:.2f} s ({st['ms_per_step']:.0f} ms/step) · "
+            f"**{n} image{'s' if n != 1 else ''}** · {sampler.upper()} · {run.done} steps · "
+            f"{run.evaluations} model evaluations · {seconds:.2f} s ({1000 * seconds / run.done:.0f} ms/step) · "
             f"seed {seed} · {self.device(pipe)}{compiled}"
         )
-        shown = media.save_png(media.picture(run.images, DISPLAY_PX), folder / f"{stem}_shown.png")
         yield shown, str(grid_path), info, run.trajectory
 
     # -- Compare -----------------------------------------------------------------------------------

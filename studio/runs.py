@@ -22,8 +22,9 @@ from .settings import MAX_FRAMES, TRAJECTORY_BYTES, TRAJECTORY_IMAGES
 @dataclass
 class Run:
     """One sampler run from the seed's x_T, through :meth:`DiffusionPipeline.denoise`. Iterate it to
-    step; afterwards ``images`` ([0, 1]), ``seconds`` (time in the sampler only), ``evaluations`` and,
-    with ``record``, ``trajectory`` are set."""
+    step; afterwards ``images`` ([0, 1]), ``seconds`` (the run's wall time as a visitor waits it: the
+    sampler and whatever the caller does between steps, previews included), ``evaluations`` and, with
+    ``record``, ``trajectory`` are set."""
 
     pipe: diffusion.DiffusionPipeline
     sampler: str
@@ -55,16 +56,15 @@ class Run:
                 meta={"model": self.model_name, "sampler": self.sampler, "options": dataclasses.asdict(self.options)},
             )
         steps = self.pipe.denoise(self.sampler, n=self.n, seed=self.seed, options=self.options)
-        last = None
+        start, last = time.perf_counter(), None
         while True:
-            t0 = time.perf_counter()
             try:
                 step = next(steps)
             except StopIteration:
                 break
             except ValueError as e:  # the library's messages are written for users
                 raise gr.Error(str(e)) from None
-            self.seconds += time.perf_counter() - t0
+            self.seconds = time.perf_counter() - start
             self.evaluations += step.evaluations
             self.done += 1
             if self.first_x_t is None:
@@ -72,7 +72,11 @@ class Run:
             if self.trajectory is not None:
                 self.trajectory.observe(step)
             last = step
-            yield step
+            try:
+                yield step
+            except GeneratorExit:  # Stop: the handler was closed between two steps
+                print(f"[studio] {self.sampler} stopped at step {self.done} of {self.total}", flush=True)
+                raise
         if last is None:
             raise gr.Error("The sampler produced no steps.")
         self.images = diffusion.to_unit(last.x_prev).float().cpu()

@@ -625,8 +625,9 @@ def test_client_errors_are_clear(served, monkeypatch):
     assert "**1 image**" in client.predict(steps=2, num_images=1, api_name="/sample")[2]
 
 
-def test_client_cancel_stops_a_long_run(served, monkeypatch):
-    """Stop (a cancel) ends the generator on the server: the sampler takes no more steps."""
+def test_client_cancel_stops_a_long_run(served, monkeypatch, capsys):
+    """Stop (a cancel) ends the generator on the server: the sampler takes no more steps, and the
+    server's log says where it stopped."""
     client, _, _ = served
     studio = served[2].studio
     monkeypatch.setattr(studio, "settings", studio.settings.replace(preview_every_s=0.05))
@@ -650,6 +651,7 @@ def test_client_cancel_stops_a_long_run(served, monkeypatch):
         last = taken[0]
         time.sleep(1.0)
     assert taken[0] == last < 1000  # stopped early, and stays stopped
+    assert f"[studio] ddpm stopped at step {last} of 1000" in capsys.readouterr().out
     assert "2 steps" in client.predict(steps=2, num_images=1, api_name="/sample")[2]  # the queue is free again
 
 
