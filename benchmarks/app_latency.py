@@ -4,7 +4,8 @@ For each request (the studio's defaults: Compare, DDPM-1000 against DDIM-50 on 4
 images of DDIM-50; Explore's Consistency, one x_T of 4 images decoded at 10, 20, 50 and 100 DDIM steps):
 
   * library: ``pipe.sample`` for the same work in this process's main thread, as a script runs it (the
-    baseline: measured before and after the studio's requests, with no server running, median of both);
+    baseline: run just before each studio request, while the server idles; ratios are the median of the
+    pairs' ratios, so that the machine's slower minutes hit both sides);
   * studio, its figure: the time the result line (Compare: its table) reports, what the visitor is told;
   * studio, click to result: from submitting through ``gradio_client`` to the result arriving;
   * first preview: from submitting to the first streamed picture.
@@ -63,7 +64,8 @@ def library_work(pipe: Any) -> dict[str, Callable[[], Any]]:
     }
 
 
-def time_library(model: str, compile: bool, repeats: int) -> tuple[dict[str, list[float]], str]:
+def load_library(model: str, compile: bool) -> tuple[dict[str, Callable[[], Any]], str]:
+    """The library's work for each request, warmed up, in this process's main thread (as a script)."""
     import torch
 
     import diffusion
@@ -75,15 +77,14 @@ def time_library(model: str, compile: bool, repeats: int) -> tuple[dict[str, lis
     mode = "compiled" if compile and pipe.compile() else "eager"
     work = library_work(pipe)
     work["sample"]()  # warm-up (weights reordered, kernels chosen)
-    times: dict[str, list[float]] = {name: [] for name in work}
-    for _ in range(repeats):
-        for name, fn in work.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    print(f"library ({mode}, {torch.get_num_threads()} threads): "
-          + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in times.items()), flush=True)
-    return times, mode
+    print(f"library: {mode}, {torch.get_num_threads()} torch threads", flush=True)
+    return work, mode
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def free_port() -> int:
@@ -147,8 +148,8 @@ def stop_latency(client: Any, log: Path) -> tuple[float, str]:
     job = client.submit(api_name="/sample", sampler="ddpm", steps=1000, num_images=4)
     while not job.outputs():
         time.sleep(0.05)
-    job.cancel()
     cancelled = time.perf_counter()
+    job.cancel()
     while time.perf_counter() - cancelled < 30:
         lines = [line for line in log.read_text().splitlines() if "stopped at step" in line]
         if len(lines) > seen:
@@ -173,27 +174,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=BUNDLED, help=f"model folder or Hub id (default {BUNDLED})")
     parser.add_argument("--no-compile", action="store_true", help="both sides eager (the app with COMPILE=0)")
-    parser.add_argument("--repeats", type=int, default=2, help="requests of each kind (and library runs, twice)")
+    parser.add_argument("--repeats", type=int, default=3, help="library runs and studio requests of each kind")
     args = parser.parse_args()
     compile = not args.no_compile
 
-    library, mode = time_library(args.model, compile, args.repeats)
+    work, mode = load_library(args.model, compile)
     proc, url, log = start_app(args.model, compile)
+    pairs: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name in REQUESTS}
     try:
         from gradio_client import Client
 
         client = Client(url, verbose=False, download_files=False)
         client.predict(api_name="/sample", sampler="ddim", steps=2, num_images=1)  # warm-up
-        studio: dict[str, list[dict[str, float]]] = {name: [] for name in REQUESTS}
-        for _ in range(args.repeats):
+        for _ in range(args.repeats):  # interleaved, so that a slower minute of the machine hits both sides
             for name in REQUESTS:
-                studio[name].append(m := request(client, name))
-                print(f"studio {name}: first preview {m['first_preview_s']:.2f} s, click to result "
-                      f"{m['click_s']:.2f} s, its figure {m['figure_s']:.2f} s", flush=True)
+                lib_s = timed(work[name])  # the server idles meanwhile
+                pairs[name].append((lib_s, m := request(client, name)))
+                print(f"{name}: library {lib_s:.2f} s; studio: first preview {m['first_preview_s']:.2f} s, click to "
+                      f"result {m['click_s']:.2f} s, its figure {m['figure_s']:.2f} s", flush=True)
         stop_s, stop_line = stop_latency(client, log)
         print(f"Stop: {stop_line!r} {stop_s:.2f} s after the cancel", flush=True)
+        sample_s = timed(work["sample"])
         visitors = two_visitors(url)
-        print(f"two visitors at once (default Sample): {visitors[0]:.2f} s and {visitors[1]:.2f} s", flush=True)
+        print(f"two visitors at once (default Sample): {visitors[0]:.2f} s and {visitors[1]:.2f} s "
+              f"(library alone {sample_s:.2f} s)", flush=True)
         client.close()
     finally:
         proc.terminate()
@@ -202,19 +206,21 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.unlink(missing_ok=True)
-    after, _ = time_library(args.model, compile, args.repeats)
 
-    lib = {k: statistics.median(library[k] + after[k]) for k in library}
     rows = {}
-    for name in REQUESTS:
-        med = {k: statistics.median(m[k] for m in studio[name]) for k in ("first_preview_s", "click_s", "figure_s")}
-        rows[name] = {"library_s": round(lib[name], 3), **{k: round(v, 3) for k, v in med.items()},
-                      "figure_over_library": round(med["figure_s"] / lib[name], 3),
-                      "click_over_library": round(med["click_s"] / lib[name], 3)}
-        print(f"{name:8s} library {lib[name]:6.2f} s | studio figure {med['figure_s']:6.2f} s "
+    for name, runs in pairs.items():
+        med = {k: statistics.median(m[k] for _, m in runs) for k in ("first_preview_s", "click_s", "figure_s")}
+        lib = statistics.median(lib_s for lib_s, _ in runs)
+        rows[name] = {  # ratios: the median of each interleaved pair's ratio
+            "library_s": round(lib, 3),
+            **{k: round(v, 3) for k, v in med.items()},
+            "figure_over_library": round(statistics.median(m["figure_s"] / lib_s for lib_s, m in runs), 3),
+            "click_over_library": round(statistics.median(m["click_s"] / lib_s for lib_s, m in runs), 3),
+        }
+        print(f"{name:8s} library {lib:6.2f} s | studio figure {med['figure_s']:6.2f} s "
               f"({rows[name]['figure_over_library']:.2f}x) | click to result {med['click_s']:6.2f} s "
               f"({rows[name]['click_over_library']:.2f}x) | first preview {med['first_preview_s']:.2f} s")
-    share = [round(t / (2 * lib["sample"]), 3) for t in visitors]
+    share = [round(t / (2 * sample_s), 3) for t in visitors]
     print(f"two visitors: {share[0]:.2f}x and {share[1]:.2f}x of their share (twice the library's Sample)")
     summary = {
         "mode": mode,

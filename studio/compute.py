@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, TypeVar
@@ -75,17 +76,18 @@ def _with_threads(n: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return fn(*args, **kwargs)
 
 
-_thread: ComputeThread | None = None
+_thread: tuple[int, ComputeThread] | None = None  # (the process id that made it, the thread)
 _lock = threading.Lock()
 
 
 def compute_thread() -> ComputeThread:
-    """The process's compute thread (made on first use: a forked worker, as ZeroGPU's, makes its own)."""
+    """The process's compute thread, made on first use; a forked child (ZeroGPU runs requests in one)
+    inherits no threads, so it makes its own."""
     global _thread
     with _lock:
-        if _thread is None:
-            _thread = ComputeThread()
-        return _thread
+        if _thread is None or _thread[0] != os.getpid():
+            _thread = (os.getpid(), ComputeThread())
+        return _thread[1]
 
 
 def on_compute_thread(fn: Callable) -> Callable:

@@ -132,3 +132,26 @@ def test_callers_from_many_threads_share_one_openmp_team():
             assert added == 3 * extra, (run, added)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_makes_its_own_compute_thread():
+    """ZeroGPU runs requests in a forked process, which inherits no threads: the parent's compute thread
+    is not there to take work, so the child must not wait on it."""
+    where(0)  # the parent's compute thread exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if a decorated call returns
+        try:
+            os._exit(0 if where(5)[1] == 10 else 1)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung waiting for its parent's compute thread")
