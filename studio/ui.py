@@ -118,7 +118,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 gr.Markdown(
                     "Both panels start from the **same x_T** (drawn from the seed), so the difference comes from the "
-                    "samplers alone. Wall time counts the sampler only.",
+                    "samplers alone. Wall time is each panel's run as you wait it, previews included.",
                     elem_classes="studio-note",
                 )
                 with gr.Row(equal_height=True):
