@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     with (run / "log.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= train_cfg["trained_steps"]]
     images_seen = int(rows[-1]["step"]) * train_cfg["batch_size"]
-    wall_s = float(rows[-1]["elapsed_s"])
+    wall_s = float(rows[-1]["elapsed_s"])  # logged to 0.1 s: a few steps on a fast machine log 0.0
+    rate = f"{images_seen / wall_s:.0f} images/s" if wall_s > 0 else "under 0.1 s in all"
     # A run continued from another model (--init_from) counts that model's training too; read it before
     # the export below may overwrite it (the bundled model is continued in place).
     before = previous_training(train_cfg.get("init_from", ""))
@@ -131,7 +132,7 @@ The offline default model of Repro-Diffusion-Models: a DDPM UNet (Ho et al. 2020
 | steps | {int(last["step"])} (batch {train_cfg["batch_size"]}, {images_seen / 60000:.1f} epochs) |
 | started from | {started_from(train_cfg.get("init_from", ""), before)} |
 | in all | {(images_seen + before["images"]) / 60000:.1f} epochs ({images_seen + before["images"]:,} images), {(wall_s + before["wall_s"]) / 60:.0f} min of training |
-| wall time | {wall_s / 60:.0f} min of training ({train_cfg["precision"]}, {images_seen / wall_s:.0f} images/s), sampling grids excluded |
+| wall time | {wall_s / 60:.0f} min of training ({train_cfg["precision"]}, {rate}), sampling grids excluded |
 | loss | {train_cfg.get("loss_weighting", "uniform")} weighting{f" (gamma {train_cfg.get('min_snr_gamma')})" if train_cfg.get("loss_weighting") == "min_snr" else ""} |
 | final loss | {final_loss:.4f} (the {"min-SNR-weighted " if train_cfg.get("loss_weighting") == "min_snr" else ""}training MSE on {train_cfg["prediction_type"]}, mean of the last logged intervals) |
 | UNet | block_out_channels {train_cfg["unet"]["block_out_channels"]}, attention at 7x7, {train_cfg["unet"]["layers_per_block"]} resnets per level, dropout {train_cfg["dropout"]} |
