@@ -99,10 +99,13 @@ def on_compute_thread(fn: Callable) -> Callable:
         def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator:
             yield from compute_thread().iterate(fn(*args, **kwargs))
 
-        return gen_wrapper
+        wrapped: Any = gen_wrapper
+    else:
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return compute_thread().call(fn, *args, **kwargs)
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return compute_thread().call(fn, *args, **kwargs)
 
-    return wrapper
+        wrapped = wrapper
+    wrapped.runs_on_compute_thread = True  # for the test that every torch-using event handler has it
+    return wrapped

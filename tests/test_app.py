@@ -564,6 +564,20 @@ def served(tiny_model):
     demo.close()
 
 
+def test_every_event_handler_that_uses_torch_runs_on_the_compute_thread(studio):
+    """A handler doing torch work on Gradio's worker threads makes the studio's sampling ~1.4x slower
+    (studio/compute.py says why): every Studio and Explore method wired to an event runs on the compute
+    thread, but for those that touch no tensors."""
+    no_torch = {"fetch", "toggle_play", "advance"}  # fetch: files on the caller, the model built there
+    demo = ui.build_app(studio)
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    methods = [f.fn for f in fns if type(getattr(f.fn, "__self__", None)).__name__ in ("Studio", "Explore")]
+    names = {m.__name__ for m in methods}
+    assert {"sample", "compare", "show_frame", "interpolate", "reconstruct", "consistency"} <= names
+    off = [m.__name__ for m in methods if m.__name__ not in no_torch and not getattr(m, "runs_on_compute_thread", 0)]
+    assert off == []
+
+
 def test_client_sees_two_named_endpoints(served):
     client, _, _ = served
     info = client.view_api(return_format="dict", print_info=False)
