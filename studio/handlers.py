@@ -96,7 +96,8 @@ class Studio:
         progress(0, desc=f"{sampler.upper()}: starting")
         for step in run:
             last = run.done == run.total
-            if tick(last):
+            ticked = tick(last)
+            if ticked:
                 progress(
                     run.done / run.total,
                     desc=f"{sampler.upper()} step {run.done}/{run.total} · "
@@ -108,6 +109,8 @@ class Studio:
                 )
                 info = f"Step {run.done} / {run.total} · t = {media._t(step.t)} · predicted x0 preview"
                 yield pic, gr.skip(), info, gr.skip()
+            elif ticked and not last:  # a cancel point: Stop takes effect at a yield
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
         assert run.images is not None
         stem = f"{media.slug(name)}_{sampler}_{run.done}steps_seed{seed}"
         grid_path = folder / f"{stem}.png"
@@ -147,7 +150,7 @@ class Studio:
             label = f"Panel {p.upper()} ({samplers[p].upper()})"
             for step in run:
                 done += 1
-                if tick(done == total_steps):
+                if ticked := tick(done == total_steps):
                     progress(
                         done / total_steps,
                         desc=f"{label} step {run.done}/{run.total} · "
@@ -161,6 +164,8 @@ class Studio:
                     md = f"{label}: step {run.done} / {run.total} · t = {media._t(step.t)}"
                     a_img, b_img = (pic, gr.skip()) if p == "a" else (gr.skip(), pic)
                     yield a_img, b_img, gr.skip(), gr.skip(), md, gr.skip()
+                elif ticked and run.done < run.total:  # a cancel point: Stop takes effect at a yield
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             if p == "a" and run.images is not None:  # panel A's result stays up while B runs
                 pic = media.save_png(media.picture(run.images), folder / "a.png")
                 yield pic, gr.skip(), gr.skip(), gr.skip(), f"{label}: done in {run.seconds:.2f} s", gr.skip()

@@ -351,6 +351,21 @@ def test_sample_streams_previews_then_results(tiny_model):
     assert len(traj) == 7 and traj.timesteps[-1] == -1 and traj.visited == traj.timesteps[:-1]
 
 
+def test_runs_yield_a_cancel_point_at_every_progress_tick_between_previews(tiny_model, monkeypatch):
+    """Stop takes effect at a yield, so Sample and Compare yield (outputs unchanged) at each progress tick,
+    not only at the previews: with ticks at every step and one preview, every step but the last yields."""
+    from studio import handlers
+
+    monkeypatch.setattr(handlers, "PROGRESS_EVERY_S", 0.0)
+    studio = make_studio(tiny_model, preview_every_s=1e9)
+    outs = run_all(studio.sample(studio.default_model, "ddpm", 0, 1, steps=8))
+    assert len(outs) == 8 and outs[0][0] is not None  # the first step's preview, 6 cancel points, the result
+    assert all(all(isinstance(v, type(gr.skip())) for v in o) for o in outs[1:7])
+    outs = run_all(studio.compare(studio.default_model, 0, 1, a_sampler="ddpm", a_steps=5, b_sampler="ddim", b_steps=4))
+    skips = [o for o in outs if all(isinstance(v, type(gr.skip())) for v in o)]
+    assert len(skips) == (5 - 2) + (4 - 1)  # panel A: all but its preview and last step; B: all but its last
+
+
 def test_studio_uses_a_compiled_package_where_one_exists(tiny_model, tmp_path, monkeypatch):
     """Loading a model picks up its ahead-of-time package (never compiles during a request); the info line
     says a run was compiled; with compile off, or without a package, it runs eagerly."""
