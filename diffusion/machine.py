@@ -8,18 +8,14 @@ from pathlib import Path
 
 import torch
 
+from .typed import env_number
 from .unet import UNet, UNetConfig
 
 
 def cpu_cores() -> int:
-    """Cores to use: ``CPU_CORES`` if set, else the cores this process may run on, capped by a cgroup
-    CPU quota (containers report the host's cores; oversubscribing them is many times slower)."""
-    env = os.environ.get("CPU_CORES", "").strip()
-    if env:
-        try:
-            return max(1, int(float(env)))
-        except ValueError:
-            raise ValueError(f"CPU_CORES must be a number of cores, got {env!r}.") from None
+    """Cores to use: ``CPU_CORES`` if set (1 to the cores available), else the cores available: those
+    this process may run on, capped by a cgroup CPU quota (containers report the host's cores;
+    oversubscribing them is many times slower). ValueError names the accepted range."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
@@ -27,7 +23,8 @@ def cpu_cores() -> int:
             n = min(n, max(1, math.floor(int(quota) / int(period))))
     except (OSError, ValueError):
         pass
-    return max(1, n)
+    n = max(1, n)
+    return env_number("CPU_CORES", int, n, 1, n, " (the cores this process may use)")
 
 
 def configure_threads() -> int:

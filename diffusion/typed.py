@@ -4,6 +4,7 @@ studio widgets, scheduler configs) and training configs (``--key=value``)."""
 from __future__ import annotations
 
 import math
+import os
 import types
 import typing
 from typing import Any, Literal
@@ -67,6 +68,22 @@ def coerce(name: str, hint: Any, value: Any, owner: str = "") -> Any:
         return value
     if not ok:
         raise ValueError(f"{name} must be {TYPE_NAMES[hint]}, got {value!r}.")
+    return value
+
+
+def env_number(name: str, kind: type, default: Any, low: float, high: float, note: str = "") -> Any:
+    """The environment variable ``name`` as ``kind`` (int or float, read as :func:`coerce` reads text)
+    within ``low``..``high``; ``default`` when it is unset or empty. Anything else is a ValueError in one
+    line naming the variable and the range it accepts (``note`` says where the range comes from)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = coerce(name, kind, text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ValueError(f"{name} must be {TYPE_NAMES[kind]} from {low:,} to {high:,}{note}, got {text!r}.")
     return value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Sequence
 
@@ -40,13 +41,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = Settings.from_env(
-        default_model=args.model,
-        allow_local=args.allow_local or None,
-        compile=False if args.no_compile else None,
-        build_compiled=args.compile or None,
-    )
-    threads = configure_threads()
+    try:  # the environment's settings, checked before anything starts: one line for a bad value, exit 2
+        settings = Settings.from_env(
+            default_model=args.model,
+            allow_local=args.allow_local or None,
+            compile=False if args.no_compile else None,
+            build_compiled=args.compile or None,
+        )
+        threads = configure_threads()
+    except ValueError as e:
+        print(f"python app.py: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     studio = Studio(settings)
     if settings.compile and settings.build_compiled:
         start = time.perf_counter()

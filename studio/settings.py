@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffusion.typed import env_number
+
 APP_DIR = Path(__file__).resolve().parents[1]
 BUNDLED_MODEL = "checkpoints/fashion-mnist"
 HUB_PRESETS = (
@@ -36,19 +38,6 @@ STATE_TTL_S = 3600
 PROGRESS_EVERY_S = 0.1
 
 
-def _env_number(name: str, default: float, kind: type = int) -> Any:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = kind(float(text))
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {text!r}.") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {text!r}.")
-    return value
-
-
 @dataclass(frozen=True)
 class Settings:
     """What an operator may change (environment variable in brackets)."""
@@ -69,12 +58,12 @@ class Settings:
         env = dict(
             default_model=os.environ.get("DEFAULT_MODEL", "").strip() or BUNDLED_MODEL,
             allow_local=os.environ.get("ALLOW_LOCAL_MODELS", "") == "1",
-            max_work=_env_number("MAX_WORK", cls.max_work),
-            max_models=_env_number("MAX_MODELS", cls.max_models),
-            queue_size=_env_number("QUEUE_SIZE", cls.queue_size),
-            preview_every_s=_env_number("PREVIEW_EVERY", cls.preview_every_s, float),
+            max_work=env_number("MAX_WORK", int, cls.max_work, 1000, 10**12, " pixel-steps"),
+            max_models=env_number("MAX_MODELS", int, cls.max_models, 1, 32),
+            queue_size=env_number("QUEUE_SIZE", int, cls.queue_size, 1, 10_000),
+            preview_every_s=env_number("PREVIEW_EVERY", float, cls.preview_every_s, 0.05, 60, " seconds"),
             compile=os.environ.get("COMPILE", "1") != "0",
-            keep_outputs=_env_number("KEEP_OUTPUTS", cls.keep_outputs),
+            keep_outputs=env_number("KEEP_OUTPUTS", int, cls.keep_outputs, 1, 10_000),
         )
         return cls(**{**env, **{k: v for k, v in overrides.items() if v is not None}})
 

@@ -669,3 +669,56 @@ def test_default_data_root_still_uses_debians_fashion_mnist(tmp_path, monkeypatc
     # The folder given, not Debian's copy.
     with pytest.raises(FileNotFoundError, match="fashion-mnist is not in .*mine"):
         load_images("fashion-mnist", str(tmp_path / "mine"), "test")
+
+
+# ----------------------------------------------------------------------------- the studio's environment settings
+
+CORES = "a whole number from 1 to {cores} (the cores this process may use)"
+ENV_CASES = {  # variable, value, the range the message states
+    "cores-text": ("CPU_CORES", "abc", CORES),
+    "cores-inf": ("CPU_CORES", "inf", CORES),
+    "cores-zero": ("CPU_CORES", "0", CORES),
+    "cores-negative": ("CPU_CORES", "-1", CORES),
+    "cores-more-than-the-machine": ("CPU_CORES", "1e9", CORES),
+    "cores-fraction": ("CPU_CORES", "1.5", CORES),
+    "work-text": ("MAX_WORK", "abc", "a whole number from 1,000 to 1,000,000,000,000 pixel-steps"),
+    "work-zero": ("MAX_WORK", "0", "a whole number from 1,000 to 1,000,000,000,000 pixel-steps"),
+    "work-nan": ("MAX_WORK", "nan", "a whole number from 1,000 to 1,000,000,000,000 pixel-steps"),
+    "keep-overflow": ("KEEP_OUTPUTS", "1e400", "a whole number from 1 to 10,000"),
+    "keep-negative": ("KEEP_OUTPUTS", "-3", "a whole number from 1 to 10,000"),
+    "models-zero": ("MAX_MODELS", "0", "a whole number from 1 to 32"),
+    "queue-huge": ("QUEUE_SIZE", "1e12", "a whole number from 1 to 10,000"),
+    "preview-zero": ("PREVIEW_EVERY", "0", "a finite number from 0.05 to 60 seconds"),
+    "preview-inf": ("PREVIEW_EVERY", "inf", "a finite number from 0.05 to 60 seconds"),
+}
+
+
+@pytest.mark.parametrize("case", ENV_CASES, ids=list(ENV_CASES))
+def test_studio_refuses_bad_environment_settings_at_start_in_one_line(case, monkeypatch, capsys):
+    """``python app.py`` reads its settings before anything starts: a bad value is one line naming the
+    variable and the range it accepts (cores: at most the machine's), exit status 2, no traceback."""
+    import studio.main
+    from diffusion.machine import cpu_cores
+
+    monkeypatch.delenv("CPU_CORES", raising=False)
+    cores = cpu_cores()
+    name, value, accepted = ENV_CASES[case]
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr(studio.main, "build_app", lambda *a: pytest.fail("the app was built"))
+    with pytest.raises(SystemExit) as exit_info:
+        studio.main.main([])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"python app.py: {name} must be {accepted.format(cores=cores)}, got {value!r}.\n"
+
+
+def test_good_environment_settings_are_read(monkeypatch):
+    from diffusion.machine import cpu_cores
+    from studio.settings import Settings
+
+    monkeypatch.setenv("CPU_CORES", "1")
+    monkeypatch.setenv("MAX_WORK", "2e6")
+    monkeypatch.setenv("PREVIEW_EVERY", "0.25")
+    monkeypatch.setenv("KEEP_OUTPUTS", " 12 ")
+    s = Settings.from_env()
+    assert (cpu_cores(), s.max_work, s.preview_every_s, s.keep_outputs) == (1, 2_000_000, 0.25, 12)
