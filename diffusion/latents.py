@@ -80,25 +80,48 @@ def ddim_invert(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, option
         x = x_next
 
 
+def _check_batch(x: Any, shape: tuple[int, int, int], what: str, plural: bool) -> None:
+    """``x`` is a non-empty float tensor (n, C, H, W) of image ``shape`` with finite values; ValueError
+    saying what differs otherwise (``what``: "The images", "The starting noise")."""
+    has, is_ = ("have", "are") if plural else ("has", "is")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}.")
+    want = f"(n, {', '.join(map(str, shape))})"
+    if x.ndim != 4 or x.shape[0] < 1:
+        raise ValueError(f"{what} {has} shape {tuple(x.shape)}; this model takes {want}, n at least 1.")
+    if x.shape[1] != shape[0]:
+        raise ValueError(f"{what} {has} {x.shape[1]} channel(s); this model takes {shape[0]} ({want}).")
+    if tuple(x.shape[2:]) != shape[1:]:
+        raise ValueError(f"{what} {is_} {x.shape[2]}x{x.shape[3]}; this model takes {want}.")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be floats{' in [0, 1]' if plural else ''}, got {x.dtype}.")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} {'contain' if plural else 'contains'} NaN or infinite values.")
+
+
 def check_images(images: torch.Tensor, shape: tuple[int, int, int]) -> None:
     """``images`` are what :meth:`DiffusionPipeline.sample` returns for a model of image ``shape``:
     a float tensor (n, C, H, W) in [0, 1]; ValueError saying what differs otherwise."""
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"The images must be a torch.Tensor, got {type(images).__name__}.")
-    want = f"(n, {', '.join(map(str, shape))})"
-    if images.ndim != 4 or images.shape[0] < 1:
-        raise ValueError(f"The images have shape {tuple(images.shape)}; this model takes {want}.")
-    if images.shape[1] != shape[0]:
-        raise ValueError(f"The images have {images.shape[1]} channel(s); this model takes {shape[0]} ({want}).")
-    if tuple(images.shape[2:]) != shape[1:]:
-        raise ValueError(f"The images are {images.shape[2]}x{images.shape[3]}; this model takes {want}.")
-    if not images.is_floating_point():
-        raise ValueError(f"The images must be floats in [0, 1], got {images.dtype}.")
-    if not torch.isfinite(images).all():
-        raise ValueError("The images contain NaN or infinite values.")
+    _check_batch(images, shape, "The images", plural=True)
     low, high = images.min().item(), images.max().item()
     if low < 0 or high > 1:
         raise ValueError(f"The images must lie in [0, 1] (as sample() returns them), got {low:g} to {high:g}.")
+
+
+NOISE_LIMIT = 1000.0  # standard normal noise stays within about +-6; DDIM latents of images within a few more
+
+
+def check_noise(noise: torch.Tensor, shape: tuple[int, int, int]) -> None:
+    """``noise`` can start a sampler for a model of image ``shape``: x_T as :meth:`initial_noise` draws it
+    or as :meth:`invert` returns it, a float tensor (n, C, H, W) of finite values within
+    +-:data:`NOISE_LIMIT`; ValueError saying what differs otherwise."""
+    _check_batch(noise, shape, "The starting noise", plural=False)
+    peak = noise.abs().max().item()
+    if peak > NOISE_LIMIT:
+        raise ValueError(
+            f"The starting noise reaches {peak:g}; x_T is standard normal noise (within about +-6), so values "
+            f"beyond +-{NOISE_LIMIT:g} cannot be a starting point."
+        )
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float | Sequence[float] | torch.Tensor) -> torch.Tensor:

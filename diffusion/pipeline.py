@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from tqdm import tqdm
 from . import compiled, hub
 from .files import CheckpointError
 from .images import to_unit
-from .latents import check_images, check_inversion_options, ddim_invert
+from .latents import check_images, check_inversion_options, check_noise, ddim_invert
 from .samplers import BaseOptions, Step, get_sampler
 from .schedule import NoiseSchedule
 from .unet import UNet, build_unet
@@ -110,8 +111,7 @@ class DiffusionPipeline:
 
     def initial_noise(self, n: int, seed: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """x_T ~ N(0, I) drawn as diffusers' pipelines draw it: on a CPU generator seeded with ``seed``."""
-        if n < 1:
-            raise ValueError(f"The number of images must be at least 1, got {n}.")
+        n = _count(n, "The number of images")
         generator = generator or torch.Generator("cpu").manual_seed(seed)
         return torch.randn((n, *self.image_shape), generator=generator).to(self.device, self.unet.dtype)
 
@@ -159,14 +159,10 @@ class DiffusionPipeline:
         if noise is None:
             x = self.initial_noise(n, seed, generator)
         else:
-            if tuple(noise.shape[1:]) != self.image_shape or noise.ndim != 4:
-                raise ValueError(
-                    f"The starting noise has shape {tuple(noise.shape)}; this model takes "
-                    f"(n, {', '.join(map(str, self.image_shape))})."
-                )
+            check_noise(noise, self.image_shape)
             x = noise.to(self.device, self.unet.dtype)
         self.unet.eval()
-        yield from get_sampler(sampler).fn(self.model_fn(), x, self.schedule, opts, generator)
+        yield from _finite(get_sampler(sampler).fn(self.model_fn(), x, self.schedule, opts, generator), opts)
 
     def sample(
         self,
@@ -188,8 +184,10 @@ class DiffusionPipeline:
         observes the first batch's steps."""
         opts = options or self.sampler_options(sampler, **overrides)
         generator = generator or torch.Generator("cpu").manual_seed(seed)
+        if noise is not None:
+            check_noise(noise, self.image_shape)
         x = self.initial_noise(n, seed, generator) if noise is None else noise
-        batch = batch_size or len(x)
+        batch = len(x) if batch_size is None else _count(batch_size, "The batch size")
         finals = []
         with tqdm(
             total=opts.num_inference_steps * -(-len(x) // batch), desc=sampler, unit="step", disable=not progress
@@ -233,7 +231,7 @@ class DiffusionPipeline:
         check_images(images, self.image_shape)
         self.unet.eval()
         x = images.to(self.device, self.unet.dtype) * 2 - 1
-        yield from ddim_invert(self.model_fn(), x, self.schedule, opts)
+        yield from _finite(ddim_invert(self.model_fn(), x, self.schedule, opts), opts)
 
     def invert(
         self,
@@ -250,7 +248,7 @@ class DiffusionPipeline:
         the images (Table 2)."""
         opts = self.inversion_options(options, num_inference_steps=num_inference_steps, **overrides)
         check_images(images, self.image_shape)
-        batch = batch_size or len(images)
+        batch = len(images) if batch_size is None else _count(batch_size, "The batch size")
         latents = []
         with tqdm(total=opts.num_inference_steps * -(-len(images) // batch), desc="invert", unit="step",
                   disable=not progress) as bar:
@@ -319,6 +317,29 @@ class DiffusionPipeline:
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, extra_files)
             return hub.upload_folder(repo_id, tmp, private=private, token=token, commit_message=commit_message)
+
+
+def _count(value: Any, what: str) -> int:
+    """``value`` as a count of at least 1 (Python or NumPy integers); ValueError naming ``what`` otherwise."""
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be a whole number, got {value!r}.") from None
+    if isinstance(value, bool) or count < 1:
+        raise ValueError(f"{what} must be at least 1, got {value!r}.")
+    return count
+
+
+def _finite(steps: Iterator[Step], options: BaseOptions) -> Iterator[Step]:
+    """``steps``, stopped with a ValueError naming the step where the sample turns NaN or infinite (a
+    damaged or diverged model): nothing downstream gets a black image without a word."""
+    for step in steps:
+        if not torch.isfinite(step.x_prev).all():
+            raise ValueError(
+                f"The sample turned NaN or infinite at step {step.index + 1} of {options.num_inference_steps} "
+                f"(t = {step.t}): the model's output is not finite there; its weights may be damaged or diverged."
+            )
+        yield step
 
 
 def load(

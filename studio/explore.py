@@ -108,17 +108,13 @@ class Explore:
         """DDIM-decode ``noise``; yields None now and then (a cancel point for Stop: at most every
         ``PROGRESS_EVERY_S``, since each yield is a message to the page), then the images in [0, 1]."""
         last, cancel_point = None, Throttle(PROGRESS_EVERY_S)
-        for last in self._drive(
-            pipe.denoise("ddim", noise=noise, options=options),
-            options.num_inference_steps,
-            done,
-            grand,
-            label,
-            progress,
-            start,
-        ):
-            if cancel_point():
-                yield None
+        steps = pipe.denoise("ddim", noise=noise, options=options)
+        try:
+            for last in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
+                if cancel_point():
+                    yield None
+        except ValueError as e:  # the library's messages are written for users (a non-finite sample...)
+            raise gr.Error(str(e)) from None
         assert last is not None
         yield diffusion.to_unit(last.x_prev).float().cpu()
 

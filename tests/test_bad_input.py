@@ -722,3 +722,82 @@ def test_good_environment_settings_are_read(monkeypatch):
     monkeypatch.setenv("KEEP_OUTPUTS", " 12 ")
     s = Settings.from_env()
     assert (cpu_cores(), s.max_work, s.preview_every_s, s.keep_outputs) == (1, 2_000_000, 0.25, 12)
+
+
+# ----------------------------------------------------------------------------- noise, counts and non-finite samples
+
+def tiny_pipe(nan: bool = False) -> DiffusionPipeline:
+    from test_app import TINY
+
+    torch.manual_seed(0)
+    pipe = DiffusionPipeline(diffusion.UNet(TINY), {})
+    if nan:
+        with torch.no_grad():
+            pipe.unet.conv_out.bias.fill_(float("nan"))
+    return pipe
+
+
+NOISE_CASES = {  # noise, the message
+    "nan": (torch.full((2, 1, 8, 8), float("nan")), "The starting noise contains NaN or infinite values."),
+    "inf": (torch.full((2, 1, 8, 8), float("inf")), "The starting noise contains NaN or infinite values."),
+    "huge": (torch.full((2, 1, 8, 8), 1e30), "The starting noise reaches 1e+30; x_T is standard normal noise"),
+    "empty": (torch.zeros(0, 1, 8, 8), "The starting noise has shape (0, 1, 8, 8); this model takes (n, 1, 8, 8), n"),
+    "numpy": (np.zeros((2, 1, 8, 8), np.float32), "The starting noise must be a torch.Tensor, got ndarray."),
+    "integers": (torch.zeros(2, 1, 8, 8, dtype=torch.long), "The starting noise must be floats, got torch.int64."),
+    "channels": (torch.zeros(2, 3, 8, 8), "The starting noise has 3 channel(s); this model takes 1 ((n, 1, 8, 8))."),
+    "size": (torch.zeros(2, 1, 9, 9), "The starting noise is 9x9; this model takes (n, 1, 8, 8)."),
+}
+
+
+@pytest.mark.parametrize("case", NOISE_CASES, ids=list(NOISE_CASES))
+@pytest.mark.parametrize("call", ["sample", "denoise"])
+def test_starting_noise_is_checked_before_any_step(case, call, monkeypatch):
+    pipe = tiny_pipe()
+    monkeypatch.setattr(pipe, "model_fn", lambda: pytest.fail("the model was called"))
+    noise, message = NOISE_CASES[case]
+    with pytest.raises(ValueError) as e:
+        if call == "sample":
+            pipe.sample("ddim", noise=noise, num_inference_steps=2)
+        else:
+            next(pipe.denoise("ddim", noise=noise, num_inference_steps=2))
+    assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"n": 2.5}, "The number of images must be a whole number, got 2.5."),
+    ({"n": 0}, "The number of images must be at least 1, got 0."),
+    ({"n": True}, "The number of images must be at least 1, got True."),
+    ({"n": "3"}, "The number of images must be a whole number, got '3'."),
+    ({"n": 2, "batch_size": -1}, "The batch size must be at least 1, got -1."),
+    ({"n": 2, "batch_size": 1.5}, "The batch size must be a whole number, got 1.5."),
+])
+def test_counts_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message.replace('(', '[(]').replace(')', '[)]')}$"):
+        tiny_pipe().sample("ddim", num_inference_steps=2, **kwargs)
+    assert tiny_pipe().sample("ddim", n=np.int64(2), num_inference_steps=2).shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_a_sample_that_turns_non_finite_stops_at_that_step(sampler):
+    """A damaged checkpoint (NaN weights) stops every sampler at its first step with the reason, instead of
+    returning an all-black grid."""
+    pipe = tiny_pipe(nan=True)
+    with pytest.raises(ValueError, match=r"^The sample turned NaN or infinite at step 1 of 4 \(t = \d+\): the model"):
+        pipe.sample(sampler, n=2, num_inference_steps=4)
+
+
+def test_inversion_that_turns_non_finite_stops():
+    with pytest.raises(ValueError, match="turned NaN or infinite at step 1 of 2"):
+        tiny_pipe(nan=True).invert(torch.rand(2, 1, 8, 8), 2)
+
+
+def test_cli_on_a_nan_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys):
+    model = tmp_path / "nan-model"
+    tiny_pipe(nan=True).save_pretrained(model)
+    out = tmp_path / "out" / "grid.png"
+    argv = ["--model", str(model), "-n", "2", "--steps", "3", "--out", str(out), "--device", "cpu"]
+    code, err = run_cli(argv, capsys)
+    last = err.strip().splitlines()[-1]  # after the progress bar, which had started
+    assert code == 2 and last.startswith("error: The sample turned NaN or infinite at step 1 of 3"), err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or leftovers(tmp_path / "out") == []
