@@ -139,11 +139,20 @@ def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "timestep_spacing": args.spacing,
         "clip_sample": args.clip_sample,
     }
+    flags = {"num_inference_steps": "--steps", "eta": "--eta", "variance_type": "--variance-type",
+             "timestep_spacing": "--spacing", "clip_sample": "--clip / --no-clip"}
+    given: set[str] = set()
     for item in args.option:
         if "=" not in item:
             raise ValueError(f"--option wants KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        options[key.replace("-", "_")] = value  # typed by the sampler's options (diffusion.typed)
+        key = key.strip().replace("-", "_")
+        if key in flags:  # one way to give each value, checked one way
+            raise ValueError(f"--option {key}=... has its own flag: use {flags[key]}")
+        if key in given:
+            raise ValueError(f"--option {key} is given twice; give each option once")
+        given.add(key)
+        options[key] = value  # typed by the sampler's options (diffusion.typed)
     return options
 
 
@@ -234,11 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError (CUDA) is a RuntimeError, and so is the CPU's
         if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "can't allocate memory" not in str(e):
             raise
-        print(
-            f"error: out of memory on {args.device} for {args.num_images} images ({args.batch_size or args.num_images} "
-            "at once); lower -n or --batch-size.",
-            file=sys.stderr,
-        )
+        batch = args.batch_size or args.num_images
+        what = {
+            "interpolate": f"{args.frames} frames at once; lower --frames",
+            "reconstruct": "the input images at once; give fewer --input images",
+        }.get(args.mode, f"{args.num_images} images ({batch} at once); lower -n or --batch-size")
+        print(f"error: out of memory on {args.device} for {what}.", file=sys.stderr)
     except OSError as e:  # a full disk while saving, a folder removed meanwhile...
         print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
     except KeyboardInterrupt:

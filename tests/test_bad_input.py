@@ -308,11 +308,31 @@ CLI_CASES = {
         "clip_sample_range must be a finite number, got ''",
         False,
     ),
-    "clip maybe": (["--option", "clip_sample=maybe"], "clip_sample must be true or false, got 'maybe'", False),
+    "clip through --option": (
+        ["--option", "clip_sample=maybe"],
+        "--option clip_sample=... has its own flag: use --clip",
+        False,
+    ),
+    "steps through --option": (
+        ["--option", "num_inference_steps=1e3"],  # --steps 1e3 is refused, so this one is too
+        "--option num_inference_steps=... has its own flag: use --steps",
+        False,
+    ),
+    "eta through --option": (["--option", "eta=0.5"], "--option eta=... has its own flag: use --eta", False),
+    "option given twice": (
+        ["--option", "steps_offset=1", "--option", "steps-offset=2"],
+        "--option steps_offset is given twice; give each option once",
+        False,
+    ),
     "eta nan": (["--eta", "nan"], "eta must be a finite number, got nan", False),
     "eta 1e400": (["--eta", "1e400"], "eta must be a finite number, got inf", False),
     "eta negative": (["--eta", "-0.5"], "eta must be between 0 and 1", False),
-    "spacing not a choice": (["--option", "timestep_spacing=5"], "timestep_spacing='5' is not one of", False),
+    "spacing through --option": (
+        ["--option", "timestep_spacing=5"],
+        "--option timestep_spacing=... has its own flag: use --spacing",
+        False,
+    ),
+    "spacing not a choice": (["--spacing", "5"], "argument --spacing: invalid choice: '5'", True),
     "option without =": (["--option", "steps_offset"], "--option wants KEY=VALUE, got 'steps_offset'", False),
     "unknown option": (["--option", "etta=0.5"], "Sampler 'ddim' has no option 'etta'", False),
     "steps past T": (["--steps", "5000"], "between 1 and 1000", False),
@@ -801,3 +821,18 @@ def test_cli_on_a_nan_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys
     assert code == 2 and last.startswith("error: The sample turned NaN or infinite at step 1 of 3"), err
     assert err.count("error:") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists() or leftovers(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("mode,args,message", [
+    ("interpolate", ["--frames", "50", "--seed-b", "1"], "error: out of memory on cpu for 50 frames at once; lower"),
+    ("sample", ["-n", "8", "--batch-size", "4"], "error: out of memory on cpu for 8 images (4 at once); lower -n or"),
+])
+def test_cli_out_of_memory_names_the_setting_that_sized_it(mode, args, message, tmp_path, capsys, monkeypatch):
+    def oom(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(cli, f"_{mode}", oom)
+    out = str(tmp_path / "o.png")
+    argv = ["--model", str(BUNDLED), "--mode", mode, "--steps", "2", "--out", out, "--device", "cpu"]
+    code, err = run_cli(argv + args, capsys)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
