@@ -5,7 +5,7 @@ Why: torch's CPU kernels run on GNU OpenMP, which keeps a team of worker threads
 has started parallel work, and counts them all. Gradio calls handlers from a pool of worker threads, so
 with the server's main thread (model loading) and a few pool threads the teams soon hold more threads
 than the machine has cores; libgomp then stops spinning at its barriers and sleeps instead, and every
-UNet evaluation in the studio was about 1.4x slower than the same call in a script
+UNet evaluation in the studio ran markedly slower than the same call in a script
 (``benchmarks/app_latency.py`` measures both). On one long-lived thread there is one team, as in a script.
 
 Requests still share the thread fairly: a generator gives the thread back at each of its yields.

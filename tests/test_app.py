@@ -582,7 +582,7 @@ def served(tiny_model):
 
 
 def test_every_event_handler_that_uses_torch_runs_on_the_compute_thread(studio):
-    """A handler doing torch work on Gradio's worker threads makes the studio's sampling ~1.4x slower
+    """A handler doing torch work on Gradio's worker threads makes the studio's sampling slower
     (studio/compute.py says why): every Studio and Explore method wired to an event runs on the compute
     thread, but for those that touch no tensors."""
     no_torch = {"fetch", "toggle_play", "advance"}  # fetch: files on the caller, the model built there
