@@ -130,25 +130,27 @@ def add_sampler_arguments(p: argparse.ArgumentParser, model_required: bool = Tru
     )
 
 
+# Sampler options with a flag of their own: option -> (the parsed argument, the flag as typed).
+OPTION_FLAGS = {
+    "num_inference_steps": ("steps", "--steps"),
+    "eta": ("eta", "--eta"),
+    "variance_type": ("variance_type", "--variance-type"),
+    "timestep_spacing": ("spacing", "--spacing"),
+    "clip_sample": ("clip_sample", "--clip / --no-clip"),
+}
+
+
 def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The sampler options given on the command line (None: the checkpoint's or the sampler's default)."""
-    options: dict[str, Any] = {
-        "num_inference_steps": args.steps,
-        "eta": args.eta,
-        "variance_type": args.variance_type,
-        "timestep_spacing": args.spacing,
-        "clip_sample": args.clip_sample,
-    }
-    flags = {"num_inference_steps": "--steps", "eta": "--eta", "variance_type": "--variance-type",
-             "timestep_spacing": "--spacing", "clip_sample": "--clip / --no-clip"}
+    options: dict[str, Any] = {key: getattr(args, dest) for key, (dest, _) in OPTION_FLAGS.items()}
     given: set[str] = set()
     for item in args.option:
         if "=" not in item:
             raise ValueError(f"--option wants KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        if key in flags:  # one way to give each value, checked one way
-            raise ValueError(f"--option {key}=... has its own flag: use {flags[key]}")
+        if key in OPTION_FLAGS:  # one way to give each value, checked one way
+            raise ValueError(f"--option {key}=... has its own flag: use {OPTION_FLAGS[key][1]}")
         if key in given:
             raise ValueError(f"--option {key} is given twice; give each option once")
         given.add(key)
