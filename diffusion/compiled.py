@@ -141,9 +141,7 @@ def build(unet: UNet, folder: str | Path | None = None, verbose: bool = True) ->
         print(f"compiling the UNet ahead of time into {path} (about a minute on 2 CPU cores)...", flush=True)
     with torch.no_grad():
         program = torch.export.export(ref, (x, torch.tensor(500.0)), dynamic_shapes=({0: batch}, None))
-    atomic_write(
-        path, lambda p: torch._inductor.aoti_compile_and_package(program, package_path=str(p)), keep_suffix=True
-    )
+    atomic_write(path, lambda p: torch._inductor.aoti_compile_and_package(program, package_path=str(p)))
     if verbose:
         print(f"compiled in {time.perf_counter() - start:.0f} s", flush=True)
     return path

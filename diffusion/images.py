@@ -65,7 +65,7 @@ def save_animation(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10
         h, w = frames[0].shape[:2]
         frames = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in frames]
         atomic_write(path, lambda p: iio.imwrite(p, frames, extension=".mp4", fps=fps, codec="libx264", plugin="pyav")
-                     if _has_pyav() else _ffmpeg_write(p, frames, fps), keep_suffix=True)
+                     if _has_pyav() else _ffmpeg_write(p, frames, fps))
     else:
         raise ValueError(f"Unsupported animation format {path.suffix!r}; use .gif or .mp4.")
     return path

@@ -112,7 +112,7 @@ class Trajectory:
             meta=np.array(json.dumps(meta, default=str)),
         )
         path = Path(path)
-        atomic_write(path, lambda p: np.savez_compressed(p, **arrays), keep_suffix=True)
+        atomic_write(path, lambda p: np.savez_compressed(p, **arrays))
         return path
 
     @staticmethod

@@ -364,7 +364,7 @@ CLI_CASES = {
         True,
     ),
     "out in /proc": (["--out", "/proc/x.png"], "no file can be created in /proc", True),
-    "out name too long": (["--out", "{tmp}/" + "x" * 300 + ".png"], "File name too long", True),
+    "out name too long": (["--out", "{tmp}/" + "x" * 300 + ".png"], "is 304 bytes long, more than the 255 a file system allows; choose a shorter one", True),
     "process under a file": (["--process", "{tmp}/a-file/p.png"], "a-file is a file, not a folder", True),
     "process same as out": (["--process", "{out}"], "--process and --out name the same file", True),
     "model 10,000 characters": (
@@ -385,6 +385,48 @@ else:
     )
 if not ROOT_USER:
     CLI_CASES["out in a read-only folder"] = (["--out", "{ro}/x.png"], "Permission denied", True)
+    CLI_CASES["out a read-only file"] = (
+        ["--out", "{special}/read-only.png"], "read-only.png is read-only; make it writable (chmod u+w)", True
+    )
+CLI_CASES.update({  # targets that are not regular files, made in a temp folder by special_files()
+    "out a FIFO": (["--out", "{special}/fifo"], "fifo is a named pipe (FIFO), not a regular file", True),
+    "out a socket": (["--out", "{special}/socket"], "socket is a socket, not a regular file", True),
+    "out a symlink to a FIFO": (["--out", "{special}/link-to-fifo"], "fifo is a named pipe (FIFO)", True),
+    "out a symlink to a folder": (["--out", "{special}/link-to-folder"], "is a folder; give a file name", True),
+    "out a symlink loop": (["--out", "{special}/loop-a"], "Too many levels of symbolic links", True),
+    "process a FIFO": (["--process", "{special}/fifo"], "is a named pipe (FIFO), not a regular file", True),
+    "out 256-byte name": (["--out", "{tmp}/" + "é" * 126 + ".png"], "is 256 bytes long, more than the 255", True),
+    "out folder name too long": (["--out", "{tmp}/" + "d" * 256 + "/x.png"], "File name too long", True),
+})
+if ROOT_USER:  # mknod needs root: a character device like /dev/full, made in the temp folder
+    CLI_CASES["out a device"] = (["--out", "{special}/full"], "full is a device, not a regular file", True)
+    CLI_CASES["out a symlink to a device"] = (["--out", "{special}/link-to-full"], "full is a device", True)
+
+
+def special_files(folder: Path) -> dict[str, str]:
+    """A FIFO, a socket, a device node (root only), symlinks to them, a loop, a read-only file: the kinds of
+    target a write must not replace. Returns each name's kind, to check that nothing was replaced."""
+    import socket
+
+    folder.mkdir()
+    os.mkfifo(folder / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "socket"))
+    sock.close()
+    if ROOT_USER:
+        os.mknod(folder / "full", stat.S_IFCHR | 0o666, os.makedev(1, 7))
+        os.symlink(folder / "full", folder / "link-to-full")
+    os.symlink(folder / "fifo", folder / "link-to-fifo")
+    os.symlink(folder, folder / "link-to-folder")
+    os.symlink(folder / "loop-b", folder / "loop-a")
+    os.symlink(folder / "loop-a", folder / "loop-b")
+    (folder / "read-only.png").write_bytes(b"keep")
+    (folder / "read-only.png").chmod(0o444)
+    return kinds(folder)
+
+
+def kinds(folder: Path) -> dict[str, str]:
+    return {p.name: f"{stat.S_IFMT(p.lstat().st_mode):o}" for p in folder.iterdir()}
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=list(CLI_CASES))
@@ -393,9 +435,11 @@ def test_cli_refuses_bad_input_in_one_line(case, tmp_path, capsys, monkeypatch):
     (tmp_path / "a-file").write_text("not a folder")
     out_dir = tmp_path / "out"
     out = out_dir / "grid.png"
-    fill = {"{tmp}": str(tmp_path), "{out}": str(out)}
+    special = tmp_path / "special"
+    fill = {"{tmp}": str(tmp_path), "{out}": str(out), "{special}": str(special)}
     if "{ro}" in " ".join(args):
         fill["{ro}"] = str(unwritable_folder(tmp_path))
+    made = special_files(special)
 
     def expand(a: str) -> str:
         for k, v in fill.items():
@@ -413,9 +457,10 @@ def test_cli_refuses_bad_input_in_one_line(case, tmp_path, capsys, monkeypatch):
     assert code == 2, err
     assert err.startswith("error: ") and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert leftovers(out_dir) == [] and sorted(p.name for p in tmp_path.iterdir() if p.name != "read-only") == [
-        "a-file"
-    ]
+    assert leftovers(out_dir) == [] and sorted(
+        p.name for p in tmp_path.iterdir() if p.name not in ("read-only", "special")
+    ) == ["a-file"]
+    assert kinds(special) == made and (special / "read-only.png").read_bytes() == b"keep"  # nothing replaced
 
 
 def test_cli_still_samples_and_writes_with_the_umask(tmp_path, capsys):
@@ -472,6 +517,45 @@ def test_atomic_write_keeps_an_existing_files_mode(tmp_path):
     assert leftovers(tmp_path) == ["log.csv"]
 
 
+def test_cli_writes_through_a_symlink_and_takes_the_longest_name(tmp_path, capsys):
+    """--out naming a symlink writes the file it points to (as open() does) and the link stays; a 255-byte name
+    (the longest a file system takes) is written although the hidden temporary name is longer."""
+    target = tmp_path / "real" / "grid.png"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    os.symlink(target, tmp_path / "link.png")
+    os.symlink(tmp_path / "real" / "new.png", tmp_path / "dangling.png")  # its target is created
+    longest = "x" + "é" * 125 + ".png"  # 255 bytes
+    for out in ("link.png", "dangling.png", longest):
+        code, err = run_cli(["--model", str(BUNDLED), "-n", "1", "--steps", "1", "--out", str(tmp_path / out),
+                             "--device", "cpu"], capsys)
+        assert code == 0, err
+    assert (tmp_path / "link.png").is_symlink() and (tmp_path / "dangling.png").is_symlink()
+    assert target.read_bytes()[:4] == b"\x89PNG" and (tmp_path / "real" / "new.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(os.fsencode(longest)) == 255 and (tmp_path / longest).stat().st_size > 0
+    assert leftovers(tmp_path) == sorted(["dangling.png", "link.png", "real", longest, "grid.png", "new.png"])
+
+
+@pytest.mark.skipif(not ROOT_USER, reason="only root may replace a read-only file (open() would too)")
+def test_a_read_only_file_root_may_write_keeps_its_mode(tmp_path):
+    path = tmp_path / "grid.png"
+    path.write_text("old")
+    path.chmod(0o444)
+    assert check_writable(path) == path
+    atomic_write(path, lambda p: p.write_text("new"))
+    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert leftovers(tmp_path) == ["grid.png"]
+
+
+def test_atomic_write_refuses_what_is_not_a_regular_file(tmp_path):
+    """The writer itself (not only the CLI's pre-check) never renames over a FIFO, socket, device or folder."""
+    made = special_files(tmp_path / "special")
+    for name in ["fifo", "socket", "link-to-fifo", "link-to-folder", *(["full"] if ROOT_USER else [])]:
+        with pytest.raises(ValueError, match="not a regular file|is a folder"):
+            atomic_write(tmp_path / "special" / name, lambda p: p.write_text("x"))
+    assert kinds(tmp_path / "special") == made
+
+
 @pytest.mark.parametrize("what,make,message", [
     ("file", lambda t: t, "is a folder; give a file name"),
     ("file", lambda t: t / "a-file" / "x.png", "a-file is a file, not a folder"),
@@ -479,7 +563,7 @@ def test_atomic_write_keeps_an_existing_files_mode(tmp_path):
     ("folder", lambda t: t / "a-file" / "deeper" / "run", "a-file is a file, not a folder"),
     ("folder", lambda t: Path("/proc/run"), "no file can be created in /proc"),
     ("file", lambda t: Path("/sys/x.png"), "no file can be created in /sys"),
-    ("file", lambda t: t / ("y" * 300), "File name too long"),
+    ("file", lambda t: t / ("y" * 300), "is 300 bytes long, more than the 255"),
 ])
 def test_check_writable_refuses_what_cannot_be_written(tmp_path, what, make, message):
     (tmp_path / "a-file").write_text("x")
