@@ -298,7 +298,14 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any) -
 def _reconstruct(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any, inputs: list[Any]) -> int:
     """Encode the --input images to x_T, decode them again, save the reconstructions (Table 2)."""
     channels, size, _ = pipe.image_shape
-    images = images_to_tensor(inputs, channels, size).to(pipe.device)
+    images, notes = images_to_tensor(inputs, channels, size)
+    images = images.to(pipe.device)
+    if len(set(notes)) == 1 and notes[0]:
+        print(f"read the {len(notes)} input image(s): {notes[0]}")
+    else:
+        for im, note in zip(inputs, notes):
+            if note:
+                print(f"read {im.info['source']}: {note}")
     start = time.perf_counter()
     latents, recon = reconstruct(pipe, images, opts, args.batch_size)
     save_grid(recon, args.out)

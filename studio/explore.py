@@ -10,10 +10,11 @@ from typing import Any, Iterator, Sequence
 
 import gradio as gr
 import torch
+from gradio.utils import get_upload_folder
 
 import diffusion
 from diffusion import latents
-from diffusion.images import images_to_tensor, read_images, save_grid, scale_to_unit
+from diffusion.images import images_to_tensor, open_image, save_grid, scale_to_unit
 from diffusion.samplers import Step
 
 from . import media
@@ -21,11 +22,9 @@ from .compute import on_compute_thread
 from .handlers import Studio
 from .options import check_count
 from .runs import Throttle, time_left
-from .settings import DISPLAY_PX, MAX_SEED, PROGRESS_EVERY_S
+from .settings import DISPLAY_PX, MAX_SEED, MAX_UPLOAD_BYTES, PROGRESS_EVERY_S
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # real Fashion-MNIST test images, one per class
-MAX_UPLOAD_BYTES = 20 * 2**20
-MAX_UPLOAD_PIXELS = 4096 * 4096
 CONSISTENCY_STEPS = (10, 20, 50, 100, 1000)
 ERROR_STEPS = (10, 20, 50, 100)
 MAX_FRAMES = 16
@@ -36,24 +35,49 @@ def example_images() -> list[str]:
     return sorted(str(p) for p in EXAMPLES.glob("*.png"))
 
 
-def read_upload(path: str | None, pipe: diffusion.DiffusionPipeline, what: str = "the image") -> torch.Tensor:
-    """An uploaded image file as the model's input (1, C, H, W) in [0, 1], or gr.Error saying what is wrong."""
+def read_upload(
+    path: str | None, pipe: diffusion.DiffusionPipeline, what: str = "the image"
+) -> tuple[torch.Tensor, str]:
+    """An uploaded image file as the model's input (1, C, H, W) in [0, 1] and what was changed to make it so
+    ("" if nothing), or gr.Error saying what is wrong; a refused upload is deleted from Gradio's folder."""
     if not path:
         raise gr.Error(f"Upload {what} (or pick an example) first.")
     p = Path(path)
-    size = p.stat().st_size if p.is_file() else 0
-    if size > MAX_UPLOAD_BYTES:
-        raise gr.Error(
-            f"{what.capitalize()} is {size / 2**20:.0f} MB; upload one under {MAX_UPLOAD_BYTES // 2**20} MB."
-        )
     try:
-        (image,) = read_images(p, limit=1)
-    except ValueError:
-        raise gr.Error(f"{what.capitalize()} is not an image this app can read; upload a PNG, JPEG or WebP.") from None
-    if image.width * image.height > MAX_UPLOAD_PIXELS:
-        raise gr.Error(f"{what.capitalize()} is {image.width}×{image.height} pixels; upload one of at most 4096×4096.")
-    c, h, _ = pipe.image_shape
-    return images_to_tensor([image], c, h).to(pipe.device)
+        size = p.stat().st_size
+        if size > MAX_UPLOAD_BYTES:
+            raise ValueError(f"{size / 2**20:.1f} MB; upload one under {MAX_UPLOAD_BYTES // 2**20} MB.")
+        image = open_image(p)  # its size is read from the header before it is decoded
+        c, h, _ = pipe.image_shape
+        x, (note,) = images_to_tensor([image], c, h)
+    except (ValueError, OSError) as e:
+        discard_upload(p)
+        if isinstance(e, FileNotFoundError):
+            reason = "the uploaded file is gone from the server (uploads are kept an hour); upload it again."
+        else:
+            reason = f"{e.strerror}." if isinstance(e, OSError) else str(e)
+        raise gr.Error(f"{what[0].upper()}{what[1:]} ({p.name}) cannot be used: {reason}") from None
+    return x.to(pipe.device), note
+
+
+def discard_upload(path: Path) -> None:
+    """Delete an upload the studio refused, if it lies in Gradio's upload folder (never an example or a
+    file elsewhere), and its folder once empty."""
+    upload = Path(get_upload_folder()).resolve()
+    try:
+        target = path.resolve()
+        if upload in target.parents and target.is_file():
+            target.unlink()
+            if target.parent != upload:
+                target.parent.rmdir()
+    except OSError:  # already gone, or its folder holds other files
+        pass
+
+
+def input_note(notes: Sequence[str], names: Sequence[str] = ("the input",)) -> str:
+    """The changes made to read the inputs, as one line for a result (empty when there were none)."""
+    said = [f"{name}: {note}" for name, note in zip(names, notes) if note]
+    return f" · {'; '.join(said)}" if said else ""
 
 
 class Explore:
@@ -165,7 +189,8 @@ class Explore:
         self._check_work(pipe, model, frames, K + (2 * K // frames + 1 if use_images else 0))
         start = time.perf_counter()
         if use_images:
-            x = torch.cat([read_upload(image_a, pipe, "image A"), read_upload(image_b, pipe, "image B")])
+            (xa, note_a), (xb, note_b) = read_upload(image_a, pipe, "image A"), read_upload(image_b, pipe, "image B")
+            x = torch.cat([xa, xb])
             for z in self._encode(pipe, x, options, 0, grand, "Encoding the images", progress, start):
                 if z is None:
                     yield gr.skip(), gr.skip(), gr.skip()
@@ -175,7 +200,7 @@ class Explore:
                 noise = latents.slerp(ends[0], ends[1], w)
             except ValueError as e:
                 raise gr.Error(str(e)) from None
-            how = "the two images' DDIM latents"
+            how = "the two images' DDIM latents" + input_note([note_a, note_b], ["image A", "image B"])
         else:
             seeds = [check_count(s, "The seed", 0, MAX_SEED) for s in (seed_a, seed_b)]
             noise = latents.interpolation_latents(pipe, seeds, frames)
@@ -208,7 +233,7 @@ class Explore:
         pipe, options = self._pipe(model, steps)
         K = options.num_inference_steps
         self._check_work(pipe, model, 1, 2 * K)
-        x = read_upload(image, pipe)
+        x, note = read_upload(image, pipe)
         start = time.perf_counter()
         for z in self._encode(pipe, x, options, 0, 2 * K, "Encoding", progress, start):
             if z is None:
@@ -225,7 +250,7 @@ class Explore:
         info = (
             f"DDIM inversion and reconstruction with **{K} steps** (eta 0): per-dimension MSE "
             f"**{mse:.5f}** (images in [0, 1]) · x_T: mean {z.mean().item():+.3f}, std {z.std().item():.3f} "
-            f"(N(0, I) has 0 and 1) · {time.perf_counter() - start:.1f} s"
+            f"(N(0, I) has 0 and 1) · {time.perf_counter() - start:.1f} s{input_note([note])}"
         )
         yield (*pics, info)
 
@@ -234,7 +259,7 @@ class Explore:
         """Reconstruction error against steps (10, 20, 50, 100), as in the DDIM paper's Table 2. Yields
         (figure, Markdown table)."""
         pipe = self.studio.store.get(model)
-        x = read_upload(image, pipe)
+        x, note = read_upload(image, pipe)
         self._check_work(pipe, model, 1, 2 * sum(ERROR_STEPS))
         grand, done, start, errors = 2 * sum(ERROR_STEPS), 0, time.perf_counter(), {}
         for K in ERROR_STEPS:
@@ -251,6 +276,8 @@ class Explore:
         table = "| steps | MSE per dimension | DDIM paper, CIFAR-10 |\n|---:|---:|---:|\n" + "\n".join(
             f"| {k} | {e:.2e} | {paper[k]:.1e} |" for k, e in errors.items()
         )
+        if note:
+            table += f"\n\nThe input was read as follows: {note}."
         yield media.error_figure(errors), table
 
     # -- Consistency -------------------------------------------------------------------------------

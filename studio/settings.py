@@ -36,6 +36,7 @@ PREVIEW_PX = 256  # streamed previews: smaller, the page scales them up (pixelat
 FRAME_PX = 320
 STATE_TTL_S = 3600
 PROGRESS_EVERY_S = 0.1
+MAX_UPLOAD_BYTES = 20 * 2**20  # Gradio refuses bigger uploads (launch's max_file_size); Explore checks again
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from .explore import Explore
 from .explore_ui import explore_tab
 from .handlers import NO_RUN, Studio
 from .options import OptionControls, check_count
-from .settings import MAX_IMAGES, MAX_SEED, STATE_TTL_S
+from .settings import MAX_IMAGES, MAX_SEED, MAX_UPLOAD_BYTES, STATE_TTL_S
 
 try:  # Hugging Face ZeroGPU: the decorator does nothing elsewhere; the package is absent off Spaces.
     import spaces  # type: ignore[import-not-found]
@@ -38,7 +38,9 @@ THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=
 
 def launch_kwargs() -> dict[str, Any]:
     """What ``launch`` needs besides the address: theme, CSS, state limits (Gradio 6 takes them here)."""
-    return dict(theme=gr.themes.Soft(**THEME_FONTS), css=CSS, state_session_capacity=64)
+    return dict(
+        theme=gr.themes.Soft(**THEME_FONTS), css=CSS, state_session_capacity=64, max_file_size=MAX_UPLOAD_BYTES
+    )
 
 
 def compare_panel(pipe: Any, panel: str, sampler: str) -> tuple[OptionControls, gr.Image]:

@@ -842,8 +842,8 @@ def test_explore_reconstructs_an_image_and_refuses_bad_uploads(explore, tmp_path
     not_image.write_text("hello")
     for path, message in [
         (None, "Upload"),
-        (str(not_image), "not an image"),
-        (str(tmp_path / "gone.png"), "not an image"),
+        (str(not_image), r"The image \(notes.png\) cannot be used: not an image file \(PNG, JPEG"),
+        (str(tmp_path / "gone.png"), r"\(gone.png\) cannot be used: the uploaded file is gone .*; upload it again"),
     ]:
         with pytest.raises(gr.Error, match=message):
             next(explore.reconstruct(explore.studio.default_model, path, 5))
@@ -851,6 +851,10 @@ def test_explore_reconstructs_an_image_and_refuses_bad_uploads(explore, tmp_path
     Image.new("L", (5000, 5000)).save(big)
     with pytest.raises(gr.Error, match="at most 4096"):
         next(explore.reconstruct(explore.studio.default_model, str(big), 5))
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (56, 28), (200, 30, 30)).save(wide)
+    *_, (_, _, _, info) = run_all(explore.reconstruct(explore.studio.default_model, str(wide), 2))
+    assert info.endswith(" · the input: colour made grey (ITU-R 601 luma), centre-cropped from 56×28 to 28×28, resized from 28×28 to 8×8"), info
     with pytest.raises(gr.Error, match="whole number"):
         next(explore.reconstruct(explore.studio.default_model, a_picture(tmp_path), 2.5))
     fig, table = run_all(explore.error_curve(explore.studio.default_model, a_picture(tmp_path)))[-1]

@@ -56,9 +56,9 @@ def _torchvision(name: str, root: str, split: str, download: bool) -> torch.Tens
 
 
 def _folder(root: str, image_size: int, channels: int) -> torch.Tensor:
-    """Every image under ``root``: shorter side resized to ``image_size``, centre-cropped."""
-    from PIL import Image
-    from torchvision.transforms import functional as TF
+    """Every image under ``root`` read as sampling reads inputs (:func:`diffusion.images.image_to_array`:
+    each pixel format by its range, centre-cropped to a square, resized to ``image_size``)."""
+    from diffusion.images import image_to_array, open_image
 
     files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -67,10 +67,11 @@ def _folder(root: str, image_size: int, channels: int) -> torch.Tensor:
         )
     out = torch.empty((len(files), channels, image_size, image_size), dtype=torch.uint8)
     for i, p in enumerate(tqdm(files, desc=f"loading {root}", unit="img")):
-        with Image.open(p) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            im = TF.center_crop(TF.resize(im, image_size, antialias=True), image_size)
-            out[i] = TF.pil_to_tensor(im)
+        try:
+            x, _ = image_to_array(open_image(p, max_side=None), channels, image_size)
+        except ValueError as e:
+            raise ValueError(f"{p}: {e}") from None
+        out[i] = torch.from_numpy(x).permute(2, 0, 1).mul(255).round().to(torch.uint8)
     return out
 
 
