@@ -11,6 +11,27 @@ import gradio as gr
 from .explore import CONSISTENCY_STEPS, MAX_FRAMES, Explore, example_images
 
 
+UPLOAD = dict(type="filepath", image_mode=None, sources=["upload"])  # what ImageUpload is built with
+
+
+class ImageUpload(gr.Image):
+    """An image upload handed to the handler as the uploaded file's path, unopened. ``gr.Image`` would open
+    it first and convert it to RGB: a 16-bit grey PNG turns white, and a damaged file or one declaring
+    12000x12000 pixels fails with a bare "Error" before :func:`studio.explore.read_upload` can say why.
+    A template component (as Gradio's own ``ClearButton``): the page draws it as a ``gr.Image``."""
+
+    is_template = True
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Image.get_component_class_id()  # the page loads gr.Image's code for it
+
+    def preprocess(self, payload: Any) -> str | None:
+        if payload is not None and payload.path is not None:
+            return str(payload.path)
+        return super().preprocess(payload)
+
+
 def explore_tab(
     explore: Explore, model: gr.Dropdown, load_event: dict[str, Any], model_event: dict[str, Any], gpu_task: Any
 ) -> None:
@@ -34,8 +55,8 @@ def explore_tab(
                     i_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="i_steps")
                 with gr.Accordion("Or between two images (encoded by DDIM inversion)", open=False):
                     with gr.Row():
-                        i_img_a = gr.Image(label="Image A", type="filepath", height=180, sources=["upload"])
-                        i_img_b = gr.Image(label="Image B", type="filepath", height=180, sources=["upload"])
+                        i_img_a = ImageUpload(label="Image A", height=180, **UPLOAD)
+                        i_img_b = ImageUpload(label="Image B", height=180, **UPLOAD)
                     if examples:
                         gr.Examples(
                             [[examples[0], examples[7 % len(examples)]]],
@@ -63,9 +84,7 @@ def explore_tab(
             with gr.Tab("Invert and reconstruct", id="explore-reconstruct"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260):
-                        r_image = gr.Image(
-                            label="An image", type="filepath", height=220, sources=["upload"], elem_id="r-image"
-                        )
+                        r_image = ImageUpload(label="An image", height=220, elem_id="r-image", **UPLOAD)
                         if examples:
                             gr.Examples(
                                 [[p] for p in examples],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from typing import Sequence
@@ -65,7 +66,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"[studio] torch uses {threads} thread(s); the default model runs {mode}; CPU budget {settings.max_work:,} "
         "pixel-steps"
     )
+    # a host stops the server with SIGTERM (Spaces, docker stop): leave as Ctrl+C does, through the cleanup
+    signal.signal(signal.SIGTERM, _stop)
     try:
         launch(demo, server_name=args.host, server_port=args.port)
     finally:
-        studio.outputs.clear()
+        studio.outputs.clear()  # this run's pictures and files; Gradio empties its own upload folder
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)

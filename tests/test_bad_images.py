@@ -285,3 +285,55 @@ def test_gradio_refuses_big_uploads_itself():
     from studio.ui import launch_kwargs
 
     assert launch_kwargs()["max_file_size"] == MAX_UPLOAD_BYTES == 20 * 2**20
+
+
+def test_the_studio_deletes_its_output_folders_when_stopped(tmp_path, monkeypatch, upload_folder):
+    """SIGTERM (how Spaces and docker stop a server) unwinds like Ctrl+C: this run's output folder is deleted."""
+    import os
+    import signal
+
+    import studio.main
+
+    made = {}
+
+    def serve(demo, **kwargs):
+        made["folder"] = studio_instance["studio"].outputs.new()
+        (made["folder"] / "grid.png").write_bytes(b"x")
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("SIGTERM did not stop the server")
+
+    studio_instance = {}
+    real_studio = studio.main.Studio
+
+    def keep(settings):
+        studio_instance["studio"] = real_studio(settings)
+        return studio_instance["studio"]
+
+    monkeypatch.setattr(studio.main, "Studio", keep)
+    monkeypatch.setattr(studio.main, "launch", serve)
+    monkeypatch.setattr(studio.main, "build_app", lambda s: None)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as e:
+            studio.main.main(["--no-compile"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert e.value.code == 0 and made["folder"].parent.parent == upload_folder / "studio"
+    assert not made["folder"].parent.exists()
+
+
+def test_the_upload_box_hands_over_the_file_unopened(tmp_path):
+    """Gradio's gr.Image would open the upload and convert it to RGB before the handler runs (a 16-bit PNG turns
+    white, a damaged file is a bare "Error"); the studio's box passes the path, and the page draws a gr.Image."""
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    from studio.explore_ui import UPLOAD, ImageUpload
+
+    (tmp_path / "x.png").write_text("not an image")
+    with gr.Blocks() as demo:
+        box = ImageUpload(label="An image", **UPLOAD)
+    assert box.preprocess(ImageData(path=str(tmp_path / "x.png"), orig_name="x.png")) == str(tmp_path / "x.png")
+    (config,) = demo.get_config_file()["components"]
+    assert config["type"] == "image" and config["props"]["sources"] == ["upload"]
+    assert config["component_class_id"] == gr.Image.get_component_class_id()

@@ -1,0 +1,196 @@
+"""The Explore tab's layout and events (inside :func:`studio.ui.build_app`'s tabs): interpolation,
+inversion and reconstruction, consistency across step counts. Named API endpoints ``/interpolate``,
+``/reconstruct`` and ``/consistency``, with the same queues, budget, progress and Stop as the other tabs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from .explore import CONSISTENCY_STEPS, MAX_FRAMES, Explore, example_images
+
+from gradio.events import Dependency
+
+class ImageUpload(gr.Image):
+    """An image upload handed to the handler as the uploaded file's path, unopened. ``gr.Image`` would open
+    it first and convert it to RGB: a 16-bit grey PNG turns white, and a damaged file or one declaring
+    12000x12000 pixels fails with a bare "Error" before :func:`studio.explore.read_upload` can say why.
+    A template component (as Gradio's own ``ClearButton``): the page draws it as a ``gr.Image``."""
+
+    is_template = True
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Image.get_component_class_id()  # the page loads gr.Image's code for it
+
+    def preprocess(self, payload: Any) -> str | None:
+        if payload is not None and payload.path is not None:
+            return str(payload.path)
+        return super().preprocess(payload)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def explore_tab(
+    explore: Explore, model: gr.Dropdown, load_event: dict[str, Any], model_event: dict[str, Any], gpu_task: Any
+) -> None:
+    """Build the tab and wire its buttons; sampling work runs in the "model" queue after the model is
+    fetched in the "load" queue, as Sample and Compare do."""
+    private = dict(api_visibility="private")
+    examples = example_images()
+    with gr.Tab("Explore", id="explore"):
+        gr.Markdown(
+            "DDIM with eta 0 is deterministic, so the starting noise x_T is a **latent code** (Song et al. 2021, "
+            "Sec. 5.3-5.4): interpolate between codes, encode a real image into its code and decode it back, or "
+            "decode one code with different numbers of steps.",
+            elem_classes="studio-note",
+        )
+        with gr.Tabs():
+            with gr.Tab("Interpolate", id="explore-interpolate"):
+                with gr.Row(equal_height=True):
+                    i_seed_a = gr.Number(0, label="Seed A", step=1)
+                    i_seed_b = gr.Number(1, label="Seed B", step=1)
+                    i_frames = gr.Slider(2, MAX_FRAMES, value=9, step=1, label="Frames", elem_id="i_frames")
+                    i_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="i_steps")
+                with gr.Accordion("Or between two images (encoded by DDIM inversion)", open=False):
+                    with gr.Row():
+                        i_img_a = ImageUpload(label="Image A", height=180)
+                        i_img_b = ImageUpload(label="Image B", height=180)
+                    if examples:
+                        gr.Examples(
+                            [[examples[0], examples[7 % len(examples)]]],
+                            [i_img_a, i_img_b],
+                            label="Real Fashion-MNIST test images",
+                        )
+                with gr.Row():
+                    i_go = gr.Button("Interpolate", variant="primary")
+                    i_stop = gr.Button("Stop", variant="stop")
+                i_info = gr.Markdown(
+                    "Spherical interpolation (slerp) between the two x_T, each frame decoded with DDIM."
+                )
+                i_strip = gr.Image(
+                    label="Interpolation strip",
+                    type="filepath",
+                    format="png",
+                    interactive=False,
+                    elem_id="i-strip",
+                    buttons=["download", "fullscreen"],
+                )
+                i_gif = gr.Image(
+                    label="As an animation (GIF)", type="filepath", interactive=False, elem_id="i-gif", height=220
+                )
+
+            with gr.Tab("Invert and reconstruct", id="explore-reconstruct"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=260):
+                        r_image = ImageUpload(label="An image", height=220, elem_id="r-image")
+                        if examples:
+                            gr.Examples(
+                                [[p] for p in examples],
+                                [r_image],
+                                label="Real Fashion-MNIST test images",
+                                examples_per_page=10,
+                            )
+                        r_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="r_steps")
+                        with gr.Row():
+                            r_go = gr.Button("Invert and reconstruct", variant="primary")
+                            r_stop = gr.Button("Stop", variant="stop")
+                    with gr.Column(scale=2):
+                        r_info = gr.Markdown("Encode the image into x_T with DDIM run backwards, then decode x_T.")
+                        with gr.Row():
+                            r_input = gr.Image(
+                                label="input (model size)", type="filepath", interactive=False, elem_id="r-input"
+                            )
+                            r_latent = gr.Image(
+                                label="x_T (scaled to [0, 1])", type="filepath", interactive=False, elem_id="r-latent"
+                            )
+                            r_recon = gr.Image(
+                                label="reconstruction", type="filepath", interactive=False, elem_id="r-recon"
+                            )
+                        r_curve = gr.Button("Error against steps (10, 20, 50, 100)")
+                        with gr.Row():
+                            r_plot = gr.Plot(label="Reconstruction error")
+                            r_table = gr.Markdown("")
+
+            with gr.Tab("Consistency", id="explore-consistency"):
+                with gr.Row(equal_height=True):
+                    k_seed = gr.Number(0, label="Seed", step=1)
+                    k_n = gr.Slider(1, 8, value=4, step=1, label="Number of images", elem_id="k_n")
+                    k_counts = gr.CheckboxGroup(
+                        list(CONSISTENCY_STEPS),
+                        value=[10, 20, 50, 100],
+                        label="Step counts (one row each)",
+                        elem_id="k_counts",
+                    )
+                with gr.Row():
+                    k_go = gr.Button("Decode at each step count", variant="primary")
+                    k_stop = gr.Button("Stop", variant="stop")
+                k_info = gr.Markdown(
+                    "The same x_T decoded with DDIM (eta 0) at each step count: the high-level "
+                    "features stay (Sec. 5.2)."
+                )
+                k_grid = gr.Image(
+                    label="One row per step count",
+                    type="filepath",
+                    format="png",
+                    interactive=False,
+                    elem_id="k-grid",
+                    buttons=["download", "fullscreen"],
+                )
+
+    def fetched(button: gr.Button) -> Any:
+        return button.click(explore.studio.fetch, [model], None, show_progress="minimal", **load_event, **private)
+
+    i_fetch = fetched(i_go)
+    i_event = i_fetch.success(
+        gpu_task(explore.interpolate),
+        None,
+        [i_strip, i_gif, i_info],
+        inputs_kwargs=dict(
+            model=model,
+            seed_a=i_seed_a,
+            seed_b=i_seed_b,
+            frames=i_frames,
+            steps=i_steps,
+            image_a=i_img_a,
+            image_b=i_img_b,
+        ),
+        api_name="interpolate",
+        **model_event,
+    )
+    i_stop.click(None, None, None, cancels=[i_fetch, i_event], **private)
+
+    r_fetch = fetched(r_go)
+    r_event = r_fetch.success(
+        gpu_task(explore.reconstruct),
+        None,
+        [r_input, r_latent, r_recon, r_info],
+        inputs_kwargs=dict(model=model, image=r_image, steps=r_steps),
+        api_name="reconstruct",
+        **model_event,
+    )
+    c_fetch = fetched(r_curve)
+    c_event = c_fetch.success(
+        gpu_task(explore.error_curve),
+        None,
+        [r_plot, r_table],
+        inputs_kwargs=dict(model=model, image=r_image),
+        **model_event,
+        **private,
+    )
+    r_stop.click(None, None, None, cancels=[r_fetch, r_event, c_fetch, c_event], **private)
+
+    k_fetch = fetched(k_go)
+    k_event = k_fetch.success(
+        gpu_task(explore.consistency),
+        None,
+        [k_grid, k_info],
+        inputs_kwargs=dict(model=model, seed=k_seed, num_images=k_n, counts=k_counts),
+        api_name="consistency",
+        **model_event,
+    )
+    k_stop.click(None, None, None, cancels=[k_fetch, k_event], **private)
