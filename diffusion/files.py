@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -60,6 +61,14 @@ def _temp_name(path: Path) -> Path:
     tail = f".{secrets.token_hex(4)}.tmp{path.suffix}"
     stem = os.fsencode(path.name)[: NAME_MAX - 1 - len(os.fsencode(tail))]  # a 255-byte name still fits
     return path.parent / f".{os.fsdecode(stem)}{tail}"
+
+
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.[^.]*)?")  # what _temp_name makes
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """The temporary files :func:`atomic_write` left in ``folder`` (a process killed mid-write leaves one)."""
+    return sorted(p for p in Path(folder).glob(".*") if TEMP_NAME.fullmatch(p.name))
 
 
 def _create_temp(path: Path) -> Path:

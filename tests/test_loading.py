@@ -10,6 +10,7 @@ import torch
 
 import diffusion
 from diffusion import CheckpointError
+from diffusion.files import TEMP_NAME
 
 from conftest import DIFFUSERS_TINY, GOOGLE_TINY, write_diffusers_checkpoint
 
@@ -47,7 +48,7 @@ def test_our_save_loads_in_diffusers(tmp_path, google_checkpoint):
     pipe = diffusion.load(google_checkpoint[0])
     out = pipe.save_pretrained(tmp_path / "ours")
     assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "scheduler", "unet"]
-    assert not list(out.rglob("*.tmp"))
+    assert not [p for p in out.rglob(".*") if TEMP_NAME.fullmatch(p.name)]
     theirs = UNet2DModel.from_pretrained(out, subfolder="unet").eval()
     assert (outputs(theirs, GOOGLE_TINY) - outputs(pipe.unet, GOOGLE_TINY)).abs().max().item() <= 1e-5
     ddpm = DDPMPipeline.from_pretrained(out)

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.files import atomic_write
+from diffusion.files import TEMP_NAME, atomic_write
 from diffusion.unet import UNet
 from training.config import resolve_config
 from training.data import load_images
@@ -101,7 +101,7 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 
 
 def no_temp_files(run_dir: Path) -> list[Path]:
-    return [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    return [p for p in run_dir.rglob("*") if TEMP_NAME.fullmatch(p.name)]
 
 
 @pytest.fixture(autouse=True)
@@ -184,7 +184,7 @@ def test_killed_cli_run_resumes_from_its_newest_checkpoint(images, tmp_path, cap
     assert proc.returncode == -signal.SIGKILL
     newest = int(max(killed.glob("checkpoints/step-*.pt")).stem.split("-")[1])
     # what a kill during torch.save leaves behind; atomic_write never lets it become a step-*.pt
-    (killed / "checkpoints" / f".step-{newest + 2:08d}.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (killed / "checkpoints" / f".step-{newest + 2:08d}.pt.0a1b2c3d.tmp.pt").write_bytes(b"half a checkpoint")
 
     steps = newest + 3
     capsys.readouterr()

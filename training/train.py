@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import diffusion
-from diffusion.files import CheckpointError, atomic_write, check_writable
+from diffusion.files import CheckpointError, atomic_write, check_writable, temp_files
 from diffusion.images import save_grid
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedule import NoiseSchedule
@@ -276,7 +276,7 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     writer = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")]:  # a run killed mid-write
+        for stale in [*temp_files(run_dir), *temp_files(run_dir / "checkpoints")]:  # a run killed mid-write
             stale.unlink(missing_ok=True)
         atomic_write(run_dir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n"))
         from torch.utils.tensorboard import SummaryWriter
