@@ -33,7 +33,7 @@ MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 MODES = ("sample", "interpolate", "reconstruct", "consistency")
 
 
-def _int_arg(low: int, high: int | None = None) -> Any:
+def int_arg(low: int, high: int | None = None) -> Any:
     """An argparse type: a whole number from ``low`` (to ``high``), refused in one line otherwise."""
 
     def parse(text: str) -> int:
@@ -55,7 +55,7 @@ def _int_arg(low: int, high: int | None = None) -> Any:
 
 def _steps_list(text: str) -> list[int]:
     """An argparse type: one step count or a comma-separated list of them (``--mode consistency``)."""
-    parse = _int_arg(1)
+    parse = int_arg(1)
     return [parse(part.strip()) for part in text.split(",")]
 
 
@@ -106,7 +106,7 @@ def add_sampler_arguments(p: argparse.ArgumentParser, model_required: bool = Tru
     p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
     p.add_argument(
         "--steps",
-        type=_steps_list if step_lists else _int_arg(1),
+        type=_steps_list if step_lists else int_arg(1),
         default=None,
         help="number of sampling steps (default: the sampler's: DDPM 1000, DDIM 50)"
         + ("; --mode consistency: a list, e.g. 10,20,50" if step_lists else ""),
@@ -170,14 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample; or explore DDIM latents: interpolate (--seed to --seed-b), reconstruct (--input), "
         "consistency (one x_T at each of --steps)",
     )
-    p.add_argument("--seed", type=_int_arg(0, MAX_SEED), default=0)
-    p.add_argument("--seed-b", type=_int_arg(0, MAX_SEED), default=None, help="interpolate: the other end's seed")
-    p.add_argument("--frames", type=_int_arg(2), default=9, help="interpolate: images in the strip, ends included")
+    p.add_argument("--seed", type=int_arg(0, MAX_SEED), default=0)
+    p.add_argument("--seed-b", type=int_arg(0, MAX_SEED), default=None, help="interpolate: the other end's seed")
+    p.add_argument("--frames", type=int_arg(2), default=9, help="interpolate: images in the strip, ends included")
     p.add_argument(
         "--input", default=None, help=f"reconstruct: an image file or a folder of them (at most {MAX_INPUT_IMAGES})"
     )
-    p.add_argument("-n", "--num-images", type=_int_arg(1), default=16)
-    p.add_argument("--batch-size", type=_int_arg(1), default=None, help="images per forward pass (default: all)")
+    p.add_argument("-n", "--num-images", type=int_arg(1), default=16)
+    p.add_argument("--batch-size", type=int_arg(1), default=None, help="images per forward pass (default: all)")
     p.add_argument("--out", default="samples.png", help="PNG grid of the samples")
     p.add_argument(
         "--process",
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also save the denoising process (x_t and predicted x0) as this PNG; reconstruct: inputs, latents "
         "and reconstructions side by side",
     )
-    p.add_argument("--process-frames", type=_int_arg(1), default=8)
+    p.add_argument("--process-frames", type=int_arg(1), default=8)
     p.add_argument("--device", type=check_device, default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 

@@ -72,6 +72,16 @@ class UNetConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first option this UNet cannot build."""
+        counts = {"sample_size": self.sample_size, "norm_num_groups": self.norm_num_groups,
+                  "attention_head_dim": self.attention_head_dim, "attn_norm_num_groups": self.attn_norm_num_groups,
+                  **{f"block_out_channels[{i}]": c for i, c in enumerate(self.block_out_channels)}}
+        for key, value in counts.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} must be a whole number of at least 1, got {value!r}.")
+        if not self.block_out_channels:
+            raise ValueError("block_out_channels is empty; give one width per level, e.g. [32, 64].")
+        if not (isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1):
+            raise ValueError(f"norm_eps must be a small positive number such as 1e-5, got {self.norm_eps!r}.")
         levels = len(self.block_out_channels)
         for name, types, allowed in (
             ("down_block_types", self.down_block_types, DOWN_BLOCK_TYPES),

@@ -731,6 +731,16 @@ TRAINING_CASES = {
         ["--num_train_timesteps=10", "--sample_steps=50"],
         "sample_steps: The number of steps must be between 1 and 10",
     ),
+    "norm_num_groups 0": (
+        ["--unet.norm_num_groups=0"],
+        "the UNet cannot be built: norm_num_groups must be a whole number of at least 1, got 0",
+    ),
+    "attention_head_dim 0": (["--unet.attention_head_dim=0"], "attention_head_dim must be a whole number of at least 1"),
+    "norm_num_groups text": (["--unet.norm_num_groups=\"8\""], "norm_num_groups must be a whole number of at least 1"),
+    "block_out_channels empty": (["--unet.block_out_channels=[]"], "block_out_channels is empty"),
+    "norm_eps 0": (["--unet.norm_eps=0"], "norm_eps must be a small positive number"),
+    "config file a JSON list": (["{list}"], "holds a JSON list; it should hold one object of settings"),
+    "config file not JSON": (["{broken}"], "is not valid JSON"),
 }
 if not ROOT_USER:
     TRAINING_CASES["run_dir read-only"] = (["--run_dir={ro}/run"], "Permission denied")
@@ -743,6 +753,8 @@ def test_training_refuses_bad_paths_before_step_one(case, tmp_path, monkeypatch,
     overrides, message = TRAINING_CASES[case]
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "broken.json").write_text("{'lr': 1}")
     fill = {"{tmp}": str(tmp_path)}
     if any("{ro}" in o for o in overrides):
         fill["{ro}"] = str(unwritable_folder(tmp_path))
@@ -754,12 +766,35 @@ def test_training_refuses_bad_paths_before_step_one(case, tmp_path, monkeypatch,
 
     monkeypatch.setattr(train_module, "diffusion_loss", lambda *a, **k: pytest.fail("training started"))
     before = sorted(p.name for p in tmp_path.iterdir())
-    config = training_config(tmp_path)
-    assert train_module.main([str(config), *[expand(o) for o in overrides]]) == 2
+    config = str(training_config(tmp_path))
+    if overrides[0] in ("{list}", "{broken}"):  # the config file itself
+        config, overrides = str(tmp_path / f"{overrides[0][1:-1]}.json"), overrides[1:]
+    assert train_module.main([config, *[expand(o) for o in overrides]]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and expand(message) in err, err
+    assert err.startswith("error: ") and expand(message) in err and "Traceback" not in err, err
     assert not (tmp_path / "run").exists() and (tmp_path / "a-file").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + ["images", "tiny.json"])
+
+
+@pytest.mark.parametrize("precision,advice", [
+    ("fp32", "the run diverged; lower lr (it is 1e+30; 1e-4 to 2e-4 suit these models)."),
+    ("bf16", "the run diverged; lower lr (it is 1e+30; 1e-4 to 2e-4 suit these models) or use precision=fp32."),
+])
+def test_a_diverging_run_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, precision, advice):
+    """lr=1e30: the loss turns non-finite within a few steps; the message fits the config (no "use fp32" when
+    fp32 is set), and the run folder this run made is removed, since it holds no checkpoint."""
+    from training import train as train_module
+
+    config = training_config(tmp_path)
+    argv = [str(config), "--lr=1e30", "--steps=20", "--ckpt_every=50", f"--precision={precision}", "--grad_clip=1"]
+    assert train_module.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: The loss became ") and err.endswith(advice), err
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()  # a folder that was there before the run is left as it was
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert train_module.main(argv) == 2
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.skipif(

@@ -4,6 +4,8 @@ closed forms, torch-fidelity), the offline classifier metric end to end on tiny 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +221,13 @@ def test_table_rows_and_markdown(tiny, tmp_path):
         (["-n", "100"], "not more than the feature dimension"),
         (["--classifier", "/nonexistent"], "holds no classifier"),
         (["--reference", "nonsense"], "neither fashion-mnist-test"),
-        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--batch-size", "0"], "argument --batch-size: 0 is out of range: give at least 1"),
+        (["--batch-size", "-1"], "argument --batch-size: -1 is out of range: give at least 1"),
+        (["-n", "-5"], "argument -n/--num-samples: -5 is out of range: give at least 1"),
+        (["-n", "1e3"], "argument -n/--num-samples: '1e3' is not a whole number"),
+        (["--seed", "-1"], "argument --seed: -1 is out of range"),
+        (["--n-long", "0"], "argument --n-long: 0 is out of range"),
+        (["--rounds", "1"], "argument --rounds: 1 is out of range: give at least 2"),
         (["--out", "/proc/evaluation"], "Cannot write /proc/evaluation: no file can be created in /proc"),
         (
             ["--option", "steps_offset=-5"],
@@ -239,8 +247,13 @@ def test_evaluate_refuses_unclear_inputs(tiny, tmp_path, capsys, args, message):
         "--device",
         "cpu",
     ]
-    assert ev.main(base + args) == 2
-    assert message in capsys.readouterr().err
+    try:
+        code = ev.main(base + args)
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.strip().splitlines()[-1].count("error:") == 1, err
+    assert "Traceback" not in err
     assert not (tmp_path / "x").exists()  # refused before sampling anything
 
 
@@ -383,3 +396,51 @@ def test_frechet_difference_bootstrap_and_compare_cli(tmp_path, capsys):
     assert json.loads((out / "compare.json").read_text())["fd_a"] == pytest.approx(0, abs=1e-6)
     assert ev.main(["--compare", str(tmp_path / "a"), str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "no samples at" in capsys.readouterr().err
+    # The same samples twice: refused by path; identical samples under two names: every round a tie, said so.
+    assert ev.main(["--compare", str(tmp_path / "a"), str(tmp_path / "a" / "samples.npz"), "--out", str(out)]) == 2
+    assert "A and B are the same file" in capsys.readouterr().err
+    shutil.copytree(tmp_path / "a", tmp_path / "a2")
+    assert ev.main(["--compare", str(tmp_path / "a"), str(tmp_path / "a2"), "--rounds", "4", "--out", str(out)]) == 0
+    assert "a scored lower in 0% of them, b in 0%, tied in 100%" in capsys.readouterr().out
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+NPZ_CASES = {  # name: (arrays, message, or None when read)
+    "key not arr_0, the only array": ({"images": np.zeros((3, 28, 28, 1), np.uint8)}, None),
+    "two arrays, no arr_0": (
+        {"x": np.zeros((3, 28, 28, 1), np.uint8), "y": np.zeros(3)}, "holds x, y; put the images under arr_0"
+    ),
+    "NaN": ({"arr_0": np.full((3, 28, 28, 1), np.nan, np.float32)}, "hold NaN or infinite values"),
+    "floats in [0, 1]": ({"arr_0": np.full((3, 28, 28, 1), 0.5, np.float32)}, None),
+    "floats in [0, 255]": ({"arr_0": np.full((3, 28, 28, 1), 200.0, np.float32)}, "float images from 200 to 200"),
+    "int16 beyond 255": ({"arr_0": np.full((3, 28, 28, 1), 300, np.int16)}, "int16 images from 300 to 300"),
+    "channels first": ({"arr_0": np.zeros((3, 1, 28, 28), np.uint8)}, "expected (N, H, W, C) with C = 1 or 3"),
+    "no images": ({"arr_0": np.zeros((0, 28, 28, 1), np.uint8)}, "expected (N, H, W, C) with C = 1 or 3 and N >= 1"),
+    "grey without a channel axis": ({"arr_0": np.zeros((3, 28, 28), np.uint8)}, None),
+}
+
+
+@pytest.mark.parametrize("case", NPZ_CASES, ids=list(NPZ_CASES))
+def test_samples_npz_read_by_their_range_or_refused(case, tmp_path, capsys):
+    arrays, message = NPZ_CASES[case]
+    path = write_npz(tmp_path / "samples.npz", **arrays)
+    if message:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ev.read_samples_npz(path)
+        return
+    x = ev.read_samples_npz(path)
+    assert x.dtype == torch.uint8 and x.shape == (3, 1, 28, 28)
+    if case == "floats in [0, 1]":
+        assert (x == 128).all() and "float images in [0, 1], scaled to 0-255" in capsys.readouterr().out
+
+
+def test_compare_refuses_a_bad_npz_in_one_line(tmp_path, capsys):
+    write_npz(tmp_path / "a.npz", arr_0=np.zeros((300, 28, 28, 1), np.uint8))
+    write_npz(tmp_path / "b.npz", arr_0=np.full((300, 28, 28, 1), np.nan, np.float32))
+    assert ev.main(["--compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'b.npz'}: the images hold NaN or infinite values; they cannot be scored.\n"

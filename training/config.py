@@ -161,7 +161,15 @@ def resolve_config(config_file: str | None, overrides: list[str]) -> TrainConfig
         if not path.is_file():
             names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
             raise FileNotFoundError(f"No config file {config_file!r}; give a path or one of: {names}.")
-        values = json.loads(path.read_text())
+        try:
+            values = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"The config file {path} is not valid JSON ({e}); fix it or give another.") from None
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"The config file {path} holds a JSON {type(values).__name__}; it should hold one object of "
+                'settings, e.g. {"lr": 1e-4, "steps": 5000}.'
+            )
     for item in overrides:
         if not item.startswith("--") or "=" not in item:
             raise ValueError(f"Cannot read {item!r}: overrides look like --key=value, e.g. --lr=1e-4.")

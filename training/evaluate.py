@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +42,7 @@ from tqdm import tqdm
 from diffusion.files import CheckpointError, atomic_write, check_writable
 from diffusion.images import to_uint8
 from diffusion.pipeline import DiffusionPipeline, load, to_unit
-from diffusion.sample import add_sampler_arguments, check_device, sampler_overrides
+from diffusion.sample import MAX_SEED, add_sampler_arguments, check_device, int_arg, sampler_overrides
 from diffusion.samplers import get_sampler
 
 from . import classifier as clf
@@ -208,13 +209,46 @@ class Scorer:
                 "precision": precision, "recall": recall, "blank": blank_fraction(pixels)}
 
 
+def read_samples_npz(path: Path) -> torch.Tensor:
+    """uint8 (N, C, H, W) images from an .npz of (N, H, W, C) images under ``arr_0`` (or its only array), as
+    :func:`evaluate` writes them and guided-diffusion's evaluator reads them. uint8 is taken as it is, floats in
+    [0, 1] are scaled to 0-255 (and said); anything else is refused with the reason (ValueError)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = list(f.keys())
+            if "arr_0" not in keys and len(keys) != 1:
+                raise ValueError(f"{path} holds {', '.join(keys) or 'no arrays'}; put the images under arr_0 "
+                                 "(np.savez(path, images)).")
+            x = f["arr_0" if "arr_0" in keys else keys[0]]
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} is not a readable .npz file ({err}).") from None
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or 0 in x.shape:
+        raise ValueError(f"{path}: images of shape {x.shape}; expected (N, H, W, C) with C = 1 or 3 and N >= 1.")
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise ValueError(f"{path}: the images hold NaN or infinite values; they cannot be scored.")
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError(f"{path}: float images from {x.min():.4g} to {x.max():.4g}; give uint8 (0-255) or "
+                             "floats in [0, 1].")
+        print(f"{path}: float images in [0, 1], scaled to 0-255 (as uint8 images are read)")
+        x = np.round(x * 255).astype(np.uint8)
+    elif x.dtype != np.uint8:
+        if x.min() < 0 or x.max() > 255:
+            raise ValueError(f"{path}: {x.dtype} images from {x.min()} to {x.max()}; give uint8 (0-255) or "
+                             "floats in [0, 1].")
+        x = x.astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+
+
 def _reference_images(reference: str) -> torch.Tensor:
     """uint8 (N, C, H, W) images of a dataset split name (``fashion-mnist-test``), an .npz or a folder."""
     from .data import load_images
 
     path = Path(reference)
     if path.suffix == ".npz":
-        return torch.from_numpy(np.load(path)["arr_0"]).permute(0, 3, 1, 2)
+        return read_samples_npz(path)
     if path.is_dir():
         return load_images("folder", str(path), image_size=28, channels=1)
     name, _, split = reference.rpartition("-")
@@ -437,13 +471,16 @@ def compare_samples(scorer: Scorer, a: str, b: str, out: Path, rounds: int = 200
     ``out/compare.json``. The rows should start from the same noise (same seed, -n and batch size)."""
     if scorer.metric != "classifier":
         raise ValueError("--compare works on the classifier metric's features (--metric classifier).")
-    images = []
+    images, paths = [], []
     for given in (a, b):
         path = Path(given) / "samples.npz" if Path(given).is_dir() else Path(given)
-        if not path.is_file():
+        if not path.is_file() or path.suffix != ".npz":
             raise FileNotFoundError(f"--compare: no samples at {path}; give a samples.npz written by "
                                     "training/evaluate.py (--save npz, the default) or the row folder holding it.")
-        images.append(_reference_images(str(path)))
+        paths.append(path.resolve())
+        images.append(read_samples_npz(path))
+    if paths[0] == paths[1]:
+        raise ValueError(f"--compare: A and B are the same file ({paths[0]}); give two rows' samples.")
     scorer.check(tuple(images[0].shape[1:]), min(len(images[0]), len(images[1])))
     model, reference, _ = scorer.classifier_reference(features=False)
     fa, fb = (clf.extract(model, x)[0] for x in images)
@@ -452,7 +489,8 @@ def compare_samples(scorer: Scorer, a: str, b: str, out: Path, rounds: int = 200
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "compare.json", lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     print(f"FD {result['fd_a']:.3f} (a) - {result['fd_b']:.3f} (b) = {result['difference']:+.3f}, bootstrap std "
-          f"{result['std']:.3f} over {rounds} rounds; a scored lower in {100 * result['p_a_lower']:.0f}% of them")
+          f"{result['std']:.3f} over {rounds} rounds; a scored lower in {100 * result['p_a_lower']:.0f}% of them, "
+          f"b in {100 * result['p_b_lower']:.0f}%, tied in {100 * result['p_tie']:.0f}%")
     return 0
 
 
@@ -462,11 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_sampler_arguments(p, model_required=False)
-    p.add_argument("-n", "--num-samples", type=int, default=10_000)
+    p.add_argument("-n", "--num-samples", type=int_arg(1), default=10_000)
     p.add_argument(
-        "--batch-size", type=int, default=500, help="samples per forward pass (part of what fixes the noise)"
+        "--batch-size", type=int_arg(1), default=500, help="samples per forward pass (part of what fixes the noise)"
     )
-    p.add_argument("--seed", type=int, default=0, help="batch b draws its noise from seed + b")
+    p.add_argument("--seed", type=int_arg(0, MAX_SEED), default=0, help="batch b draws its noise from seed + b")
     p.add_argument("--metric", choices=["classifier", "inception", "none"], default="classifier")
     p.add_argument("--reference", default="", help="what samples are compared with: cifar10-train (Inception), "
                    "fashion-mnist-test (classifier default), fashion-mnist-train, an .npz or a folder of images")
@@ -480,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --table: only these rows (names as in table.json, or sampler names)",
     )
-    p.add_argument("--n-long", type=int, default=2000, help="with --table: samples for the 1000-step rows")
+    p.add_argument("--n-long", type=int_arg(1), default=2000, help="with --table: samples for the 1000-step rows")
     p.add_argument("--device", type=check_device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--score",
@@ -497,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of sampling: is FD(A) < FD(B) beyond the noise? A paired bootstrap over two rows' "
         "samples.npz (or their row folders) from the same noise, written to OUT/compare.json",
     )
-    p.add_argument("--rounds", type=int, default=200, help="with --compare: bootstrap rounds")
+    p.add_argument("--rounds", type=int_arg(2), default=200, help="with --compare: bootstrap rounds")
     return p
 
 
@@ -509,8 +547,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
-        if args.batch_size < 1:
-            raise ValueError("--batch-size must be at least 1.")
         scorer = Scorer(args.metric, args.reference, Path(args.classifier), device)  # type: ignore[arg-type]
         out = check_writable(args.out, "folder")  # before hours of sampling, not after
         if args.score:

@@ -71,7 +71,8 @@ def frechet_difference(a: torch.Tensor, b: torch.Tensor, mu: torch.Tensor, sigma
     d = torch.tensor(diffs, dtype=torch.float64)
     fd_a, fd_b = fd(a), fd(b)
     return {"fd_a": fd_a, "fd_b": fd_b, "difference": fd_a - fd_b, "std": float(d.std()),
-            "p_a_lower": float((d < 0).double().mean())}
+            "p_a_lower": float((d < 0).double().mean()), "p_b_lower": float((d > 0).double().mean()),
+            "p_tie": float((d == 0).double().mean())}
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:

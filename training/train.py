@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import shutil
 import time
 import warnings
 from contextlib import nullcontext
@@ -274,6 +275,7 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     ema_params, params = list(ema.parameters()), list(model.parameters())
 
     writer = None
+    fresh = main and not run_dir.exists()  # made by this run: removed again if the run fails before a checkpoint
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*temp_files(run_dir), *temp_files(run_dir / "checkpoints")]:  # a run killed mid-write
@@ -287,66 +289,73 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     t_last, seen, loss_sum, n_sum = time.perf_counter(), 0, 0.0, 0
     elapsed = float(found[1].get("elapsed", 0.0)) if found else 0.0
     model.train()
-    while step < cfg.steps:
-        _, idx = next(data)
-        # (1) x0 ~ q(x0), scaled to [-1, 1]; random flips as in DDPM's CIFAR-10 runs
-        x0 = images[idx].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        if cfg.random_flip:
-            flip = torch.rand(x0.shape[0], device=device) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
-        if cfg.channels_last:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
-        # (2)-(4) the DDPM loss on this batch, then a gradient step
-        loss = diffusion_loss(forward, schedule, cfg, x0, autocast)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        )
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        # (5) EMA of the weights; identical on every rank, as the weights are
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(cfg, step))
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(
-                f"The loss became {loss.item()} at step {step}; lower lr or use precision=fp32/bf16."
+    try:
+        while step < cfg.steps:
+            _, idx = next(data)
+            # (1) x0 ~ q(x0), scaled to [-1, 1]; random flips as in DDPM's CIFAR-10 runs
+            x0 = images[idx].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+            if cfg.random_flip:
+                flip = torch.rand(x0.shape[0], device=device) < 0.5
+                x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+            if cfg.channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            # (2)-(4) the DDPM loss on this batch, then a gradient step
+            loss = diffusion_loss(forward, schedule, cfg, x0, autocast)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):  # before the step: the weights stay as they were
+                raise ValueError(diverged(cfg, loss_value, step + 1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
             )
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            # (5) EMA of the weights; identical on every rank, as the weights are
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(cfg, step))
 
-        seen += x0.shape[0] * world
-        loss_sum, n_sum = loss_sum + loss.item(), n_sum + 1
-        if main and (step % cfg.log_every == 0 or step == cfg.steps):
-            now = time.perf_counter()
-            elapsed += now - t_last
-            ips = seen / (now - t_last)
-            lr = scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{loss_sum / n_sum:.4f}", img_s=f"{ips:.0f}", lr=f"{lr:.1e}")
-            writer.add_scalar("train/loss", loss_sum / n_sum, step)
-            writer.add_scalar("train/lr", lr, step)
-            writer.add_scalar("train/grad_norm", float(grad_norm), step)
-            writer.add_scalar("train/images_per_s", ips, step)
-            log_rows.append({"step": step, "loss": loss_sum / n_sum, "lr": lr, "elapsed_s": round(elapsed, 1)})
-            _write_log(run_dir, log_rows)
-            t_last, seen, loss_sum, n_sum = time.perf_counter(), 0, 0.0, 0
-        bar.update(1)
-        if main and cfg.sample_every and step % cfg.sample_every == 0:
-            grid = _sample_grid(cfg, ema, run_dir / "samples" / f"step-{step:08d}.png")
-            writer.add_image("samples/ema_ddim", grid, step)
-            t_last = time.perf_counter()  # sampling time is not training throughput
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            rngs = rng_state()
-            if ddp:
-                gathered: list[Any] = [None] * world
-                dist.all_gather_object(gathered, rngs)
-                rngs = gathered
-            if main:
-                state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "step": step, "rng": rngs if ddp else [rngs],
-                         "config": cfg.to_dict(), "elapsed": elapsed}
-                write_checkpoint(run_dir, state, cfg.keep_checkpoints)
-            if ddp:
-                dist.barrier()
+            seen += x0.shape[0] * world
+            loss_sum, n_sum = loss_sum + loss_value, n_sum + 1
+            if main and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.perf_counter()
+                elapsed += now - t_last
+                ips = seen / (now - t_last)
+                lr = scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{loss_sum / n_sum:.4f}", img_s=f"{ips:.0f}", lr=f"{lr:.1e}")
+                writer.add_scalar("train/loss", loss_sum / n_sum, step)
+                writer.add_scalar("train/lr", lr, step)
+                writer.add_scalar("train/grad_norm", float(grad_norm), step)
+                writer.add_scalar("train/images_per_s", ips, step)
+                log_rows.append({"step": step, "loss": loss_sum / n_sum, "lr": lr, "elapsed_s": round(elapsed, 1)})
+                _write_log(run_dir, log_rows)
+                t_last, seen, loss_sum, n_sum = time.perf_counter(), 0, 0.0, 0
+            bar.update(1)
+            if main and cfg.sample_every and step % cfg.sample_every == 0:
+                grid = _sample_grid(cfg, ema, run_dir / "samples" / f"step-{step:08d}.png")
+                writer.add_image("samples/ema_ddim", grid, step)
+                t_last = time.perf_counter()  # sampling time is not training throughput
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                rngs = rng_state()
+                if ddp:
+                    gathered: list[Any] = [None] * world
+                    dist.all_gather_object(gathered, rngs)
+                    rngs = gathered
+                if main:
+                    state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "step": step, "rng": rngs if ddp else [rngs],
+                             "config": cfg.to_dict(), "elapsed": elapsed}
+                    write_checkpoint(run_dir, state, cfg.keep_checkpoints)
+                if ddp:
+                    dist.barrier()
+    except ValueError:  # diverged, or a sample grid turned non-finite: one message, and no empty run folder
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if fresh and not checkpoint_paths(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     bar.close()
     if main:
         writer.close()
@@ -356,6 +365,17 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     if ddp:
         dist.destroy_process_group()
     return {"step": step, "model": model, "ema": ema}
+
+
+def diverged(cfg: TrainConfig, loss: float, step: int) -> str:
+    """What to say when the loss turns NaN or infinite: what to change, for this config."""
+    advice = [f"lower lr (it is {cfg.lr:g}; 1e-4 to 2e-4 suit these models)"]
+    if cfg.grad_clip == 0:
+        advice.append("clip gradients (grad_clip=1)")
+    if cfg.precision == "bf16":
+        advice.append("use precision=fp32")
+    said = advice[0] if len(advice) == 1 else f"{', '.join(advice[:-1])} or {advice[-1]}"
+    return f"The loss became {loss} at step {step}: the run diverged; {said}."
 
 
 def _sample_grid(cfg: TrainConfig, ema: UNet, path: Path) -> torch.Tensor:
