@@ -11,25 +11,19 @@ import gradio as gr
 from .explore import CONSISTENCY_STEPS, MAX_FRAMES, Explore, example_images
 
 
-UPLOAD = dict(type="filepath", image_mode=None, sources=["upload"])  # what ImageUpload is built with
+def image_upload(**kwargs: Any) -> gr.Image:
+    """An image upload box whose file reaches the handler as its path, unopened. ``gr.Image`` would open it
+    first and convert it to RGB: a 16-bit grey PNG turns white, and a damaged file or one declaring 10^10
+    pixels fails with a bare "Error" before :func:`studio.explore.read_upload` can say why. Only this box's
+    ``preprocess`` is replaced (a subclass would make Gradio write a ``.pyi`` beside this file)."""
+    box = gr.Image(type="filepath", image_mode=None, sources=["upload"], **kwargs)
+    default = box.preprocess
 
+    def preprocess(payload: Any) -> str | None:
+        return str(payload.path) if payload is not None and payload.path is not None else default(payload)
 
-class ImageUpload(gr.Image):
-    """An image upload handed to the handler as the uploaded file's path, unopened. ``gr.Image`` would open
-    it first and convert it to RGB: a 16-bit grey PNG turns white, and a damaged file or one declaring
-    12000x12000 pixels fails with a bare "Error" before :func:`studio.explore.read_upload` can say why.
-    A template component (as Gradio's own ``ClearButton``): the page draws it as a ``gr.Image``."""
-
-    is_template = True
-
-    @classmethod
-    def get_component_class_id(cls) -> str:
-        return gr.Image.get_component_class_id()  # the page loads gr.Image's code for it
-
-    def preprocess(self, payload: Any) -> str | None:
-        if payload is not None and payload.path is not None:
-            return str(payload.path)
-        return super().preprocess(payload)
+    box.preprocess = preprocess  # type: ignore[method-assign]
+    return box
 
 
 def explore_tab(
@@ -55,8 +49,8 @@ def explore_tab(
                     i_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="i_steps")
                 with gr.Accordion("Or between two images (encoded by DDIM inversion)", open=False):
                     with gr.Row():
-                        i_img_a = ImageUpload(label="Image A", height=180, **UPLOAD)
-                        i_img_b = ImageUpload(label="Image B", height=180, **UPLOAD)
+                        i_img_a = image_upload(label="Image A", height=180)
+                        i_img_b = image_upload(label="Image B", height=180)
                     if examples:
                         gr.Examples(
                             [[examples[0], examples[7 % len(examples)]]],
@@ -84,7 +78,7 @@ def explore_tab(
             with gr.Tab("Invert and reconstruct", id="explore-reconstruct"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260):
-                        r_image = ImageUpload(label="An image", height=220, elem_id="r-image", **UPLOAD)
+                        r_image = image_upload(label="An image", height=220, elem_id="r-image")
                         if examples:
                             gr.Examples(
                                 [[p] for p in examples],

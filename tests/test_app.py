@@ -854,7 +854,8 @@ def test_explore_reconstructs_an_image_and_refuses_bad_uploads(explore, tmp_path
     wide = tmp_path / "wide.png"
     Image.new("RGB", (56, 28), (200, 30, 30)).save(wide)
     *_, (_, _, _, info) = run_all(explore.reconstruct(explore.studio.default_model, str(wide), 2))
-    assert info.endswith(" · the input: colour made grey (ITU-R 601 luma), centre-cropped from 56×28 to 28×28, resized from 28×28 to 8×8"), info
+    said = "colour made grey (ITU-R 601 luma), centre-cropped from 56×28 to 28×28, resized from 28×28 to 8×8"
+    assert info.endswith(f" · the input: {said}"), info
     with pytest.raises(gr.Error, match="whole number"):
         next(explore.reconstruct(explore.studio.default_model, a_picture(tmp_path), 2.5))
     fig, table = run_all(explore.error_curve(explore.studio.default_model, a_picture(tmp_path)))[-1]

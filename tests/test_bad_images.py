@@ -328,12 +328,13 @@ def test_the_upload_box_hands_over_the_file_unopened(tmp_path):
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from studio.explore_ui import UPLOAD, ImageUpload
+    from studio.explore_ui import image_upload
 
     (tmp_path / "x.png").write_text("not an image")
     with gr.Blocks() as demo:
-        box = ImageUpload(label="An image", **UPLOAD)
+        box = image_upload(label="An image")
     assert box.preprocess(ImageData(path=str(tmp_path / "x.png"), orig_name="x.png")) == str(tmp_path / "x.png")
+    assert box.preprocess(None) is None
     (config,) = demo.get_config_file()["components"]
     assert config["type"] == "image" and config["props"]["sources"] == ["upload"]
-    assert config["component_class_id"] == gr.Image.get_component_class_id()
+    assert not list((ROOT / "studio").glob("*.pyi"))

@@ -364,7 +364,11 @@ CLI_CASES = {
         True,
     ),
     "out in /proc": (["--out", "/proc/x.png"], "no file can be created in /proc", True),
-    "out name too long": (["--out", "{tmp}/" + "x" * 300 + ".png"], "is 304 bytes long, more than the 255 a file system allows; choose a shorter one", True),
+    "out name too long": (
+        ["--out", "{tmp}/" + "x" * 300 + ".png"],
+        "is 304 bytes long, more than the 255 a file system allows; choose a shorter one",
+        True,
+    ),
     "process under a file": (["--process", "{tmp}/a-file/p.png"], "a-file is a file, not a folder", True),
     "process same as out": (["--process", "{out}"], "--process and --out name the same file", True),
     "model 10,000 characters": (
@@ -735,7 +739,9 @@ TRAINING_CASES = {
         ["--unet.norm_num_groups=0"],
         "the UNet cannot be built: norm_num_groups must be a whole number of at least 1, got 0",
     ),
-    "attention_head_dim 0": (["--unet.attention_head_dim=0"], "attention_head_dim must be a whole number of at least 1"),
+    "attention_head_dim 0": (
+        ["--unet.attention_head_dim=0"], "attention_head_dim must be a whole number of at least 1"
+    ),
     "norm_num_groups text": (["--unet.norm_num_groups=\"8\""], "norm_num_groups must be a whole number of at least 1"),
     "block_out_channels empty": (["--unet.block_out_channels=[]"], "block_out_channels is empty"),
     "norm_eps 0": (["--unet.norm_eps=0"], "norm_eps must be a small positive number"),

@@ -146,7 +146,10 @@ def test_cli_explore_errors_are_messages(tmp_path, diffusers_checkpoint, capsys)
         (["--mode", "reconstruct"], "needs --input"),
         (["--mode", "reconstruct", "--input", str(tmp_path / "missing")], "no such file"),
         (["--mode", "reconstruct", "--input", str(tmp_path / "empty")], "no image files"),
-        (["--mode", "reconstruct", "--input", str(tmp_path / "fake.png")], "fake.png: not an image file (PNG, JPEG, WebP, GIF, BMP and TIFF are read)."),
+        (
+            ["--mode", "reconstruct", "--input", str(tmp_path / "fake.png")],
+            "fake.png: not an image file (PNG, JPEG, WebP, GIF, BMP and TIFF are read).",
+        ),
         (["--mode", "reconstruct", "--input", str(folder), "--spacing", "linspace"], "leading' or 'trailing"),
         (["--mode", "reconstruct", "--input", str(folder), "--process", out], "same file"),
         (["--mode", "consistency"], "needs --steps"),

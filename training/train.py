@@ -15,8 +15,8 @@ import csv
 import json
 import math
 import os
-import sys
 import shutil
+import sys
 import time
 import warnings
 from contextlib import nullcontext
