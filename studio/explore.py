@@ -19,9 +19,10 @@ from diffusion.samplers import Step
 
 from . import media
 from .compute import on_compute_thread
+from .errors import refused
 from .handlers import Studio
 from .options import check_count
-from .runs import Throttle, time_left
+from .runs import Throttle, running_note, time_left
 from .settings import DISPLAY_PX, MAX_SEED, MAX_UPLOAD_BYTES, PROGRESS_EVERY_S
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # real Fashion-MNIST test images, one per class
@@ -41,7 +42,7 @@ def read_upload(
     """An uploaded image file as the model's input (1, C, H, W) in [0, 1] and what was changed to make it so
     ("" if nothing), or gr.Error saying what is wrong; a refused upload is deleted from Gradio's folder."""
     if not path:
-        raise gr.Error(f"Upload {what} (or pick an example) first.")
+        raise refused(f"Upload {what} (or pick an example) first.")
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -56,7 +57,7 @@ def read_upload(
             reason = "the uploaded file is gone from the server (uploads are kept an hour); upload it again."
         else:
             reason = f"{e.strerror}." if isinstance(e, OSError) else str(e)
-        raise gr.Error(f"{what[0].upper()}{what[1:]} ({p.name}) cannot be used: {reason}") from None
+        raise refused(f"{what[0].upper()}{what[1:]} ({p.name}) cannot be used: {reason}") from None
     return x.to(pipe.device), note
 
 
@@ -92,7 +93,7 @@ class Explore:
         try:
             options = latents.decode_options(pipe, num_inference_steps=steps, eta=0.0)
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise refused(str(e)) from None
         return pipe, options
 
     def _check_work(self, pipe: diffusion.DiffusionPipeline, model: str, images: int, evaluations: int) -> None:
@@ -107,15 +108,20 @@ class Explore:
         label: str,
         progress: gr.Progress,
         start: float,
-    ) -> Iterator[Step]:
-        """Run a step iterator with progress (``done`` of ``grand_total`` steps before it), yielding each step."""
+    ) -> Iterator[Step | str]:
+        """Run a step iterator with progress (``done`` of ``grand_total`` steps before it), yielding each step,
+        and now and then (at most every ``PROGRESS_EVERY_S``: each is a message to the page) a
+        :func:`running_note` for the result line, which is also where Stop takes effect."""
         tick = Throttle(PROGRESS_EVERY_S)
+        yield running_note(label, 0, total, "starting")
         for i, step in enumerate(steps, 1):
             if tick(i == total):
                 progress(
                     (done + i) / grand_total,
                     desc=f"{label} {i}/{total} · {time_left(done + i, grand_total, time.perf_counter() - start)}",
                 )
+                if i < total:
+                    yield running_note(label, i, total)
             yield step
 
     def _decode(
@@ -128,17 +134,18 @@ class Explore:
         label: str,
         progress: gr.Progress,
         start: float,
-    ) -> Iterator[torch.Tensor | None]:
-        """DDIM-decode ``noise``; yields None now and then (a cancel point for Stop: at most every
-        ``PROGRESS_EVERY_S``, since each yield is a message to the page), then the images in [0, 1]."""
-        last, cancel_point = None, Throttle(PROGRESS_EVERY_S)
+    ) -> Iterator[torch.Tensor | str]:
+        """DDIM-decode ``noise``; yields :meth:`_drive`'s notes for the result line, then the images in [0, 1]."""
+        last = None
         steps = pipe.denoise("ddim", noise=noise, options=options)
         try:
-            for last in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
-                if cancel_point():
-                    yield None
+            for item in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
+                if isinstance(item, str):
+                    yield item
+                else:
+                    last = item
         except ValueError as e:  # the library's messages are written for users (a non-finite sample...)
-            raise gr.Error(str(e)) from None
+            raise refused(str(e)) from None
         assert last is not None
         yield diffusion.to_unit(last.x_prev).float().cpu()
 
@@ -152,16 +159,18 @@ class Explore:
         label: str,
         progress: gr.Progress,
         start: float,
-    ) -> Iterator[torch.Tensor | None]:
-        """DDIM-invert ``images``; yields None now and then (as :meth:`_decode`), then the latents x_T."""
-        last, cancel_point = None, Throttle(PROGRESS_EVERY_S)
+    ) -> Iterator[torch.Tensor | str]:
+        """DDIM-invert ``images``; yields notes (as :meth:`_decode`), then the latents x_T."""
+        last = None
         try:
             steps = pipe.invert_steps(images, options=options)
-            for last in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
-                if cancel_point():
-                    yield None
+            for item in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
+                if isinstance(item, str):
+                    yield item
+                else:
+                    last = item
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise refused(str(e)) from None
         assert last is not None
         yield last.x_prev
 
@@ -185,30 +194,30 @@ class Explore:
         frames = check_count(frames, "Frames", 2, MAX_FRAMES)
         use_images = bool(image_a) or bool(image_b)
         K = options.num_inference_steps
-        grand = frames * K + (2 * K if use_images else 0)
+        grand = 2 * K if use_images else K  # both images encoded in one pass of K steps, all frames decoded in one
         self._check_work(pipe, model, frames, K + (2 * K // frames + 1 if use_images else 0))
         start = time.perf_counter()
         if use_images:
             (xa, note_a), (xb, note_b) = read_upload(image_a, pipe, "image A"), read_upload(image_b, pipe, "image B")
             x = torch.cat([xa, xb])
             for z in self._encode(pipe, x, options, 0, grand, "Encoding the images", progress, start):
-                if z is None:
-                    yield gr.skip(), gr.skip(), gr.skip()
+                if isinstance(z, str):
+                    yield gr.skip(), gr.skip(), z
             ends = z
             try:
                 w = torch.linspace(0, 1, frames, dtype=torch.float64)
                 noise = latents.slerp(ends[0], ends[1], w)
             except ValueError as e:
-                raise gr.Error(str(e)) from None
+                raise refused(str(e)) from None
             how = "the two images' DDIM latents" + input_note([note_a, note_b], ["image A", "image B"])
         else:
             seeds = [check_count(s, "The seed", 0, MAX_SEED) for s in (seed_a, seed_b)]
             noise = latents.interpolation_latents(pipe, seeds, frames)
             how = f"seeds {seeds[0]} and {seeds[1]}"
-        done = 2 * K if use_images else 0
-        for images in self._decode(pipe, noise, options, done, grand, "Decoding", progress, start):
-            if images is None:
-                yield gr.skip(), gr.skip(), gr.skip()
+        done = K if use_images else 0
+        for images in self._decode(pipe, noise, options, done, grand, f"Decoding {frames} frames", progress, start):
+            if isinstance(images, str):
+                yield gr.skip(), gr.skip(), images
         folder = self.studio.outputs.new()
         stem = f"{media.slug(self.studio.store.name(model))}_interpolation_{K}steps"
         save_grid(images, folder / f"{stem}_grid.png", nrow=frames)
@@ -235,12 +244,13 @@ class Explore:
         self._check_work(pipe, model, 1, 2 * K)
         x, note = read_upload(image, pipe)
         start = time.perf_counter()
+        yield None, None, None, running_note("Encoding", 0, K, "starting")  # the last run's pictures go
         for z in self._encode(pipe, x, options, 0, 2 * K, "Encoding", progress, start):
-            if z is None:
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            if isinstance(z, str):
+                yield gr.skip(), gr.skip(), gr.skip(), z
         for recon in self._decode(pipe, z, options, K, 2 * K, "Decoding", progress, start):
-            if recon is None:
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            if isinstance(recon, str):
+                yield gr.skip(), gr.skip(), gr.skip(), recon
         mse = latents.mse_per_dimension(x.cpu(), recon)
         folder = self.studio.outputs.new()
         pics = [
@@ -265,11 +275,11 @@ class Explore:
         for K in ERROR_STEPS:
             _, options = self._pipe(model, K)
             for z in self._encode(pipe, x, options, done, grand, f"{K} steps: encoding", progress, start):
-                if z is None:
-                    yield gr.skip(), gr.skip()
+                if isinstance(z, str):
+                    yield gr.skip(), z
             for recon in self._decode(pipe, z, options, done + K, grand, f"{K} steps: decoding", progress, start):
-                if recon is None:
-                    yield gr.skip(), gr.skip()
+                if isinstance(recon, str):
+                    yield gr.skip(), recon
             done += 2 * K
             errors[K] = latents.mse_per_dimension(x.cpu(), recon)
         paper = latents.PAPER_TABLE2
@@ -292,7 +302,7 @@ class Explore:
         n = check_count(num_images, "The number of images", 1, 8)
         seed = check_count(seed, "The seed", 0, MAX_SEED)
         if not counts:
-            raise gr.Error("Pick at least one step count.")
+            raise refused("Pick at least one step count.")
         T = pipe.schedule.num_train_timesteps
         plans = [self._pipe(model, check_count(k, "Steps", 1, T))[1] for k in sorted({int(k) for k in counts})]
         total = sum(o.num_inference_steps for o in plans)
@@ -302,8 +312,8 @@ class Explore:
         for options in plans:
             K = options.num_inference_steps
             for images in self._decode(pipe, noise, options, done, total, f"{K} steps", progress, start):
-                if images is None:
-                    yield gr.skip(), gr.skip()
+                if isinstance(images, str):
+                    yield gr.skip(), images
             rows.append(images)
             done += K
         folder = self.studio.outputs.new()

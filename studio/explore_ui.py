@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from .explore import CONSISTENCY_STEPS, MAX_FRAMES, Explore, example_images
+from .runs import stopped_note
 
 
 def image_upload(**kwargs: Any) -> gr.Image:
@@ -60,6 +61,7 @@ def explore_tab(
                 with gr.Row():
                     i_go = gr.Button("Interpolate", variant="primary")
                     i_stop = gr.Button("Stop", variant="stop")
+                i_progress = gr.Markdown("", elem_id="i-progress", min_height=44)  # the progress bar shows here
                 i_info = gr.Markdown(
                     "Spherical interpolation (slerp) between the two x_T, each frame decoded with DDIM."
                 )
@@ -91,6 +93,7 @@ def explore_tab(
                             r_go = gr.Button("Invert and reconstruct", variant="primary")
                             r_stop = gr.Button("Stop", variant="stop")
                     with gr.Column(scale=2):
+                        r_progress = gr.Markdown("", elem_id="r-progress", min_height=44)
                         r_info = gr.Markdown("Encode the image into x_T with DDIM run backwards, then decode x_T.")
                         with gr.Row():
                             r_input = gr.Image(
@@ -120,6 +123,7 @@ def explore_tab(
                 with gr.Row():
                     k_go = gr.Button("Decode at each step count", variant="primary")
                     k_stop = gr.Button("Stop", variant="stop")
+                k_progress = gr.Markdown("", elem_id="k-progress", min_height=44)
                 k_info = gr.Markdown(
                     "The same x_T decoded with DDIM (eta 0) at each step count: the high-level "
                     "features stay (Sec. 5.2)."
@@ -151,9 +155,10 @@ def explore_tab(
             image_b=i_img_b,
         ),
         api_name="interpolate",
+        show_progress_on=[i_progress],
         **model_event,
     )
-    i_stop.click(None, None, None, cancels=[i_fetch, i_event], **private)
+    i_stop.click(stopped_note, [i_info], [i_info], cancels=[i_fetch, i_event], queue=False, **private)
 
     r_fetch = fetched(r_go)
     r_event = r_fetch.success(
@@ -162,6 +167,7 @@ def explore_tab(
         [r_input, r_latent, r_recon, r_info],
         inputs_kwargs=dict(model=model, image=r_image, steps=r_steps),
         api_name="reconstruct",
+        show_progress_on=[r_progress],
         **model_event,
     )
     c_fetch = fetched(r_curve)
@@ -170,10 +176,20 @@ def explore_tab(
         None,
         [r_plot, r_table],
         inputs_kwargs=dict(model=model, image=r_image),
+        show_progress_on=[r_progress],
         **model_event,
         **private,
     )
-    r_stop.click(None, None, None, cancels=[r_fetch, r_event, c_fetch, c_event], **private)
+    r_stop.click(
+        lambda info, table: (stopped_note(info), stopped_note(table)),
+        [r_info, r_table],
+        [r_info, r_table],
+        cancels=[r_fetch, r_event, c_fetch, c_event],
+        queue=False,
+        **private,
+    )
+    # the error curve belongs to the image it was measured on: a new image clears it
+    r_image.change(lambda: (None, ""), None, [r_plot, r_table], queue=False, show_progress="hidden", **private)
 
     k_fetch = fetched(k_go)
     k_event = k_fetch.success(
@@ -182,6 +198,7 @@ def explore_tab(
         [k_grid, k_info],
         inputs_kwargs=dict(model=model, seed=k_seed, num_images=k_n, counts=k_counts),
         api_name="consistency",
+        show_progress_on=[k_progress],
         **model_event,
     )
-    k_stop.click(None, None, None, cancels=[k_fetch, k_event], **private)
+    k_stop.click(stopped_note, [k_info], [k_info], cancels=[k_fetch, k_event], queue=False, **private)

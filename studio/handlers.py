@@ -19,7 +19,7 @@ from . import media
 from .compute import on_compute_thread
 from .models import ModelStore
 from .options import check_count, evaluations, make_options, planned_timesteps, split_options
-from .runs import Run, Throttle, compare_metrics, difference, metrics_markdown, time_left
+from .runs import Run, Throttle, compare_metrics, difference, metrics_markdown, running_note, time_left
 from .settings import (
     BUNDLED_MODEL,
     DISPLAY_PX,
@@ -94,6 +94,8 @@ class Studio:
         folder = self.outputs.new()
         show, tick = Throttle(self.settings.preview_every_s), Throttle(PROGRESS_EVERY_S)
         progress(0, desc=f"{sampler.upper()}: starting")
+        yield gr.skip(), gr.skip(), running_note(sampler.upper(), 0, run.total, "starting"), gr.skip()
+        shown_at = 0
         for step in run:
             last = run.done == run.total
             ticked = tick(last)
@@ -107,10 +109,12 @@ class Studio:
                 pic = media.save_png(
                     media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX), folder / f"preview{run.done:04d}.png"
                 )
-                info = f"Step {run.done} / {run.total} · t = {media._t(step.t)} · predicted x0 preview"
+                shown_at = run.done
+                info = running_note(sampler.upper(), run.done, run.total, f"preview: predicted x0 at step {shown_at}")
                 yield pic, gr.skip(), info, gr.skip()
-            elif ticked and not last:  # a cancel point: Stop takes effect at a yield
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            elif ticked and not last:  # a cancel point (Stop takes effect at a yield), and the step count
+                info = running_note(sampler.upper(), run.done, run.total, f"preview: predicted x0 at step {shown_at}")
+                yield gr.skip(), gr.skip(), info, gr.skip()
         assert run.images is not None
         stem = f"{media.slug(name)}_{sampler}_{run.done}steps_seed{seed}"
         grid_path = folder / f"{stem}.png"
@@ -148,6 +152,9 @@ class Studio:
         for p in "ab":
             runs[p] = run = Run(pipe, samplers[p], opts[p], n, seed)
             label = f"Panel {p.upper()} ({samplers[p].upper()})"
+            if p == "a":
+                md = running_note(label, 0, run.total, "starting")
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), md, gr.skip()
             for step in run:
                 done += 1
                 if ticked := tick(done == total_steps):
@@ -161,11 +168,12 @@ class Studio:
                         media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX),
                         folder / f"preview-{p}{run.done:04d}.png",
                     )
-                    md = f"{label}: step {run.done} / {run.total} · t = {media._t(step.t)}"
+                    md = running_note(label, run.done, run.total, f"t = {media._t(step.t)}")
                     a_img, b_img = (pic, gr.skip()) if p == "a" else (gr.skip(), pic)
                     yield a_img, b_img, gr.skip(), gr.skip(), md, gr.skip()
-                elif ticked and run.done < run.total:  # a cancel point: Stop takes effect at a yield
-                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                elif ticked and run.done < run.total:  # a cancel point (Stop takes effect at a yield)
+                    md = running_note(label, run.done, run.total, f"t = {media._t(step.t)}")
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), md, gr.skip()
             if p == "a" and run.images is not None:  # panel A's result stays up while B runs
                 pic = media.save_png(media.picture(run.images), folder / "a.png")
                 yield pic, gr.skip(), gr.skip(), gr.skip(), f"{label}: done in {run.seconds:.2f} s", gr.skip()

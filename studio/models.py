@@ -15,6 +15,7 @@ from diffusion.hub import Checkpoint, load_checkpoint
 from diffusion.machine import default_device, flops_per_pixel
 
 from .compute import compute_thread
+from .errors import refused
 from .settings import APP_DIR, GPU_BUDGET_FACTOR, MAX_IMAGES, REFERENCE_FLOPS, Settings
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
@@ -39,7 +40,7 @@ class ModelStore:
         or a Hub repo id. gr.Error says what is wrong with anything else."""
         choice = (choice or "").strip() or self.default
         if len(choice) > MAX_NAME:
-            raise gr.Error(
+            raise refused(
                 f"That model name is {len(choice)} characters long; Hub repo ids are owner/name, at most "
                 "96 characters each. Pick a model from the list or type a repo id.",
                 title="Unknown model",
@@ -52,19 +53,19 @@ class ModelStore:
             if local.exists():
                 if self.settings.allow_local and local.is_dir():
                     return str(local.resolve())
-                raise gr.Error(
+                raise refused(
                     f"{choice!r} is a local path; this app loads only its bundled model and Hub repos "
                     "(start it with --allow-local to load local folders).",
                     title="Local folders are off",
                 )
         except OSError as e:  # a name the file system refuses (too long a component, a NUL byte...)
-            raise gr.Error(
+            raise refused(
                 f"{choice[:80]!r} is not a usable model name ({e.strerror or e}). Type a Hub repo id as "
                 "owner/name, e.g. google/ddpm-cifar10-32.",
                 title="Unknown model",
             ) from None
         if not HUB_ID.match(choice):
-            raise gr.Error(
+            raise refused(
                 f"{choice[:120]!r} is not a Hub repo id. Type one as owner/name, e.g. google/ddpm-cifar10-32, "
                 "or pick a model from the list.",
                 title="Unknown model",
@@ -105,9 +106,9 @@ class ModelStore:
             checkpoint = load_checkpoint(key)
             return compute_thread().call(self._build, checkpoint)
         except diffusion.CheckpointError as e:
-            raise gr.Error(str(e), title="Cannot load this model") from None
+            raise refused(str(e), title="Cannot load this model") from None
         except OSError as e:  # network failures that escape huggingface_hub's own errors
-            raise gr.Error(
+            raise refused(
                 f"Cannot download {key!r}: {e}. Check the connection or pick another model.", title="Download failed"
             ) from None
 
@@ -152,7 +153,7 @@ class ModelStore:
                 hints.append(f"at most {budget // (n * h * w)} steps with {n} images")
             if budget // (h * w * evaluations) >= 1:
                 hints.append(f"at most {budget // (h * w * evaluations)} images with {evaluations} steps")
-            raise gr.Error(
+            raise refused(
                 f"This request is {n} images × {h}×{w} pixels × {evaluations} steps = {work:,} pixel-steps, above the "
                 f"{'GPU' if pipe.device.type == 'cuda' else 'CPU'} budget of {budget:,} for {name} (images × pixels × "
                 f"steps). Use {' or '.join(hints) or 'fewer images and steps'}.",

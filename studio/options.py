@@ -13,6 +13,8 @@ import diffusion
 from diffusion.samplers import SAMPLERS, SamplerOptions, get_sampler
 from diffusion.typed import coerce
 
+from .errors import refused
+
 PRIMARY_OPTIONS = ("num_inference_steps", "eta", "variance_type", "timestep_spacing")
 HIDDEN_OPTIONS = {
     "prediction_type",  # a property of the trained model: always the checkpoint's value
@@ -91,13 +93,13 @@ def make_options(pipe: diffusion.DiffusionPipeline, sampler: str | None, values:
     """Checked sampler options from UI / API values (``values`` may hold other samplers' options: they
     are ignored; None means the model's default). Raises ``gr.Error`` saying what to change."""
     if sampler not in SAMPLERS:
-        raise gr.Error(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+        raise refused(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
     fields = sampler_fields(sampler)
     chosen = {k: v for k, v in values.items() if k in fields and v is not None}
     try:  # types, ranges and the timesteps this model's T allows: diffusion.samplers.base / diffusion.typed
         return pipe.sampler_options(sampler, **chosen)
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise refused(str(e)) from None
 
 
 def check_count(value: Any, label: str, low: int, high: int) -> int:
@@ -105,9 +107,9 @@ def check_count(value: Any, label: str, low: int, high: int) -> int:
     try:
         n = coerce(label, int, value)
     except ValueError:
-        raise gr.Error(f"{label} must be a whole number from {low} to {high}; got {value!r}.") from None
+        raise refused(f"{label} must be a whole number from {low} to {high}; got {value!r}.") from None
     if not low <= n <= high:
-        raise gr.Error(f"{label} must be from {low} to {high}; got {n}.")
+        raise refused(f"{label} must be from {low} to {high}; got {n}.")
     return n
 
 

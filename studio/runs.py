@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -16,6 +17,7 @@ import diffusion
 from diffusion.samplers import SamplerOptions, Step
 from diffusion.trajectory import Trajectory
 
+from .errors import refused
 from .settings import MAX_FRAMES, TRAJECTORY_BYTES, TRAJECTORY_IMAGES
 
 
@@ -63,7 +65,7 @@ class Run:
             except StopIteration:
                 break
             except ValueError as e:  # the library's messages are written for users
-                raise gr.Error(str(e)) from None
+                raise refused(str(e)) from None
             self.seconds = time.perf_counter() - start
             self.evaluations += step.evaluations
             self.done += 1
@@ -108,6 +110,26 @@ class Throttle:
             self.last = now
             return True
         return False
+
+
+def running_note(label: str, done: int, total: int, detail: str = "") -> str:
+    """The result line while a run goes: "DDPM: step 45 / 1000 · t = 955". :func:`stopped_note` reads it."""
+    return f"{label}: step {done} / {total}{f' · {detail}' if detail else ''}"
+
+
+RUNNING = re.compile(r"(?P<label>[^\n]+?): step (?P<done>\d+) / (?P<total>\d+)")
+
+
+def stopped_note(info: str | None) -> Any:
+    """What Stop leaves in a result line that showed a run going (:func:`running_note`): where it stopped, so
+    that stopped never looks like hung. A line that shows no run going is left as it is."""
+    m = RUNNING.match(info or "")
+    if m is None:
+        return gr.skip()
+    return (
+        f"**Stopped** at step {m['done']} of {m['total']} ({m['label']}). What shows above is from that step, "
+        "not a result; press the button again to start over."
+    )
 
 
 def time_left(done: int, total: int, elapsed: float) -> str:

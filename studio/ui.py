@@ -16,6 +16,7 @@ from .explore import Explore
 from .explore_ui import explore_tab
 from .handlers import NO_RUN, Studio
 from .options import OptionControls, check_count
+from .runs import stopped_note
 from .settings import MAX_IMAGES, MAX_SEED, MAX_UPLOAD_BYTES, STATE_TTL_S
 
 try:  # Hugging Face ZeroGPU: the decorator does nothing elsewhere; the package is absent off Spaces.
@@ -273,7 +274,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             show_progress="minimal",
             **private,
         )
-        s_stop.click(None, None, None, cancels=[s_fetch, sample_event], **private)
+        s_stop.click(stopped_note, [s_info], [s_info], cancels=[s_fetch, sample_event], queue=False, **private)
 
         c_fetch = c_go.click(studio.fetch, [model], None, show_progress="minimal", **load_event, **private)
         compare_event = c_fetch.success(
@@ -293,7 +294,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             show_progress_on=[c_progress],
             **model_event,
         )
-        c_stop.click(None, None, None, cancels=[c_fetch, compare_event], **private)
+        c_stop.click(stopped_note, [c_md], [c_md], cancels=[c_fetch, compare_event], queue=False, **private)
 
         d_frame.change(
             studio.show_frame,

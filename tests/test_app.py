@@ -342,8 +342,10 @@ def test_frame_steps_keep_first_and_last():
 def test_sample_streams_previews_then_results(tiny_model):
     studio = make_studio(tiny_model, preview_every_s=0.0)
     outs = run_all(studio.sample(studio.default_model, "ddim", 5, 3, steps=6, eta=0.0, variance_type="fixed_large"))
-    assert len(outs) == 6  # five previews (one per step but the last), then the results
-    preview = png(outs[0][0])
+    assert len(outs) == 7  # "starting", five previews (one per step but the last), then the results
+    assert outs[0][2] == "DDIM: step 0 / 6 · starting"
+    assert outs[3][2] == "DDIM: step 3 / 6 · preview: predicted x0 at step 3"
+    preview = png(outs[1][0])
     assert preview.shape[-1] == 3 and preview.shape[1] >= settings.PREVIEW_PX
     shown, grid_file, info, traj = outs[-1]
     assert png(shown).shape[1] >= settings.DISPLAY_PX  # one view of the samples, upscaled for the page
@@ -354,18 +356,23 @@ def test_sample_streams_previews_then_results(tiny_model):
 
 
 def test_runs_yield_a_cancel_point_at_every_progress_tick_between_previews(tiny_model, monkeypatch):
-    """Stop takes effect at a yield, so Sample and Compare yield (outputs unchanged) at each progress tick,
-    not only at the previews: with ticks at every step and one preview, every step but the last yields."""
+    """Stop takes effect at a yield, so Sample and Compare yield at each progress tick, not only at the previews
+    (pictures unchanged, the result line's step count updated): with ticks at every step and one preview, every
+    step but the last yields."""
     from studio import handlers
+
+    def step_only(o, line: int) -> bool:  # every output skipped but the result line
+        return all(isinstance(v, type(gr.skip())) for i, v in enumerate(o) if i != line)
 
     monkeypatch.setattr(handlers, "PROGRESS_EVERY_S", 0.0)
     studio = make_studio(tiny_model, preview_every_s=1e9)
     outs = run_all(studio.sample(studio.default_model, "ddpm", 0, 1, steps=8))
-    assert len(outs) == 8 and outs[0][0] is not None  # the first step's preview, 6 cancel points, the result
-    assert all(all(isinstance(v, type(gr.skip())) for v in o) for o in outs[1:7])
+    assert len(outs) == 9 and outs[1][0] is not None  # starting, the first step's preview, 6 cancel points, result
+    assert all(step_only(o, 2) for o in outs[2:8])
+    assert [o[2].split(" · ")[0] for o in outs[2:8]] == [f"DDPM: step {i} / 8" for i in range(2, 8)]
     outs = run_all(studio.compare(studio.default_model, 0, 1, a_sampler="ddpm", a_steps=5, b_sampler="ddim", b_steps=4))
-    skips = [o for o in outs if all(isinstance(v, type(gr.skip())) for v in o)]
-    assert len(skips) == (5 - 2) + (4 - 1)  # panel A: all but its preview and last step; B: all but its last
+    points = [o for o in outs[1:] if step_only(o, 4)]
+    assert len(points) == (5 - 2) + (4 - 1)  # panel A: all but its preview and last step; B: all but its last
 
 
 def test_studio_uses_a_compiled_package_where_one_exists(tiny_model, tmp_path, monkeypatch):
