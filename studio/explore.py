@@ -116,12 +116,14 @@ class Explore:
         yield running_note(label, 0, total, "starting")
         for i, step in enumerate(steps, 1):
             if tick(i == total):
+                if i < total:
+                    yield running_note(label, i, total)
+                # after the note: a data message hides the bar until the next progress message, so this order
+                # keeps the bar up between ticks instead of blinking
                 progress(
                     (done + i) / grand_total,
                     desc=f"{label} {i}/{total} · {time_left(done + i, grand_total, time.perf_counter() - start)}",
                 )
-                if i < total:
-                    yield running_note(label, i, total)
             yield step
 
     def _decode(

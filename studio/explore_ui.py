@@ -63,7 +63,8 @@ def explore_tab(
                     i_stop = gr.Button("Stop", variant="stop")
                 i_progress = gr.Markdown("", elem_id="i-progress", min_height=44)  # the progress bar shows here
                 i_info = gr.Markdown(
-                    "Spherical interpolation (slerp) between the two x_T, each frame decoded with DDIM."
+                    "Spherical interpolation (slerp) between the two x_T, each frame decoded with DDIM.",
+                    elem_id="i-info",
                 )
                 i_strip = gr.Image(
                     label="Interpolation strip",
@@ -94,7 +95,9 @@ def explore_tab(
                             r_stop = gr.Button("Stop", variant="stop")
                     with gr.Column(scale=2):
                         r_progress = gr.Markdown("", elem_id="r-progress", min_height=44)
-                        r_info = gr.Markdown("Encode the image into x_T with DDIM run backwards, then decode x_T.")
+                        r_info = gr.Markdown(
+                            "Encode the image into x_T with DDIM run backwards, then decode x_T.", elem_id="r-info"
+                        )
                         with gr.Row():
                             r_input = gr.Image(
                                 label="input (model size)", type="filepath", interactive=False, elem_id="r-input"
@@ -108,7 +111,7 @@ def explore_tab(
                         r_curve = gr.Button("Error against steps (10, 20, 50, 100)")
                         with gr.Row():
                             r_plot = gr.Plot(label="Reconstruction error")
-                            r_table = gr.Markdown("")
+                            r_table = gr.Markdown("", elem_id="r-table")
 
             with gr.Tab("Consistency", id="explore-consistency"):
                 with gr.Row(equal_height=True):
@@ -126,7 +129,8 @@ def explore_tab(
                 k_progress = gr.Markdown("", elem_id="k-progress", min_height=44)
                 k_info = gr.Markdown(
                     "The same x_T decoded with DDIM (eta 0) at each step count: the high-level "
-                    "features stay (Sec. 5.2)."
+                    "features stay (Sec. 5.2).",
+                    elem_id="k-info",
                 )
                 k_grid = gr.Image(
                     label="One row per step count",

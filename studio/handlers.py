@@ -99,12 +99,6 @@ class Studio:
         for step in run:
             last = run.done == run.total
             ticked = tick(last)
-            if ticked:
-                progress(
-                    run.done / run.total,
-                    desc=f"{sampler.upper()} step {run.done}/{run.total} · "
-                    f"{time_left(run.done, run.total, time.perf_counter() - start)}",
-                )
             if show() and not last:
                 pic = media.save_png(
                     media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX), folder / f"preview{run.done:04d}.png"
@@ -115,6 +109,12 @@ class Studio:
             elif ticked and not last:  # a cancel point (Stop takes effect at a yield), and the step count
                 info = running_note(sampler.upper(), run.done, run.total, f"preview: predicted x0 at step {shown_at}")
                 yield gr.skip(), gr.skip(), info, gr.skip()
+            if ticked:  # after the yield: a data message hides the bar until the next progress message
+                progress(
+                    run.done / run.total,
+                    desc=f"{sampler.upper()} step {run.done}/{run.total} · "
+                    f"{time_left(run.done, run.total, time.perf_counter() - start)}",
+                )
         assert run.images is not None
         stem = f"{media.slug(name)}_{sampler}_{run.done}steps_seed{seed}"
         grid_path = folder / f"{stem}.png"
@@ -157,12 +157,7 @@ class Studio:
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), md, gr.skip()
             for step in run:
                 done += 1
-                if ticked := tick(done == total_steps):
-                    progress(
-                        done / total_steps,
-                        desc=f"{label} step {run.done}/{run.total} · "
-                        f"{time_left(done, total_steps, time.perf_counter() - start)}",
-                    )
+                ticked = tick(done == total_steps)
                 if show() and run.done < run.total:
                     pic = media.save_png(
                         media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX),
@@ -174,6 +169,12 @@ class Studio:
                 elif ticked and run.done < run.total:  # a cancel point (Stop takes effect at a yield)
                     md = running_note(label, run.done, run.total, f"t = {media._t(step.t)}")
                     yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), md, gr.skip()
+                if ticked:  # after the yield, as in sample(): the bar stays up
+                    progress(
+                        done / total_steps,
+                        desc=f"{label} step {run.done}/{run.total} · "
+                        f"{time_left(done, total_steps, time.perf_counter() - start)}",
+                    )
             if p == "a" and run.images is not None:  # panel A's result stays up while B runs
                 pic = media.save_png(media.picture(run.images), folder / "a.png")
                 yield pic, gr.skip(), gr.skip(), gr.skip(), f"{label}: done in {run.seconds:.2f} s", gr.skip()
