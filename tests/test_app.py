@@ -891,3 +891,6 @@ def test_client_explore_endpoints(served, tmp_path):
     assert "MSE" in info and Image.open(recon).size == Image.open(inp).size
     grid, info = client.predict(seed=0, num_images=2, counts=[10, 20], api_name="/consistency")
     assert "10, 20 steps" in info
+    (tmp_path / "notes.png").write_text("not an image")  # through the API too: the reason, not a generic error
+    with pytest.raises(Exception, match=r"The image \(notes.png\) cannot be used: not an image file"):
+        client.predict(image=handle_file(str(tmp_path / "notes.png")), steps=3, api_name="/reconstruct")

@@ -119,6 +119,93 @@ def test_generate_compare_and_denoising_in_chromium(studio_url):
             browser.close()
 
 
+@pytest.fixture(scope="module")
+def bundled_url():
+    """The studio over the bundled Fashion-MNIST model: runs long enough (DDPM 1000 steps) to press Stop in."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    demo, url = launch_studio(str(Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"))
+    yield url
+    demo.close()
+
+
+RECORD_PERCENTS = """(id) => {  // every percentage the progress area shows, kept by the page as it changes
+    window.percents = [];
+    const area = document.getElementById(id);
+    new MutationObserver(() => {
+        for (const m of area.innerText.matchAll(/([0-9.]+)%/g)) window.percents.push(parseFloat(m[1]));
+    }).observe(area, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_the_studio_says_what_happens_in_chromium(bundled_url, tmp_path):
+    """Issue #23 as a visitor sees it: Stop leaves "Stopped at step N of M"; a refused value's message is still
+    up 10 s later; Explore's bar reaches its end and sits in its own area, off the result line; a new image
+    clears the old error curve; an upload that is not an image gets a message."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "studio" / "examples").glob("*.png"))
+    with sync_playwright() as p:
+        browser = open_browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{bundled_url}?sampler=ddpm&n=16")  # DDPM, 1000 steps
+            expect(page.locator("#s_steps input[type=number]")).to_have_value("1000", timeout=TIMEOUT_MS)
+            page.get_by_role("button", name="Generate").click()
+            expect(page.get_by_text(re.compile(r"DDPM: step [1-9]\d* / 1000"))).to_be_visible(timeout=TIMEOUT_MS)
+            page.get_by_role("button", name="Stop").first.click()
+            stopped = page.get_by_text(re.compile(r"Stopped at step \d+ of 1000 \(DDPM\)"))
+            expect(stopped).to_be_visible(timeout=2000)
+            page.wait_for_timeout(1500)
+            expect(stopped).to_be_visible(timeout=100)  # no late update wrote over it
+
+            page.locator("#s_n input[type=number]").fill("2.5")
+            page.locator("#s_n input[type=number]").press("Enter")
+            page.get_by_role("button", name="Generate").click()
+            message = page.get_by_text("The number of images must be a whole number")
+            expect(message.first).to_be_visible(timeout=TIMEOUT_MS)
+            page.wait_for_timeout(10_000)
+            expect(message.first).to_be_visible(timeout=100)  # still there: it stays until closed
+
+            page.reload()
+            page.get_by_role("tab", name="Explore").click()
+            slider_value(page, "i_frames", 16)
+            slider_value(page, "i_steps", 40)
+            page.evaluate(RECORD_PERCENTS, "i-progress")
+            page.get_by_role("button", name="Interpolate", exact=True).click()
+            expect(page.get_by_text(re.compile(r"Decoding 16 frames: step \d+ / 40"))).to_be_visible(timeout=TIMEOUT_MS)
+            bar, info = page.locator("#i-progress").bounding_box(), page.locator("#i-info").bounding_box()
+            assert bar and info and not boxes_overlap(bar, info), (bar, info)
+            expect(page.locator("#i-info")).to_contain_text("16 frames slerped between", timeout=TIMEOUT_MS)
+            percents = page.evaluate("window.percents")
+            assert percents and max(percents) >= 90, percents  # it was 1/frames = 6 % before
+
+            page.get_by_role("tab", name="Invert and reconstruct").click()
+            page.locator("#r-image input[type=file]").set_input_files(str(examples[0]))
+            slider_value(page, "r_steps", 10)
+            page.get_by_role("button", name="Error against steps (10, 20, 50, 100)").click()
+            expect(page.get_by_role("columnheader", name="MSE per dimension")).to_be_visible(timeout=TIMEOUT_MS)
+            page.locator("#r-image button[aria-label='Remove Image']").click()
+            page.locator("#r-image input[type=file]").set_input_files(str(examples[1]))
+            curve_header = page.get_by_role("columnheader", name="MSE per dimension")
+            expect(curve_header).to_have_count(0, timeout=TIMEOUT_MS)  # the old image's curve went with it
+            page.get_by_role("button", name="Invert and reconstruct", exact=True).click()
+            expect(page.get_by_text("per-dimension MSE")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(curve_header).to_have_count(0)
+
+            (tmp_path / "notes.png").write_text("not an image")
+            page.locator("#r-image button[aria-label='Remove Image']").click()
+            page.locator("#r-image input[type=file]").set_input_files(str(tmp_path / "notes.png"))
+            page.get_by_role("button", name="Invert and reconstruct", exact=True).click()
+            refusal = page.get_by_text("The image (notes.png) cannot be used: not an image file")
+            expect(refusal).to_be_visible(timeout=TIMEOUT_MS)
+        finally:
+            browser.close()
+
+
 def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
     """Screenshots of the tabs with the app's defaults (16 images DDIM 50; DDPM 1000 vs DDIM 50; Explore)."""
     from playwright.sync_api import expect, sync_playwright
