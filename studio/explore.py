@@ -19,7 +19,7 @@ from diffusion.samplers import Step
 
 from . import media
 from .compute import on_compute_thread
-from .errors import refused
+from .errors import refused, shows_refusals
 from .handlers import Studio
 from .options import check_count
 from .runs import Throttle, running_note, time_left
@@ -179,6 +179,7 @@ class Explore:
     # -- Interpolate -------------------------------------------------------------------------------
 
     @on_compute_thread
+    @shows_refusals(line=2, outputs=3)
     def interpolate(
         self,
         model: str,
@@ -236,6 +237,7 @@ class Explore:
     # -- Invert and reconstruct --------------------------------------------------------------------
 
     @on_compute_thread
+    @shows_refusals(line=3, outputs=4)
     def reconstruct(
         self, model: str, image: str | None, steps: Any, progress: gr.Progress = gr.Progress()
     ) -> Iterator[tuple]:
@@ -267,6 +269,7 @@ class Explore:
         yield (*pics, info)
 
     @on_compute_thread
+    @shows_refusals(line=1, outputs=2)
     def error_curve(self, model: str, image: str | None, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
         """Reconstruction error against steps (10, 20, 50, 100), as in the DDIM paper's Table 2. Yields
         (figure, Markdown table)."""
@@ -295,6 +298,7 @@ class Explore:
     # -- Consistency -------------------------------------------------------------------------------
 
     @on_compute_thread
+    @shows_refusals(line=1, outputs=2)
     def consistency(
         self, model: str, seed: Any, num_images: Any, counts: Sequence[Any], progress: gr.Progress = gr.Progress()
     ) -> Iterator[tuple]:

@@ -17,6 +17,7 @@ from diffusion.trajectory import Trajectory
 
 from . import media
 from .compute import on_compute_thread
+from .errors import shows_refusals
 from .models import ModelStore
 from .options import check_count, evaluations, make_options, planned_timesteps, split_options
 from .runs import Run, Throttle, compare_metrics, difference, metrics_markdown, running_note, time_left
@@ -73,6 +74,7 @@ class Studio:
     # -- Sample ------------------------------------------------------------------------------------
 
     @on_compute_thread
+    @shows_refusals(line=2, outputs=4, keep=(3,))
     def sample(
         self,
         model: str,
@@ -132,6 +134,7 @@ class Studio:
     # -- Compare -----------------------------------------------------------------------------------
 
     @on_compute_thread
+    @shows_refusals(line=4, outputs=6)
     def compare(
         self, model: str, seed: float, num_images: float, progress: gr.Progress = gr.Progress(), **panels: Any
     ) -> Iterator[tuple]:

@@ -113,8 +113,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                             height=460,
                             buttons=["fullscreen"],
                         )
-                        s_download = gr.DownloadButton(
-                            "Download the PNG grid (original size)", value=None, elem_id="s-download", size="sm"
+                        s_download = gr.DownloadButton(  # shown once there is a grid to download
+                            "Download the PNG grid (original size)",
+                            value=None,
+                            elem_id="s-download",
+                            size="sm",
+                            visible=False,
                         )
                 traj = gr.State(None, time_to_live=STATE_TTL_S)
 
@@ -274,6 +278,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             show_progress="minimal",
             **private,
         )
+        # the download button shows only while there is a grid to download
+        sample_event.success(lambda: gr.DownloadButton(visible=True), None, s_download, queue=False, **private)
+        sample_event.failure(lambda: gr.DownloadButton(visible=False), None, s_download, queue=False, **private)
         s_stop.click(stopped_note, [s_info], [s_info], cancels=[s_fetch, sample_event], queue=False, **private)
 
         c_fetch = c_go.click(studio.fetch, [model], None, show_progress="minimal", **load_event, **private)

@@ -214,7 +214,7 @@ def test_bad_seeds_are_refused(seed):
 def test_non_integer_counts_are_refused_not_rounded(studio, field):
     args = dict(model=studio.default_model, sampler="ddim", seed=0, num_images=1, steps=5) | {field: 2.5}
     with pytest.raises(gr.Error, match="whole number"):
-        next(studio.sample(**args))
+        run_all(studio.sample(**args))
     assert options.check_count(3.0, "n", 1, 5) == 3  # a number widget's 3.0 is fine
 
 
@@ -417,7 +417,7 @@ def test_sample_refuses_bad_requests_before_working(studio):
     ]:
         args = dict(model=studio.default_model, sampler="ddim", seed=0, num_images=1, steps=5) | kwargs
         with pytest.raises(gr.Error, match=message):
-            next(studio.sample(**args))
+            run_all(studio.sample(**args))
 
 
 def test_trajectory_frames_readout_and_files(studio, pipe, tmp_path):
@@ -530,7 +530,7 @@ def test_compare_runs_both_panels_from_the_same_noise(tiny_model):
     assert np.array_equal(png(alone), png(img_b))
     studio = make_studio(tiny_model, max_work=100_000)
     with pytest.raises(gr.Error, match="budget"):
-        next(
+        run_all(
             studio.compare(studio.default_model, 0, 64, a_sampler="ddpm", a_steps=1000, b_sampler="ddpm", b_steps=1000)
         )
 
@@ -837,9 +837,9 @@ def test_explore_interpolates_between_seeds_and_between_images(explore, tmp_path
     )
     assert "images' DDIM latents" in outs[-1][2]
     with pytest.raises(gr.Error, match="Frames"):
-        next(explore.interpolate(explore.studio.default_model, 0, 1, 1, 4))
+        run_all(explore.interpolate(explore.studio.default_model, 0, 1, 1, 4))
     with pytest.raises(gr.Error, match="image B"):
-        next(explore.interpolate(explore.studio.default_model, 0, 1, 3, 4, image_a=img))
+        run_all(explore.interpolate(explore.studio.default_model, 0, 1, 3, 4, image_a=img))
 
 
 def test_explore_reconstructs_an_image_and_refuses_bad_uploads(explore, tmp_path):
@@ -853,18 +853,18 @@ def test_explore_reconstructs_an_image_and_refuses_bad_uploads(explore, tmp_path
         (str(tmp_path / "gone.png"), r"\(gone.png\) cannot be used: the uploaded file is gone .*; upload it again"),
     ]:
         with pytest.raises(gr.Error, match=message):
-            next(explore.reconstruct(explore.studio.default_model, path, 5))
+            run_all(explore.reconstruct(explore.studio.default_model, path, 5))
     big = tmp_path / "big.png"
     Image.new("L", (5000, 5000)).save(big)
     with pytest.raises(gr.Error, match="at most 4096"):
-        next(explore.reconstruct(explore.studio.default_model, str(big), 5))
+        run_all(explore.reconstruct(explore.studio.default_model, str(big), 5))
     wide = tmp_path / "wide.png"
     Image.new("RGB", (56, 28), (200, 30, 30)).save(wide)
     *_, (_, _, _, info) = run_all(explore.reconstruct(explore.studio.default_model, str(wide), 2))
     said = "colour made grey (ITU-R 601 luma), centre-cropped from 56×28 to 28×28, resized from 28×28 to 8×8"
     assert info.endswith(f" · the input: {said}"), info
     with pytest.raises(gr.Error, match="whole number"):
-        next(explore.reconstruct(explore.studio.default_model, a_picture(tmp_path), 2.5))
+        run_all(explore.reconstruct(explore.studio.default_model, a_picture(tmp_path), 2.5))
     fig, table = run_all(explore.error_curve(explore.studio.default_model, a_picture(tmp_path)))[-1]
     assert len(fig.axes) == 1 and "| steps | MSE per dimension |" in table and "| 100 |" in table
 
@@ -873,12 +873,12 @@ def test_explore_consistency_one_row_per_step_count(explore):
     *_, (grid, info) = run_all(explore.consistency(explore.studio.default_model, 2, 3, [10, 5]))
     assert "5, 10 steps" in info and Image.open(grid).size[1] > 0
     with pytest.raises(gr.Error, match="at least one"):
-        next(explore.consistency(explore.studio.default_model, 2, 3, []))
+        run_all(explore.consistency(explore.studio.default_model, 2, 3, []))
     studio = make_studio(explore.studio.default_model, max_work=1000)
     from studio.explore import Explore
 
     with pytest.raises(gr.Error, match="budget"):
-        next(Explore(studio).consistency(studio.default_model, 0, 8, [1000]))
+        run_all(Explore(studio).consistency(studio.default_model, 0, 8, [1000]))
 
 
 def test_client_explore_endpoints(served, tmp_path):

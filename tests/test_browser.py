@@ -165,10 +165,11 @@ def test_the_studio_says_what_happens_in_chromium(bundled_url, tmp_path):
             page.locator("#s_n input[type=number]").fill("2.5")
             page.locator("#s_n input[type=number]").press("Enter")
             page.get_by_role("button", name="Generate").click()
-            message = page.get_by_text("The number of images must be a whole number")
-            expect(message.first).to_be_visible(timeout=TIMEOUT_MS)
+            message = page.get_by_test_id("toast-text").filter(has_text="The number of images must be a whole number")
+            expect(message).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.locator("#preview img")).to_have_count(0)  # the stopped run's preview is gone
             page.wait_for_timeout(10_000)
-            expect(message.first).to_be_visible(timeout=100)  # still there: it stays until closed
+            expect(message).to_be_visible(timeout=100)  # still there: it stays until closed
 
             page.reload()
             page.get_by_role("tab", name="Explore").click()
@@ -200,8 +201,9 @@ def test_the_studio_says_what_happens_in_chromium(bundled_url, tmp_path):
             page.locator("#r-image button[aria-label='Remove Image']").click()
             page.locator("#r-image input[type=file]").set_input_files(str(tmp_path / "notes.png"))
             page.get_by_role("button", name="Invert and reconstruct", exact=True).click()
-            refusal = page.get_by_text("The image (notes.png) cannot be used: not an image file")
-            expect(refusal).to_be_visible(timeout=TIMEOUT_MS)
+            refusal = "The image (notes.png) cannot be used: not an image file"
+            expect(page.get_by_test_id("toast-text").filter(has_text=refusal)).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.locator("#r-info")).to_contain_text(f"Not run: {refusal}")  # also where the result goes
         finally:
             browser.close()
 

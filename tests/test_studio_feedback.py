@@ -49,7 +49,7 @@ def test_a_refusal_is_a_message_that_stays_and_one_log_line(capsys):
 def test_a_refused_request_logs_one_line_and_no_traceback(tiny_model, capsys):
     studio = make_studio(tiny_model)
     with pytest.raises(gr.Error) as e:
-        next(studio.sample(studio.default_model, "ddim", 0, 2.5, steps=3))
+        list(studio.sample(studio.default_model, "ddim", 0, 2.5, steps=3))
     assert e.value.print_exception is False and e.value.duration is None
     out = capsys.readouterr()
     assert out.out.count("[studio] refused: The number of images must be a whole number") == 1
@@ -102,3 +102,32 @@ def test_every_explore_run_ends_its_bar(tiny_model, tmp_path):
         bar = Recorder()
         list(run(bar))
         assert max(bar.values) == pytest.approx(1.0) and bar.values == sorted(bar.values)
+
+
+def test_a_refusal_goes_into_the_result_line_and_clears_the_old_pictures(tiny_model):
+    """Before the toast: the result line says why nothing ran, the previous pictures go (an older result never
+    sits under a message about a newer request); the last trajectory (the Denoising tab's) stays."""
+    studio = make_studio(tiny_model)
+    gen = studio.sample(studio.default_model, "ddim", -1, 2, steps=3)
+    picture, download, line, trajectory = next(gen)
+    assert picture is None and download is None and isinstance(trajectory, type(gr.skip()))
+    assert line.startswith("**Not run:** The seed must be from 0 to ")
+    with pytest.raises(gr.Error, match="The seed must be from 0"):
+        next(gen)
+    *pictures, line, metrics = next(studio.compare(studio.default_model, 0, 0, a_sampler="ddpm", b_sampler="ddim"))
+    assert pictures == [None, None, None, None] and metrics is None and line.startswith("**Not run:** The number")
+
+
+def test_a_fault_is_not_dressed_as_a_refusal():
+    """A fault (a plain gr.Error, or any other exception) keeps Gradio's traceback and the pictures."""
+    from studio.errors import shows_refusals
+
+    @shows_refusals(line=1, outputs=2)
+    def broken():
+        yield "picture", "line"
+        raise gr.Error("Internal error: something broke.")
+
+    gen = broken()
+    assert next(gen) == ("picture", "line")
+    with pytest.raises(gr.Error, match="Internal error"):
+        next(gen)
