@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from .explore import CONSISTENCY_STEPS, MAX_FRAMES, Explore, example_images
+from .options import keep_in_range
 from .runs import stopped_note
 
 
@@ -47,7 +48,9 @@ def explore_tab(
                     i_seed_a = gr.Number(0, label="Seed A", step=1)
                     i_seed_b = gr.Number(1, label="Seed B", step=1)
                     i_frames = gr.Slider(2, MAX_FRAMES, value=9, step=1, label="Frames", elem_id="i_frames")
+                    keep_in_range(i_frames, "Frames")
                     i_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="i_steps")
+                    keep_in_range(i_steps, "DDIM steps")
                 with gr.Accordion("Or between two images (encoded by DDIM inversion)", open=False):
                     with gr.Row():
                         i_img_a = image_upload(label="Image A", height=180)
@@ -90,6 +93,7 @@ def explore_tab(
                                 examples_per_page=10,
                             )
                         r_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="r_steps")
+                        keep_in_range(r_steps, "DDIM steps")
                         with gr.Row():
                             r_go = gr.Button("Invert and reconstruct", variant="primary")
                             r_stop = gr.Button("Stop", variant="stop")
@@ -117,6 +121,7 @@ def explore_tab(
                 with gr.Row(equal_height=True):
                     k_seed = gr.Number(0, label="Seed", step=1)
                     k_n = gr.Slider(1, 8, value=4, step=1, label="Number of images", elem_id="k_n")
+                    keep_in_range(k_n, "Number of images")
                     k_counts = gr.CheckboxGroup(
                         list(CONSISTENCY_STEPS),
                         value=[10, 20, 50, 100],

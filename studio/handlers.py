@@ -19,7 +19,7 @@ from . import media
 from .compute import on_compute_thread
 from .errors import shows_refusals
 from .models import ModelStore
-from .options import check_count, evaluations, make_options, planned_timesteps, split_options
+from .options import check_count, evaluations, make_options, planned_timesteps, split_options, starts_too_late
 from .runs import Run, Throttle, compare_metrics, difference, metrics_markdown, running_note, time_left
 from .settings import (
     BUNDLED_MODEL,
@@ -129,6 +129,8 @@ class Studio:
             f"{run.evaluations} model evaluations · {seconds:.2f} s ({1000 * seconds / run.done:.0f} ms/step) · "
             f"seed {seed} · {self.device(pipe)}{compiled}"
         )
+        if note := starts_too_late(pipe, sampler, opts):
+            info += f"  \n**Note:** {note}"
         yield shown, str(grid_path), info, run.trajectory
 
     # -- Compare -----------------------------------------------------------------------------------
@@ -190,7 +192,9 @@ class Studio:
         pa = media.save_png(media.picture(a.images), folder / "a.png")
         pb = media.save_png(media.picture(b.images), folder / "b.png")
         pd = media.save_png(media.picture(heat), folder / "difference.png")
-        yield pa, pb, (pa, pb), pd, metrics_markdown(metrics), metrics
+        late = {p: starts_too_late(pipe, samplers[p], opts[p]) for p in "ab"}
+        notes = "".join(f"  \n**Note, panel {p.upper()}:** {note}" for p, note in late.items() if note)
+        yield pa, pb, (pa, pb), pd, metrics_markdown(metrics) + notes, metrics
 
     # -- Denoising ---------------------------------------------------------------------------------
 

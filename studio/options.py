@@ -4,6 +4,7 @@ gets controls without changes here), checked by the library, shown as Gradio con
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Any
 
@@ -99,7 +100,45 @@ def make_options(pipe: diffusion.DiffusionPipeline, sampler: str | None, values:
     try:  # types, ranges and the timesteps this model's T allows: diffusion.samplers.base / diffusion.typed
         return pipe.sampler_options(sampler, **chosen)
     except ValueError as e:
-        raise refused(str(e)) from None
+        raise refused(in_ui_words(str(e))) from None
+
+
+def in_ui_words(message: str) -> str:
+    """A library message with the option names a visitor sees ("Steps", not ``num_inference_steps``)."""
+    for name, label in LABELS.items():
+        message = re.sub(rf"(?<![\w.]){name}(?!\w)", label, message)
+    return message[:1].upper() + message[1:]
+
+
+def keep_in_range(slider: gr.Slider, label: str) -> None:
+    """The page clamps a slider to its range but its number box keeps what was typed (1000 images shown, 64
+    made; 0 steps shown, 1 run): a value typed outside the range is said, and the box set to what will run.
+    Its raw value is read (``preprocess=False``: a number, nothing else) so that Gradio's own range check
+    does not fail first (with a traceback in the log). The range is the slider's as built; a run checks the
+    model's own limits again."""
+
+    def check(value: Any) -> Any:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return gr.skip()
+        low, high = slider.minimum, slider.maximum
+        if low <= number <= high:
+            return gr.skip()
+        used = min(max(number, low), high)
+        gr.Warning(f"{label} runs from {low:g} to {high:g}: {number:g} is not used, {used:g} is.", title="Out of range")
+        return used
+
+    slider.change(  # queued (the toast needs the queue), beside the samplers: it never waits for them
+        check,
+        slider,
+        slider,
+        preprocess=False,
+        show_progress="hidden",
+        concurrency_id="range",
+        concurrency_limit=None,
+        api_visibility="private",
+    )
 
 
 def check_count(value: Any, label: str, low: int, high: int) -> int:
@@ -116,6 +155,19 @@ def check_count(value: Any, label: str, low: int, high: int) -> int:
 def evaluations(pipe: diffusion.DiffusionPipeline, sampler: str, options: SamplerOptions) -> int:
     """Model evaluations a run will spend: the steps for most samplers, 2N - 1 for Heun, N + 9 for PNDM."""
     return len(get_sampler(sampler).timesteps(pipe.schedule, options))
+
+
+def starts_too_late(pipe: diffusion.DiffusionPipeline, sampler: str, options: SamplerOptions) -> str:
+    """A note when a plan's first model evaluation is below T/2 (one DDIM step with leading spacing is at
+    t = 0): the model then never sees the noise it starts from and returns noise. "" for a sound plan."""
+    first, T = max(planned_timesteps(pipe, sampler, options)), pipe.schedule.num_train_timesteps
+    if first >= T / 2:
+        return ""
+    return (
+        f"{sampler.upper()} with {options.num_inference_steps} step(s) and this timestep selection evaluates the "
+        f"model first at t = {first} of {T}: it never sees the noise it starts from, so the result stays noise. "
+        "Use more steps or trailing selection."
+    )
 
 
 def planned_timesteps(pipe: diffusion.DiffusionPipeline, sampler: str, options: SamplerOptions) -> list[int]:
@@ -175,9 +227,13 @@ class OptionControls:
             elem_id=elem_id,
         )
         if name == "num_inference_steps":
-            return gr.Slider(1, T, value=value, step=1, **{**kw, "info": f"1 to {T} (the model's training timesteps)"})
+            steps = gr.Slider(1, T, value=value, step=1, **{**kw, "info": f"1 to {T} (the model's training timesteps)"})
+            keep_in_range(steps, "Steps")
+            return steps
         if name == "eta":
-            return gr.Slider(0.0, 1.0, value=value, step=0.05, **kw)
+            eta = gr.Slider(0.0, 1.0, value=value, step=0.05, **kw)
+            keep_in_range(eta, "eta")
+            return eta
         if typing.get_origin(hint) is typing.Literal:
             return gr.Dropdown(list(typing.get_args(hint)), value=value, **kw)
         if hint is bool:

@@ -15,7 +15,7 @@ from diffusion.samplers import SAMPLERS
 from .explore import Explore
 from .explore_ui import explore_tab
 from .handlers import NO_RUN, Studio
-from .options import OptionControls, check_count
+from .options import OptionControls, check_count, keep_in_range
 from .runs import stopped_note
 from .settings import MAX_IMAGES, MAX_SEED, MAX_UPLOAD_BYTES, STATE_TTL_S
 
@@ -98,11 +98,14 @@ def build_app(studio: Studio) -> gr.Blocks:
                             s_seed = gr.Number(0, label="Seed", scale=3, step=1)
                             s_dice = gr.Button("Random seed", scale=1, min_width=60)
                         s_n = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="Number of images", elem_id="s_n")
+                        keep_in_range(s_n, "Number of images")
                         with gr.Row():
                             s_go = gr.Button("Generate", variant="primary")
                             s_stop = gr.Button("Stop", variant="stop")
                     with gr.Column(scale=2):
-                        s_info = gr.Markdown("Press **Generate**: predicted-x0 previews stream in while it samples.")
+                        s_info = gr.Markdown(
+                            "Press **Generate**: predicted-x0 previews stream in while it samples.", elem_id="s-info"
+                        )
                         s_progress = gr.Markdown("", elem_id="s-progress", min_height=44)  # the progress bar shows here
                         s_image = gr.Image(
                             label="Samples (previews while it runs)",
@@ -132,6 +135,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     c_seed = gr.Number(0, label="Seed", scale=3, step=1)
                     c_dice = gr.Button("Random seed", scale=1, min_width=60)
                     c_n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images", scale=3, elem_id="c_n")
+                    keep_in_range(c_n, "Number of images")
                     c_go = gr.Button("Compare", variant="primary", scale=2)
                     c_stop = gr.Button("Stop", variant="stop", scale=1)
                 with gr.Row():
@@ -254,6 +258,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 inputs_kwargs=preview_inputs,
                 trigger_mode="always_last",
                 show_progress="hidden",
+                preprocess=False,  # raw values: an out-of-range number is keep_in_range's to say, not an error here
                 concurrency_id="plots",
                 concurrency_limit=1,
                 **private,

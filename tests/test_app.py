@@ -188,14 +188,14 @@ def test_make_options_validates_with_clear_messages(pipe):
         options.make_options(pipe, "ddpm", {"num_inference_steps": None}).num_inference_steps == 1000
     )  # None: default
     for values, message in [
-        ({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
+        ({"num_inference_steps": 0}, "Steps must be a positive integer"),
         ({"num_inference_steps": 1001}, "between 1 and 1000"),
         ({"num_inference_steps": 2.5}, "whole number"),
-        ({"eta": 1.5}, "eta must be between 0"),
+        ({"eta": 1.5}, "Eta must be between 0"),
         ({"timestep_spacing": "random"}, "is not one of"),
-        ({"steps_offset": -5}, r"steps_offset must be a non-negative integer \(every timestep must stay in 0..T-1\)"),
-        ({"clip_sample_range": float("nan")}, "clip_sample_range must be a finite number"),
-        ({"clip_sample": "maybe"}, "clip_sample must be true or false"),
+        ({"steps_offset": -5}, r"Steps offset must be a non-negative integer \(every timestep must stay in 0..T-1\)"),
+        ({"clip_sample_range": float("nan")}, "Clip range must be a finite number"),
+        ({"clip_sample": "maybe"}, "Clip predicted x0 must be true or false"),
         ({"timestep_spacing": "quad", "num_inference_steps": 900}, "quad"),
     ]:
         with pytest.raises(gr.Error, match=message):

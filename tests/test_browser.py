@@ -162,6 +162,16 @@ def test_the_studio_says_what_happens_in_chromium(bundled_url, tmp_path):
             page.wait_for_timeout(1500)
             expect(stopped).to_be_visible(timeout=100)  # no late update wrote over it
 
+            for box, typed, used, said in [
+                ("s_steps", "0", "1", "Steps runs from 1 to 1000: 0 is not used, 1 is."),
+                ("s_n", "1000", "64", "Number of images runs from 1 to 64: 1000 is not used, 64 is."),
+            ]:  # typed out of range: said, and the box shows what will run (the page used to clamp silently)
+                page.locator(f"#{box} input[type=number]").fill(typed)
+                page.locator(f"#{box} input[type=number]").press("Enter")
+                expect(page.get_by_test_id("toast-text").filter(has_text=said)).to_be_visible(timeout=TIMEOUT_MS)
+                expect(page.locator(f"#{box} input[type=number]")).to_have_value(used, timeout=TIMEOUT_MS)
+            page.locator("#s_steps input[type=number]").fill("1000")
+            page.locator("#s_steps input[type=number]").press("Enter")
             page.locator("#s_n input[type=number]").fill("2.5")
             page.locator("#s_n input[type=number]").press("Enter")
             page.get_by_role("button", name="Generate").click()

@@ -131,3 +131,22 @@ def test_a_fault_is_not_dressed_as_a_refusal():
     assert next(gen) == ("picture", "line")
     with pytest.raises(gr.Error, match="Internal error"):
         next(gen)
+
+
+@pytest.mark.parametrize("steps,spacing,noted", [(1, "leading", True), (1, "trailing", False), (2, "leading", False)])
+def test_a_plan_that_cannot_denoise_is_said_beside_the_result(tiny_model, steps, spacing, noted):
+    """One DDIM step under leading selection is at t = 0: the result is noise, and the result line says why."""
+    studio = make_studio(tiny_model)
+    *_, (_, _, line, _) = studio.sample(studio.default_model, "ddim", 0, 1, steps=steps, timestep_spacing=spacing)
+    assert ("evaluates the model first at t = 0 of 1000" in line) is noted
+    assert ("Use more steps or trailing selection" in line) is noted
+
+
+def test_library_messages_use_the_names_on_the_page(tiny_model):
+    from diffusion import load
+    from studio.options import make_options
+
+    with pytest.raises(gr.Error, match=r"Steps must be a whole number, got 2.5"):
+        make_options(load(tiny_model), "ddim", {"num_inference_steps": 2.5})
+    with pytest.raises(gr.Error, match=r"Steps offset must be a non-negative integer"):
+        make_options(load(tiny_model), "ddim", {"steps_offset": -1})
