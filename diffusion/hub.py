@@ -40,6 +40,10 @@ class Checkpoint(NamedTuple):
     source: str  # the folder or the repo id, for messages and model cards
 
 
+class HubUnreachable(CheckpointError):
+    """A Hub model that is not in the local cache while the Hub cannot be reached (or offline mode is on)."""
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors``, or from a ``.bin`` pickle holding only tensors."""
     path = Path(path)
@@ -187,7 +191,7 @@ def read_hub(repo_id: str, revision: str | None = None, cache_dir: str | None = 
             if constants.HF_HUB_OFFLINE or local_files_only
             else "the Hugging Face Hub could not be reached"
         )
-        raise CheckpointError(
+        raise HubUnreachable(
             f"Cannot load {shown}: {why} and the repo is not in the local cache "
             f"({cache_dir or constants.HF_HUB_CACHE}). "
             "Connect to the internet once to download it, or pass a local model folder."

@@ -68,6 +68,7 @@ def explore_tab(
                 i_info = gr.Markdown(
                     "Spherical interpolation (slerp) between the two x_T, each frame decoded with DDIM.",
                     elem_id="i-info",
+                    label="Result",
                 )
                 i_strip = gr.Image(
                     label="Interpolation strip",
@@ -100,7 +101,9 @@ def explore_tab(
                     with gr.Column(scale=2):
                         r_progress = gr.Markdown("", elem_id="r-progress", min_height=44)
                         r_info = gr.Markdown(
-                            "Encode the image into x_T with DDIM run backwards, then decode x_T.", elem_id="r-info"
+                            "Encode the image into x_T with DDIM run backwards, then decode x_T.",
+                            elem_id="r-info",
+                            label="Result",
                         )
                         with gr.Row():
                             r_input = gr.Image(
@@ -136,6 +139,7 @@ def explore_tab(
                     "The same x_T decoded with DDIM (eta 0) at each step count: the high-level "
                     "features stay (Sec. 5.2).",
                     elem_id="k-info",
+                    label="Result",
                 )
                 k_grid = gr.Image(
                     label="One row per step count",
@@ -164,6 +168,8 @@ def explore_tab(
             image_b=i_img_b,
         ),
         api_name="interpolate",
+        api_description="Frames decoded with DDIM (eta 0) from noise slerped between two seeds' noise, or between "
+        "two images' DDIM latents when both images are given. Returns the strip, a GIF and a line about the run.",
         show_progress_on=[i_progress],
         **model_event,
     )
@@ -176,6 +182,8 @@ def explore_tab(
         [r_input, r_latent, r_recon, r_info],
         inputs_kwargs=dict(model=model, image=r_image, steps=r_steps),
         api_name="reconstruct",
+        api_description="Encode an image into its DDIM latent x_T and decode it back. Returns the input at the "
+        "model's size, x_T scaled to [0, 1], the reconstruction and a line with the error.",
         show_progress_on=[r_progress],
         **model_event,
     )
@@ -207,6 +215,8 @@ def explore_tab(
         [k_grid, k_info],
         inputs_kwargs=dict(model=model, seed=k_seed, num_images=k_n, counts=k_counts),
         api_name="consistency",
+        api_description="One seed's noise decoded with DDIM at several step counts, a row each. Returns the grid "
+        "and a line about the run.",
         show_progress_on=[k_progress],
         **model_event,
     )

@@ -107,9 +107,9 @@ def _t(t: float) -> str:
 def readout(traj: Trajectory, i: int) -> str:
     """t, abar_t and sigma_t of frame i, as Markdown."""
     if traj.timesteps[i] < 0:
-        return f"**Frame {i + 1} / {len(traj)}** · the sample x₀ after {traj.num_steps} steps · ᾱ = 1 · σ = 0"
+        return f"**Frame {i} / {len(traj) - 1}** · the sample x₀ after {traj.num_steps} steps · ᾱ = 1 · σ = 0"
     return (
-        f"**Frame {i + 1} / {len(traj)}** · step {traj.steps[i] + 1} / {traj.num_steps} "
+        f"**Frame {i} / {len(traj) - 1}** · step {traj.steps[i] + 1} / {traj.num_steps} "
         f"· **t = {_t(traj.timesteps[i])}** "
         f"· ᾱ_t = {traj.abar[i]:.4f} · σ_t = √(1−ᾱ_t) = {traj.sigma(i):.4f}"
     )

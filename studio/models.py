@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 import diffusion
-from diffusion.hub import Checkpoint, load_checkpoint
+from diffusion.hub import Checkpoint, HubUnreachable, load_checkpoint
 from diffusion.machine import default_device, flops_per_pixel
 
 from .compute import compute_thread
@@ -105,6 +105,12 @@ class ModelStore:
         try:
             checkpoint = load_checkpoint(key)
             return compute_thread().call(self._build, checkpoint)
+        except HubUnreachable:  # the CLI's message names the server's cache and offline switches: not a visitor's
+            raise refused(
+                f"{key} is not available: this server cannot reach the Hub now and has no copy of it. "
+                "Pick a model from the list (the bundled one always works).",
+                title="Model not available",
+            ) from None
         except diffusion.CheckpointError as e:
             raise refused(str(e), title="Cannot load this model") from None
         except OSError as e:  # network failures that escape huggingface_hub's own errors
@@ -169,9 +175,10 @@ class ModelStore:
         params = sum(p.numel() for p in pipe.unet.parameters())
         runs = " · compiled ahead of time" if pipe.compiled is not None else ""
         return (
-            f"**{name}** · {c}×{h}×{w} · {params / 1e6:.1f}M parameters · "
-            f"{self.flops(pipe) / 1e6:.2f} MFLOP per pixel-step · T = {pipe.schedule.num_train_timesteps} "
-            f"· {cfg['beta_schedule']} betas · predicts {cfg['prediction_type']} · {pipe.device.type.upper()}{runs}  \n"
+            f"**{name}** · {w}×{h} {'grey' if c == 1 else 'colour'} images · {params / 1e6:.1f}M parameters · "
+            f"trained with T = {pipe.schedule.num_train_timesteps} steps ({cfg['beta_schedule']} betas, predicts "
+            f"{cfg['prediction_type']}) · runs on {pipe.device.type.upper()}{runs} · "
+            f"{self.flops(pipe) / 1e6:.2f} MFLOP per pixel and step  \n"
             f"Budget per request: images × pixels × steps ≤ **{budget:,}** (e.g. {max(1, budget // (h * w * 1000))} "
             f"images × 1000 steps or {max(1, min(MAX_IMAGES, budget // (h * w * 50)))} images × 50 steps at {h}×{w})."
         )

@@ -104,7 +104,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                             s_stop = gr.Button("Stop", variant="stop")
                     with gr.Column(scale=2):
                         s_info = gr.Markdown(
-                            "Press **Generate**: predicted-x0 previews stream in while it samples.", elem_id="s-info"
+                            "Press **Generate**: predicted-x0 previews stream in while it samples.",
+                            elem_id="s-info",
+                            label="Result",
                         )
                         s_progress = gr.Markdown("", elem_id="s-progress", min_height=44)  # the progress bar shows here
                         s_image = gr.Image(
@@ -127,8 +129,10 @@ def build_app(studio: Studio) -> gr.Blocks:
 
             with gr.Tab("Compare", id="compare"):
                 gr.Markdown(
-                    "Both panels start from the **same x_T** (drawn from the seed), so the difference comes from the "
-                    "samplers alone. Wall time is each panel's run as you wait it, previews included.",
+                    "Both panels start from the **same x_T** (drawn from the seed). DDIM with eta 0 is deterministic; "
+                    "DDPM adds fresh noise at every step, so from the same x_T it ends at a different image (often "
+                    "another garment), not a noisier copy. Wall time is each panel's run as you wait it, previews "
+                    "included.",
                     elem_classes="studio-note",
                 )
                 with gr.Row(equal_height=True):
@@ -142,7 +146,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     a_opts, c_img_a = compare_panel(pipe, "a", "ddpm")
                     b_opts, c_img_b = compare_panel(pipe, "b", "ddim")
                 c_progress = gr.Markdown("", elem_id="c-progress", min_height=44)
-                c_md = gr.Markdown("Press **Compare**.")
+                c_md = gr.Markdown("Press **Compare**.", label="Metrics")
                 with gr.Row():
                     c_slider = gr.ImageSlider(
                         label="A ↔ B", type="filepath", format="png", interactive=False, max_height=600
@@ -181,7 +185,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                         height=360,
                     )
                 with gr.Row(equal_height=True):
-                    d_frame = gr.Slider(0, 1, value=0, step=1, label="Step", scale=5, elem_id="d_frame")
+                    d_frame = gr.Slider(
+                        0, 1, value=0, step=1, label="Frame (0: the noise x_T)", scale=5, elem_id="d_frame"
+                    )
                     d_play = gr.Button("▶ Play", scale=1, min_width=80)
                 d_readout = gr.Markdown(NO_RUN)
                 d_timer = gr.Timer(0.2, active=False)
@@ -216,8 +222,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             try:
                 new = studio.store.get(choice)
             except gr.Error as e:
-                name = studio.store.name(cur)
-                gr.Warning(f"{e.message} Still using {name}.", title=e.title or "Cannot load this model")
+                name = studio.store.name(cur)  # said once, in the model panel beside the box (no toast as well)
                 return [
                     gr.update(value=cur),
                     cur,
@@ -271,6 +276,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             [s_image, s_download, s_info, traj],
             inputs_kwargs=dict(model=model, sampler=s_opts.sampler, seed=s_seed, num_images=s_n, **s_opts.kwargs()),
             api_name="sample",
+            api_description="Sample images with a sampler of the library from the seed's noise. Returns the grid "
+            "as shown, the PNG grid at its original size, and a line about the run.",
             show_progress_on=[s_progress],
             **model_event,
         )
@@ -303,6 +310,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 **b_opts.kwargs(),
             ),
             api_name="compare",
+            api_description="Two samplers (panel A and panel B options) from the same starting noise. Returns both "
+            "grids, the pair for a slider, a difference map, the metrics as Markdown and as a dictionary.",
             show_progress_on=[c_progress],
             **model_event,
         )

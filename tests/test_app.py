@@ -277,7 +277,7 @@ def test_settings_come_from_the_environment_at_start_not_import(monkeypatch):
 
 def test_model_store_errors_keep_the_current_model(studio, tiny_model):
     current = studio.store.get(tiny_model)
-    with pytest.raises(gr.Error, match="offline mode is on"):
+    with pytest.raises(gr.Error, match="is not available: this server cannot reach the Hub now"):
         studio.store.get("nobody/no-such-ddpm")
     with pytest.raises(gr.Error, match="not a Hub repo id"):
         studio.store.get("not a repo id!")
@@ -412,7 +412,7 @@ def test_sample_refuses_bad_requests_before_working(studio):
         (dict(seed=-5), "seed"),
         (dict(steps=0), "positive integer"),
         (dict(steps=1001), "between 1 and 1000"),
-        (dict(model="someone/missing"), "offline mode is on"),
+        (dict(model="someone/missing"), "is not available: this server cannot reach the Hub now"),
         (dict(sampler="nope"), "Unknown sampler"),
     ]:
         args = dict(model=studio.default_model, sampler="ddim", seed=0, num_images=1, steps=5) | kwargs
@@ -470,9 +470,9 @@ def test_show_trajectory_and_frames(studio, pipe):
     assert slider["maximum"] == 5 and slider["value"] == 5 and "sample" in readout
     assert gif.endswith(".gif") and len(files) == 4 and len(fig.axes) == 2
     xt2, _, readout2 = studio.show_frame(2, traj)
-    assert "Frame 3 / 6" in readout2 and png(xt2).shape == png(xt).shape
+    assert "Frame 2 / 5" in readout2 and png(xt2).shape == png(xt).shape
     assert studio.show_frame(2, traj)[0] == xt2  # written once per frame
-    assert studio.show_frame(99, traj)[2].startswith("**Frame 6 / 6")
+    assert studio.show_frame(99, traj)[2].startswith("**Frame 5 / 5")
     # play: starts from 0 at the end, advances, stops at the sample
     start, timer, _, playing = studio.toggle_play(5, False, traj)
     assert start == 0 and timer.active and playing
@@ -642,7 +642,7 @@ def test_client_errors_are_clear(served, monkeypatch):
     from gradio_client.exceptions import AppError
 
     client, _, _ = served
-    with pytest.raises(AppError, match="nobody/nothing.*offline mode is on"):
+    with pytest.raises(AppError, match="nobody/nothing is not available: this server cannot reach the Hub"):
         client.predict(model="nobody/nothing", steps=5, num_images=1, api_name="/sample")
     client, _, demo = served
     store = demo.studio.store

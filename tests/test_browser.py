@@ -102,7 +102,7 @@ def test_generate_compare_and_denoising_in_chromium(studio_url):
             page.get_by_role("tab", name="Denoising").click()
             expect(page.locator("#frame-xt img")).to_be_visible(timeout=TIMEOUT_MS)
             expect(page.locator("#frame-x0 img")).to_be_visible()
-            expect(page.get_by_text("Frame 6 / 6")).to_be_visible()
+            expect(page.get_by_text("Frame 5 / 5")).to_be_visible()
             expect(page.locator("#d_files [aria-label$='.gif']")).to_be_visible(timeout=TIMEOUT_MS)
             expect(page.locator("#d_files [aria-label$='trajectory.npz']")).to_be_visible()
             expect(page.locator("#d-mp4 video")).to_be_visible(timeout=TIMEOUT_MS)
