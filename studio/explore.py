@@ -225,7 +225,7 @@ class Explore:
         stem = f"{media.slug(self.studio.store.name(model))}_interpolation_{K}steps"
         save_grid(images, folder / f"{stem}_grid.png", nrow=frames)
         strip = media.save_png(
-            media.picture(images, max(DISPLAY_PX, 112 * frames), nrow=frames), folder / f"{stem}.png"
+            media.picture(images, max(DISPLAY_PX, 112 * min(frames, 8)), nrow=min(frames, 8)), folder / f"{stem}.png"
         )
         tiles = [media.picture(images[i : i + 1], 192) for i in range(len(images))]
         gif = diffusion.images.save_animation(tiles + tiles[-2:0:-1], folder / f"{stem}.gif", fps=6)

@@ -53,8 +53,8 @@ def explore_tab(
                     keep_in_range(i_steps, "DDIM steps")
                 with gr.Accordion("Or between two images (encoded by DDIM inversion)", open=False):
                     with gr.Row():
-                        i_img_a = image_upload(label="Image A", height=180)
-                        i_img_b = image_upload(label="Image B", height=180)
+                        i_img_a = image_upload(label="Image A", height=180, elem_id="i-image-a")
+                        i_img_b = image_upload(label="Image B", height=180, elem_id="i-image-b")
                     if examples:
                         gr.Examples(
                             [[examples[0], examples[7 % len(examples)]]],
@@ -71,6 +71,7 @@ def explore_tab(
                     label="Result",
                 )
                 i_strip = gr.Image(
+                    elem_classes="studio-picture",
                     label="Interpolation strip",
                     type="filepath",
                     format="png",
@@ -79,6 +80,7 @@ def explore_tab(
                     buttons=["download", "fullscreen"],
                 )
                 i_gif = gr.Image(
+                    elem_classes="studio-picture",
                     label="As an animation (GIF)", type="filepath", interactive=False, elem_id="i-gif", height=220
                 )
 
@@ -107,12 +109,15 @@ def explore_tab(
                         )
                         with gr.Row():
                             r_input = gr.Image(
+                                elem_classes="studio-picture",
                                 label="input (model size)", type="filepath", interactive=False, elem_id="r-input"
                             )
                             r_latent = gr.Image(
+                                elem_classes="studio-picture",
                                 label="x_T (scaled to [0, 1])", type="filepath", interactive=False, elem_id="r-latent"
                             )
                             r_recon = gr.Image(
+                                elem_classes="studio-picture",
                                 label="reconstruction", type="filepath", interactive=False, elem_id="r-recon"
                             )
                         r_curve = gr.Button("Error against steps (10, 20, 50, 100)")
@@ -142,6 +147,7 @@ def explore_tab(
                     label="Result",
                 )
                 k_grid = gr.Image(
+                    elem_classes="studio-picture",
                     label="One row per step count",
                     type="filepath",
                     format="png",

@@ -24,6 +24,7 @@ from .runs import Run, Throttle, compare_metrics, difference, metrics_markdown, 
 from .settings import (
     BUNDLED_MODEL,
     DISPLAY_PX,
+    DOWNLOAD_TILE_PX,
     HUB_PRESETS,
     MAX_IMAGES,
     MAX_SEED,
@@ -119,15 +120,17 @@ class Studio:
                 )
         assert run.images is not None
         stem = f"{media.slug(name)}_{sampler}_{run.done}steps_seed{seed}"
-        grid_path = folder / f"{stem}.png"
-        dimages.save_grid(run.images, grid_path)
+        factor = max(1, -(-DOWNLOAD_TILE_PX // run.images.shape[-1]))  # 28 px images: 4x, each pixel a 4x4 block
+        grid_path = folder / f"{stem}_x{factor}.png"
+        grid = dimages.save_grid(dimages.upscale(run.images, DOWNLOAD_TILE_PX), grid_path)
         shown = media.save_png(media.picture(run.images, DISPLAY_PX), folder / f"{stem}_shown.png")
         seconds = time.perf_counter() - start
         compiled = " · compiled" if pipe.compiled is not None and pipe.compiled.covers(n) else ""
         info = (
             f"**{n} image{'s' if n != 1 else ''}** · {sampler.upper()} · {run.done} steps · "
             f"{run.evaluations} model evaluations · {seconds:.2f} s ({1000 * seconds / run.done:.0f} ms/step) · "
-            f"seed {seed} · {self.device(pipe)}{compiled}"
+            f"seed {seed} · {self.device(pipe)}{compiled} · download: {factor}× nearest-neighbour, "
+            f"{grid.shape[-1]}×{grid.shape[-2]} px"
         )
         if note := starts_too_late(pipe, sampler, opts):
             info += f"  \n**Note:** {note}"

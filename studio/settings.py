@@ -34,6 +34,7 @@ TRAJECTORY_BYTES = 24 * 2**20
 DISPLAY_PX = 512  # result grids are upscaled (nearest neighbour, integer factor) to at least this width
 PREVIEW_PX = 256  # streamed previews: smaller, the page scales them up (pixelated)
 FRAME_PX = 320
+DOWNLOAD_TILE_PX = 112  # the downloaded grid's images are upscaled (nearest neighbour, integer factor) to this
 STATE_TTL_S = 3600
 PROGRESS_EVERY_S = 0.1
 MAX_UPLOAD_BYTES = 20 * 2**20  # Gradio refuses bigger uploads (launch's max_file_size); Explore checks again

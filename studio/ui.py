@@ -31,7 +31,12 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 CSS = """
 .studio-note {font-size: 0.9em; opacity: 0.85}
-#preview img, #compare-a img, #compare-b img, #frame-xt img, #frame-x0 img, #diff-map img, #d-gif img {
+#preview img, #compare-a img, #compare-b img, #frame-xt img, #frame-x0 img, #diff-map img, #d-gif img,
+#i-strip img, #i-gif img, #r-input img, #r-latent img, #r-recon img, #k-grid img {image-rendering: pixelated}
+/* a picture's label chip and icon buttons sit above it, never over its first tile */
+.studio-picture .image-container {padding-top: 36px}
+/* an upload of 28 x 28 pixels fills its box, crisp, instead of showing at its own 28 px */
+#r-image img, #i-image-a img, #i-image-b img {width: 100%; height: 100%; object-fit: contain;
   image-rendering: pixelated}
 """
 THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -49,6 +54,7 @@ def compare_panel(pipe: Any, panel: str, sampler: str) -> tuple[OptionControls, 
     with gr.Column():
         controls = OptionControls(pipe, sampler, f"{panel}_", f"Panel {panel.upper()} sampler")
         image = gr.Image(
+            elem_classes="studio-picture",
             label=f"Panel {panel.upper()}",
             type="filepath",
             format="png",
@@ -110,6 +116,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         )
                         s_progress = gr.Markdown("", elem_id="s-progress", min_height=44)  # the progress bar shows here
                         s_image = gr.Image(
+                            elem_classes="studio-picture",
                             label="Samples (previews while it runs)",
                             type="filepath",
                             format="png",
@@ -119,7 +126,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                             buttons=["fullscreen"],
                         )
                         s_download = gr.DownloadButton(  # shown once there is a grid to download
-                            "Download the PNG grid (original size)",
+                            "Download the PNG grid (each pixel an n×n block: see the factor above)",
                             value=None,
                             elem_id="s-download",
                             size="sm",
@@ -152,6 +159,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         label="A ↔ B", type="filepath", format="png", interactive=False, max_height=600
                     )
                     c_diff = gr.Image(
+                        elem_classes="studio-picture",
                         label="|A − B| (scaled to its maximum)",
                         type="filepath",
                         format="png",
@@ -169,6 +177,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 )
                 with gr.Row():
                     d_xt = gr.Image(
+                        elem_classes="studio-picture",
                         label="x_t (noisy input)",
                         type="filepath",
                         format="png",
@@ -177,6 +186,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         height=360,
                     )
                     d_x0 = gr.Image(
+                        elem_classes="studio-picture",
                         label="predicted x̂₀",
                         type="filepath",
                         format="png",
@@ -199,6 +209,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 )
                 with gr.Row(equal_height=True):
                     d_gif = gr.Image(
+                        elem_classes="studio-picture",
                         label="Animation (GIF)", interactive=False, type="filepath", elem_id="d-gif", height=300
                     )
                     d_mp4 = gr.Video(

@@ -177,7 +177,7 @@ def test_fewer_evaluation_samplers_get_controls_and_run(studio, pipe):
         ("heun", {"use_exponential_sigmas": True}, 9),
     ]:
         *_, (image, grid, info, traj) = run_all(studio.sample(studio.default_model, sampler, 0, 2, steps=5, **extra))
-        assert f"5 steps · {evaluations} model evaluations" in info and Image.open(grid).size == (22, 12)
+        assert f"5 steps · {evaluations} model evaluations" in info and Image.open(grid).size == (230, 116)
         assert len(traj) == 6 and traj.timesteps[-1] == -1 and len(traj.visited) == 5
 
 
@@ -350,7 +350,9 @@ def test_sample_streams_previews_then_results(tiny_model):
     shown, grid_file, info, traj = outs[-1]
     assert png(shown).shape[1] >= settings.DISPLAY_PX  # one view of the samples, upscaled for the page
     grid = Image.open(grid_file)
-    assert grid.format == "PNG" and grid.size == (2 * 10 + 2, 2 * 10 + 2)  # the download: 2x2 grid of 8 px images
+    # the download: a 2x2 grid of the 8 px images at 14x (112 px), each pixel a 14 x 14 block, and said so
+    assert grid.format == "PNG" and grid.size == (2 * 114 + 2, 2 * 114 + 2) and grid_file.endswith("_x14.png")
+    assert "download: 14× nearest-neighbour, 230×230 px" in info
     assert "3 images" in info and "6 steps" in info and "6 model evaluations" in info
     assert len(traj) == 7 and traj.timesteps[-1] == -1 and traj.visited == traj.timesteps[:-1]
 
@@ -393,7 +395,7 @@ def test_studio_uses_a_compiled_package_where_one_exists(tiny_model, tmp_path, m
     assert pipe.compiled is not None and "compiled ahead of time" in studio.store.describe(pipe, "tiny")
     fast = run_all(studio.sample(studio.default_model, "ddim", 0, 2, steps=3, eta=0.0))[-1]
     slow = run_all(eager.sample(eager.default_model, "ddim", 0, 2, steps=3, eta=0.0))[-1]
-    assert fast[2].endswith("· compiled") and not slow[2].endswith("compiled")
+    assert "· compiled ·" in fast[2] and "compiled" not in slow[2]
     assert np.abs(png(fast[0]).astype(int) - png(slow[0]).astype(int)).max() <= 1  # the same pictures
 
 
@@ -621,7 +623,7 @@ def test_client_sample(served, tiny_model):
     client, _, _ = served
     shown, grid_file, info = client.predict(sampler="ddim", steps=5, eta=0.0, seed=3, num_images=4, api_name="/sample")
     assert Image.open(shown).size[0] >= settings.DISPLAY_PX
-    assert Image.open(grid_file).size == (22, 22) and "4 images" in info
+    assert Image.open(grid_file).size == (230, 230) and "4 images" in info
     # streaming: a job holds every yield (previews, then the result)
     job = client.submit(sampler="ddpm", steps=40, seed=3, num_images=2, api_name="/sample")
     outputs = job.outputs() if job.result() else []
