@@ -223,9 +223,10 @@ class Explore:
                 yield gr.skip(), gr.skip(), images
         folder = self.studio.outputs.new()
         stem = f"{media.slug(self.studio.store.name(model))}_interpolation_{K}steps"
+        per_row = -(-frames // -(-frames // 10))  # up to 10 frames a row, rows as even as they go (16: 8 + 8)
         save_grid(images, folder / f"{stem}_grid.png", nrow=frames)
         strip = media.save_png(
-            media.picture(images, max(DISPLAY_PX, 112 * min(frames, 8)), nrow=min(frames, 8)), folder / f"{stem}.png"
+            media.picture(images, max(DISPLAY_PX, 112 * per_row), nrow=per_row), folder / f"{stem}.png"
         )
         tiles = [media.picture(images[i : i + 1], 192) for i in range(len(images))]
         gif = diffusion.images.save_animation(tiles + tiles[-2:0:-1], folder / f"{stem}.gif", fps=6)
@@ -263,7 +264,8 @@ class Explore:
         ]
         info = (
             f"DDIM inversion and reconstruction with **{K} steps** (eta 0): per-dimension MSE "
-            f"**{mse:.5f}** (images in [0, 1]) · x_T: mean {z.mean().item():+.3f}, std {z.std().item():.3f} "
+            f"**{mse:.5f}** (images in [0, 1]) · x_T (shown scaled to [0, 1]): mean {z.mean().item():+.3f}, "
+            f"std {z.std().item():.3f} "
             f"(N(0, I) has 0 and 1) · {time.perf_counter() - start:.1f} s{input_note([note])}"
         )
         yield (*pics, info)

@@ -114,16 +114,15 @@ def explore_tab(
                             )
                             r_latent = gr.Image(
                                 elem_classes="studio-picture",
-                                label="x_T (scaled to [0, 1])", type="filepath", interactive=False, elem_id="r-latent"
+                                label="x_T (latent)", type="filepath", interactive=False, elem_id="r-latent"
                             )
                             r_recon = gr.Image(
                                 elem_classes="studio-picture",
                                 label="reconstruction", type="filepath", interactive=False, elem_id="r-recon"
                             )
                         r_curve = gr.Button("Error against steps (10, 20, 50, 100)")
-                        with gr.Row():
-                            r_plot = gr.Plot(label="Reconstruction error")
-                            r_table = gr.Markdown("", elem_id="r-table")
+                        r_plot = gr.Plot(label="Reconstruction error")
+                        r_table = gr.Markdown("", elem_id="r-table")  # below the plot: its headers fit on a line
 
             with gr.Tab("Consistency", id="explore-consistency"):
                 with gr.Row(equal_height=True):

@@ -38,6 +38,7 @@ CSS = """
 /* an upload of 28 x 28 pixels fills its box, crisp, instead of showing at its own 28 px */
 #r-image img, #i-image-a img, #i-image-b img {width: 100%; height: 100%; object-fit: contain;
   image-rendering: pixelated}
+#d-mp4 video {object-fit: contain; padding-top: 36px}
 """
 THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
