@@ -9,23 +9,8 @@ from typing import Any
 import gradio as gr
 
 from .explore import CONSISTENCY_STEPS, MAX_FRAMES, Explore, example_images
-from .options import keep_in_range
 from .runs import stopped_note
-
-
-def image_upload(**kwargs: Any) -> gr.Image:
-    """An image upload box whose file reaches the handler as its path, unopened. ``gr.Image`` would open it
-    first and convert it to RGB: a 16-bit grey PNG turns white, and a damaged file or one declaring 10^10
-    pixels fails with a bare "Error" before :func:`studio.explore.read_upload` can say why. Only this box's
-    ``preprocess`` is replaced (a subclass would make Gradio write a ``.pyi`` beside this file)."""
-    box = gr.Image(type="filepath", image_mode=None, sources=["upload"], **kwargs)
-    default = box.preprocess
-
-    def preprocess(payload: Any) -> str | None:
-        return str(payload.path) if payload is not None and payload.path is not None else default(payload)
-
-    box.preprocess = preprocess  # type: ignore[method-assign]
-    return box
+from .widgets import busy_while_running, image_upload, keep_in_range
 
 
 def explore_tab(
@@ -179,6 +164,7 @@ def explore_tab(
         **model_event,
     )
     i_stop.click(stopped_note, [i_info], [i_info], cancels=[i_fetch, i_event], queue=False, **private)
+    busy_while_running(i_go, i_fetch, i_event, i_stop)
 
     r_fetch = fetched(r_go)
     r_event = r_fetch.success(
@@ -210,6 +196,8 @@ def explore_tab(
         queue=False,
         **private,
     )
+    busy_while_running(r_go, r_fetch, r_event, r_stop)
+    busy_while_running(r_curve, c_fetch, c_event, r_stop)
     # the error curve belongs to the image it was measured on: a new image clears it
     r_image.change(lambda: (None, ""), None, [r_plot, r_table], queue=False, show_progress="hidden", **private)
 
@@ -226,3 +214,4 @@ def explore_tab(
         **model_event,
     )
     k_stop.click(stopped_note, [k_info], [k_info], cancels=[k_fetch, k_event], queue=False, **private)
+    busy_while_running(k_go, k_fetch, k_event, k_stop)

@@ -160,9 +160,8 @@ class Studio:
         for p in "ab":
             runs[p] = run = Run(pipe, samplers[p], opts[p], n, seed)
             label = f"Panel {p.upper()} ({samplers[p].upper()})"
-            if p == "a":
-                md = running_note(label, 0, run.total, "starting")
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), md, gr.skip()
+            if p == "a":  # the last comparison's pictures go: none of them belongs to this run
+                yield None, None, None, None, running_note(label, 0, run.total, "starting"), None
             for step in run:
                 done += 1
                 ticked = tick(done == total_steps)

@@ -15,6 +15,7 @@ from diffusion.samplers import SAMPLERS, SamplerOptions, get_sampler
 from diffusion.typed import coerce
 
 from .errors import refused
+from .widgets import keep_in_range
 
 PRIMARY_OPTIONS = ("num_inference_steps", "eta", "variance_type", "timestep_spacing")
 HIDDEN_OPTIONS = {
@@ -108,37 +109,6 @@ def in_ui_words(message: str) -> str:
     for name, label in LABELS.items():
         message = re.sub(rf"(?<![\w.]){name}(?!\w)", label, message)
     return message[:1].upper() + message[1:]
-
-
-def keep_in_range(slider: gr.Slider, label: str) -> None:
-    """The page clamps a slider to its range but its number box keeps what was typed (1000 images shown, 64
-    made; 0 steps shown, 1 run): a value typed outside the range is said, and the box set to what will run.
-    Its raw value is read (``preprocess=False``: a number, nothing else) so that Gradio's own range check
-    does not fail first (with a traceback in the log). The range is the slider's as built; a run checks the
-    model's own limits again."""
-
-    def check(value: Any) -> Any:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return gr.skip()
-        low, high = slider.minimum, slider.maximum
-        if low <= number <= high:
-            return gr.skip()
-        used = min(max(number, low), high)
-        gr.Warning(f"{label} runs from {low:g} to {high:g}: {number:g} is not used, {used:g} is.", title="Out of range")
-        return used
-
-    slider.change(  # queued (the toast needs the queue), beside the samplers: it never waits for them
-        check,
-        slider,
-        slider,
-        preprocess=False,
-        show_progress="hidden",
-        concurrency_id="range",
-        concurrency_limit=None,
-        api_visibility="private",
-    )
 
 
 def check_count(value: Any, label: str, low: int, high: int) -> int:

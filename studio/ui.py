@@ -18,6 +18,7 @@ from .handlers import NO_RUN, Studio
 from .options import OptionControls, check_count, keep_in_range
 from .runs import stopped_note
 from .settings import MAX_IMAGES, MAX_SEED, MAX_UPLOAD_BYTES, STATE_TTL_S
+from .widgets import busy_while_running
 
 try:  # Hugging Face ZeroGPU: the decorator does nothing elsewhere; the package is absent off Spaces.
     import spaces  # type: ignore[import-not-found]
@@ -306,6 +307,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         sample_event.success(lambda: gr.DownloadButton(visible=True), None, s_download, queue=False, **private)
         sample_event.failure(lambda: gr.DownloadButton(visible=False), None, s_download, queue=False, **private)
         s_stop.click(stopped_note, [s_info], [s_info], cancels=[s_fetch, sample_event], queue=False, **private)
+        busy_while_running(s_go, s_fetch, sample_event, s_stop)
 
         c_fetch = c_go.click(studio.fetch, [model], None, show_progress="minimal", **load_event, **private)
         compare_event = c_fetch.success(
@@ -328,6 +330,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             **model_event,
         )
         c_stop.click(stopped_note, [c_md], [c_md], cancels=[c_fetch, compare_event], queue=False, **private)
+        busy_while_running(c_go, c_fetch, compare_event, c_stop)
 
         d_frame.change(
             studio.show_frame,

@@ -156,11 +156,13 @@ def test_the_studio_says_what_happens_in_chromium(bundled_url, tmp_path):
             expect(page.locator("#s_steps input[type=number]")).to_have_value("1000", timeout=TIMEOUT_MS)
             page.get_by_role("button", name="Generate").click()
             expect(page.get_by_text(re.compile(r"DDPM: step [1-9]\d* / 1000"))).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.get_by_role("button", name="Generate")).to_be_disabled()  # no second run queued behind it
             page.get_by_role("button", name="Stop").first.click()
             stopped = page.get_by_text(re.compile(r"Stopped at step \d+ of 1000 \(DDPM\)"))
             expect(stopped).to_be_visible(timeout=2000)
             page.wait_for_timeout(1500)
             expect(stopped).to_be_visible(timeout=100)  # no late update wrote over it
+            expect(page.get_by_role("button", name="Generate")).to_be_enabled()
 
             for box, typed, used, said in [
                 ("s_steps", "0", "1", "Steps runs from 1 to 1000: 0 is not used, 1 is."),
