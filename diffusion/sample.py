@@ -29,7 +29,7 @@ from .pipeline import DiffusionPipeline, load
 from .samplers import SAMPLERS, SPACINGS
 from .trajectory import Trajectory
 
-MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
+MAX_SEED = 2**53 - 1  # what a browser's number holds exactly: the CLI, the studio and its API take the same seeds
 MODES = ("sample", "interpolate", "reconstruct", "consistency")
 
 

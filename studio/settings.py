@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffusion.sample import MAX_SEED  # noqa: F401  (re-exported: one range for the CLI and the studio)
 from diffusion.typed import env_number
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -26,7 +27,6 @@ HUB_PRESETS = (
 REFERENCE_FLOPS = 710_000
 GPU_BUDGET_FACTOR = 50
 MAX_IMAGES = 64
-MAX_SEED = 2**53 - 1  # what a browser's number holds exactly
 MAX_FRAMES = 100  # trajectory frames cached for the scrubber
 ANIMATION_FRAMES = 50  # of which the GIF / MP4 use at most this many
 TRAJECTORY_IMAGES = 16  # images kept in the trajectory
