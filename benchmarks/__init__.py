@@ -1,2 +1,2 @@
-"""Measurements behind the README's numbers; run them from the repository root as modules:
+"""Measurements behind the numbers in docs/benchmarks.md; run them from the repository root as modules:
 ``python -m benchmarks.unet_speed``."""

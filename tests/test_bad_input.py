@@ -190,7 +190,7 @@ EVALUATIONS_61 = {
 @pytest.mark.parametrize("name,skip_prk", sorted(EVALUATIONS_61))
 def test_trailing_spacing_takes_the_steps_asked_for(name, skip_prk):
     """At N = 61 of T = 1000, diffusers' trailing arange(T, 0, -T / N) overshoots to a 62nd point, t = -1.
-    We keep N timesteps: the model is never evaluated at t = -1 (a documented deviation, README)."""
+    We keep N timesteps: the model is never evaluated at t = -1 (a documented deviation, docs/diffusers-parity.md)."""
     extra = {"skip_prk_steps": True} if skip_prk else {}
     scheduler = diffusers_scheduler(name, timestep_spacing="trailing", **extra)
     scheduler.set_timesteps(61)

@@ -2,7 +2,7 @@
 cannot download browsers here). Opens the page, generates, checks the images, runs Compare and
 looks at both panels, then the Denoising tab.
 
-Also the script that takes the README screenshots::
+Also the script that takes the screenshots in docs/::
 
     PYTHONPATH=. python tests/test_browser.py --model checkpoints/fashion-mnist --out docs   # from the repository root
 """
@@ -281,7 +281,7 @@ def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Take the README screenshots of the studio with Chromium.")
+    parser = argparse.ArgumentParser(description="Take the studio screenshots in docs/ with Chromium.")
     parser.add_argument("--model", default=os.environ.get("DEFAULT_MODEL", "checkpoints/fashion-mnist"))
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--compare-images", type=int, default=4)

@@ -174,7 +174,7 @@ def trailing_timesteps(T: int, steps: int) -> np.ndarray:
     diffusers' arange gets a K + 1-th point, t = -1, at some K (61 of T = 1000 is the first) through
     float rounding, and its schedulers then take an extra step at t = -1 (DDPM, DDIM, PNDM read
     alphas_cumprod[-1], the noisiest alpha-bar, there). We keep the K timesteps asked for: K steps, the
-    model only ever sees trained timesteps (README, "Matching diffusers")."""
+    model only ever sees trained timesteps (docs/diffusers-parity.md)."""
     return np.round(np.arange(T, 0, -T / steps))[:steps] - 1
 
 
