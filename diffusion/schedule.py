@@ -121,16 +121,6 @@ class NoiseSchedule:
             return self.velocity(x0, t, noise)
         raise ValueError(f"Unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}.")
 
-    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of q(x_{t-1} | x_t, x0) (Ho et al. 2020, eqs. 6-7)."""
-        a = self.alphas_cumprod
-        a_prev = torch.cat([a.new_ones(1), a[:-1]])
-        b = self.betas
-        coef0 = a_prev.sqrt() * b / (1 - a)
-        coeft = (1 - b).sqrt() * (1 - a_prev) / (1 - a)
-        var = b * (1 - a_prev) / (1 - a)
-        return self._at(coef0, t, x0) * x0 + self._at(coeft, t, x0) * x_t, self._at(var, t, x0)
-
 
 def to_x0_eps(
     prediction: Prediction, model_output: torch.Tensor, x_t: torch.Tensor, abar_t: torch.Tensor | float

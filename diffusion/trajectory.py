@@ -92,9 +92,6 @@ class Trajectory:
             out += [to_unit(f[r].float()) for f in self.x_t] + [to_unit(f[r].float()) for f in self.x0]
         return torch.stack(out)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.x_t, *self.x0))
-
     def save_npz(self, path: str | Path) -> Path:
         """Every frame as arrays, with a JSON ``meta`` entry describing the layout."""
         meta = {

@@ -28,7 +28,7 @@ from .settings import DISPLAY_PX, MAX_SEED, MAX_UPLOAD_BYTES, PROGRESS_EVERY_S
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # real Fashion-MNIST test images, one per class
 CONSISTENCY_STEPS = (10, 20, 50, 100, 1000)
 ERROR_STEPS = (10, 20, 50, 100)
-MAX_FRAMES = 16
+MAX_INTERPOLATION_FRAMES = 16
 
 
 def example_images() -> list[str]:
@@ -194,7 +194,7 @@ class Explore:
         """A strip of ``frames`` images decoded (DDIM, eta 0) from x_T slerped between two seeds' noise, or
         between two images' latents (DDIM inversion) when both are given. Yields (strip PNG, GIF, info)."""
         pipe, options = self._pipe(model, steps)
-        frames = check_count(frames, "Frames", 2, MAX_FRAMES)
+        frames = check_count(frames, "Frames", 2, MAX_INTERPOLATION_FRAMES)
         use_images = bool(image_a) or bool(image_b)
         K = options.num_inference_steps
         grand = 2 * K if use_images else K  # both images encoded in one pass of K steps, all frames decoded in one

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from .explore import CONSISTENCY_STEPS, MAX_FRAMES, Explore, example_images
+from .explore import CONSISTENCY_STEPS, MAX_INTERPOLATION_FRAMES, Explore, example_images
 from .runs import stopped_note
 from .widgets import busy_while_running, image_upload, keep_in_range
 
@@ -32,7 +32,9 @@ def explore_tab(
                 with gr.Row(equal_height=True):
                     i_seed_a = gr.Number(0, label="Seed A", step=1)
                     i_seed_b = gr.Number(1, label="Seed B", step=1)
-                    i_frames = gr.Slider(2, MAX_FRAMES, value=9, step=1, label="Frames", elem_id="i_frames")
+                    i_frames = gr.Slider(
+                        2, MAX_INTERPOLATION_FRAMES, value=9, step=1, label="Frames", elem_id="i_frames"
+                    )
                     keep_in_range(i_frames, "Frames")
                     i_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="i_steps")
                     keep_in_range(i_steps, "DDIM steps")

@@ -12,7 +12,7 @@ import torch
 
 import diffusion
 from diffusion import images as dimages
-from diffusion.samplers import SAMPLERS, SamplerOptions
+from diffusion.samplers import SAMPLERS
 from diffusion.trajectory import Trajectory
 
 from . import media
@@ -67,11 +67,6 @@ class Studio:
         seed = check_count(seed, "The seed", 0, MAX_SEED)
         return self.store.get(model), n, seed
 
-    def _options(
-        self, pipe: diffusion.DiffusionPipeline, sampler: str | None, values: dict[str, Any]
-    ) -> SamplerOptions:
-        return make_options(pipe, sampler, values)
-
     # -- Sample ------------------------------------------------------------------------------------
 
     @on_compute_thread
@@ -90,7 +85,7 @@ class Studio:
         in the result line is the request's, from here to the result written."""
         start = time.perf_counter()
         pipe, n, seed = self._prepare(model, seed, num_images)
-        opts = self._options(pipe, sampler, split_options(options))
+        opts = make_options(pipe, sampler, split_options(options))
         name = self.store.name(model)
         self.store.check_work(pipe, n, evaluations(pipe, sampler, opts), name)
         run = Run(pipe, sampler, opts, n, seed, record=True, model_name=name)
@@ -148,7 +143,7 @@ class Studio:
         map, metrics Markdown, metrics dict)."""
         samplers = {p: panels.get(f"{p}_sampler") for p in "ab"}
         pipe, n, seed = self._prepare(model, seed, num_images)
-        opts = {p: self._options(pipe, samplers[p], split_options(panels, f"{p}_")) for p in "ab"}
+        opts = {p: make_options(pipe, samplers[p], split_options(panels, f"{p}_")) for p in "ab"}
         self.store.check_work(
             pipe, n, sum(evaluations(pipe, samplers[p], opts[p]) for p in "ab"), self.store.name(model)
         )
@@ -170,11 +165,11 @@ class Studio:
                         media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX),
                         folder / f"preview-{p}{run.done:04d}.png",
                     )
-                    md = running_note(label, run.done, run.total, f"t = {media._t(step.t)}")
+                    md = running_note(label, run.done, run.total, f"t = {media.timestep_text(step.t)}")
                     a_img, b_img = (pic, gr.skip()) if p == "a" else (gr.skip(), pic)
                     yield a_img, b_img, gr.skip(), gr.skip(), md, gr.skip()
                 elif ticked and run.done < run.total:  # a cancel point (Stop takes effect at a yield)
-                    md = running_note(label, run.done, run.total, f"t = {media._t(step.t)}")
+                    md = running_note(label, run.done, run.total, f"t = {media.timestep_text(step.t)}")
                     yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), md, gr.skip()
                 if ticked:  # after the yield, as in sample(): the bar stays up
                     progress(

@@ -100,7 +100,8 @@ def frame_pictures(traj: Trajectory, i: int, min_size: int = FRAME_PX) -> tuple[
     )
 
 
-def _t(t: float) -> str:
+def timestep_text(t: float) -> str:
+    """A timestep as shown: 980, or 979.53 for the fractional ones of sigma-based samplers."""
     return f"{t:.0f}" if float(t).is_integer() else f"{t:.2f}"
 
 
@@ -110,7 +111,7 @@ def readout(traj: Trajectory, i: int) -> str:
         return f"**Frame {i} / {len(traj) - 1}** · the sample x₀ after {traj.num_steps} steps · ᾱ = 1 · σ = 0"
     return (
         f"**Frame {i} / {len(traj) - 1}** · step {traj.steps[i] + 1} / {traj.num_steps} "
-        f"· **t = {_t(traj.timesteps[i])}** "
+        f"· **t = {timestep_text(traj.timesteps[i])}** "
         f"· ᾱ_t = {traj.abar[i]:.4f} · σ_t = √(1−ᾱ_t) = {traj.sigma(i):.4f}"
     )
 
@@ -124,7 +125,7 @@ def composite(traj: Trajectory, i: int, min_size: int = 160) -> np.ndarray:
     strip = Image.new("RGB", (body.shape[1], 18), "white")
     t = traj.timesteps[i]
     text = (
-        f"t={_t(t)}  abar={traj.abar[i]:.4f}  sigma={traj.sigma(i):.3f}"
+        f"t={timestep_text(t)}  abar={traj.abar[i]:.4f}  sigma={traj.sigma(i):.3f}"
         if t >= 0
         else f"sample after {traj.num_steps} steps"
     )
@@ -150,7 +151,7 @@ def trajectory_files(traj: Trajectory, folder: Path, stem: str) -> dict[str, Pat
             buf = io.BytesIO()
             Image.fromarray(composite(traj, k)).save(buf, format="PNG")
             t = traj.timesteps[k]
-            z.writestr(f"frame{k:03d}_{'t' + _t(t) if t >= 0 else 'sample'}.png", buf.getvalue())
+            z.writestr(f"frame{k:03d}_{'t' + timestep_text(t) if t >= 0 else 'sample'}.png", buf.getvalue())
     out["zip"] = zpath
     out["npz"] = traj.save_npz(folder / f"{stem}_trajectory.npz")
     return out

@@ -18,7 +18,7 @@ from diffusion.samplers import SamplerOptions, Step
 from diffusion.trajectory import Trajectory
 
 from .errors import refused
-from .settings import MAX_FRAMES, TRAJECTORY_BYTES, TRAJECTORY_IMAGES
+from .settings import MAX_TRAJECTORY_FRAMES, TRAJECTORY_BYTES, TRAJECTORY_IMAGES
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Run:
     def __iter__(self) -> Iterator[Step]:
         if self.record:
             keep = min(self.n, TRAJECTORY_IMAGES)
-            frames = Trajectory.frames_per_budget(self.pipe.image_shape, keep, TRAJECTORY_BYTES, MAX_FRAMES)
+            frames = Trajectory.frames_per_budget(self.pipe.image_shape, keep, TRAJECTORY_BYTES, MAX_TRAJECTORY_FRAMES)
             self.trajectory = Trajectory(
                 self.total,
                 self.pipe.schedule,

@@ -136,9 +136,6 @@ class BaseOptions:
         for name, hint in _hints(type(self)).items():
             object.__setattr__(self, name, check_option(type(self).__name__, name, hint, getattr(self, name)))
 
-    def replace(self, **changes: Any) -> "BaseOptions":
-        return dataclasses.replace(self, **changes)
-
 
 @dataclass(frozen=True)
 class SamplerOptions(BaseOptions):
