@@ -175,20 +175,25 @@ def trailing_timesteps(T: int, steps: int) -> np.ndarray:
     return np.round(np.arange(T, 0, -T / steps))[:steps] - 1
 
 
-def select_timesteps(T: int, steps: int, spacing: Spacing = "leading", offset: int = 0) -> list[int]:
-    """The descending timesteps a sampler visits (diffusers' ``set_timesteps``; Ho et al. 2020's
-    respacing in Nichol & Dhariwal 2021, Sec. 4; "quad" is the DDIM paper's, Song et al. 2021, App. D.2).
+def spaced_timesteps(T: int, steps: int, spacing: Spacing = "leading", offset: int = 0,
+                     round_linspace: bool = True) -> np.ndarray:
+    """The one implementation of timestep spacing: ``steps`` descending timesteps of ``0..T-1`` (diffusers'
+    ``set_timesteps``; Ho et al. 2020's respacing in Nichol & Dhariwal 2021, Sec. 4; "quad" is the DDIM paper's,
+    Song et al. 2021, App. D.2), as float64. ``round_linspace=False`` keeps linspace's fractional timesteps
+    (Euler and Heun evaluate the model there).
 
     leading:  arange(K) * (T // K) + offset      linspace: round(linspace(0, T - 1, K))
     trailing: round(arange(T, 0, -T / K)) - 1   quad:     floor(linspace(0, sqrt(0.8 T), K) ** 2)
+
+    The caller checks ``steps`` (:func:`check_steps`): DPM-Solver++ spaces K + 1 points for K steps.
     """
-    check_steps(T, steps)
     if spacing == "leading":
         ts = np.arange(steps) * (T // steps) + offset
     elif spacing == "linspace":
-        ts = np.linspace(0, T - 1, steps).round()
+        ts = np.linspace(0, T - 1, steps)
+        ts = ts.round() if round_linspace else ts
     elif spacing == "trailing":
-        ts = trailing_timesteps(T, steps).astype(np.int64)[::-1]
+        return trailing_timesteps(T, steps)
     elif spacing == "quad":
         ts = np.floor(np.linspace(0, math.sqrt(T * 0.8), steps) ** 2)
         if len(np.unique(ts)) != steps:
@@ -201,7 +206,13 @@ def select_timesteps(T: int, steps: int, spacing: Spacing = "leading", offset: i
             )
     else:
         raise ValueError(f"Unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
-    ts = [int(t) for t in ts[::-1]]
+    return np.asarray(ts, dtype=np.float64)[::-1].copy()
+
+
+def select_timesteps(T: int, steps: int, spacing: Spacing = "leading", offset: int = 0) -> list[int]:
+    """The descending whole timesteps a DDPM, DDIM or PNDM run visits (:func:`spaced_timesteps`)."""
+    check_steps(T, steps)
+    ts = [int(t) for t in spaced_timesteps(T, steps, spacing, offset)]
     check_offset(ts[0], T, offset)
     return ts
 
@@ -312,6 +323,7 @@ __all__ = [
     "check_timesteps",
     "check_steps",
     "check_offset",
+    "spaced_timesteps",
     "trailing_timesteps",
     "select_timesteps",
     "randn_like",

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..schedule import NoiseSchedule, to_x0_eps
-from .base import DiffusersSpacing, ModelFn, Step, check_offset, check_steps, randn_like, register, trailing_timesteps
+from .base import DiffusersSpacing, ModelFn, Step, check_offset, check_steps, randn_like, register, spaced_timesteps
 from .noise_levels import NoiseLevelOptions, convert_sigmas, diffusers_sigmas, sigma_to_t, uses_noise_levels
 from .sigmas import final_sigma, sigmas_at
 
@@ -54,14 +54,10 @@ def dpm_solver_plan(schedule: NoiseSchedule, options: DPMSolverOptions) -> tuple
         if o.use_karras_sigmas and schedule.beta_schedule != "squaredcos_cap_v2":
             t = t.round()
         return [int(v) for v in t], [float(s) for s in sigmas]
-    if o.timestep_spacing == "linspace":
-        ts = np.linspace(0, T - 1, N + 1).round()[::-1][:-1]
-    elif o.timestep_spacing == "leading":
-        ts = (np.arange(0, N + 1) * (T // (N + 1))).round()[::-1][:-1] + o.steps_offset
-    elif o.timestep_spacing == "trailing":
-        ts = trailing_timesteps(T, N)
-    else:
-        raise ValueError(f"Timestep spacing {o.timestep_spacing!r} is not one of 'leading', 'linspace', 'trailing'.")
+    if o.timestep_spacing == "trailing":
+        ts = spaced_timesteps(T, N, "trailing")
+    else:  # N + 1 points, the last (t = 0) dropped
+        ts = spaced_timesteps(T, N + 1, o.timestep_spacing, o.steps_offset)[:-1]
     ts = [int(t) for t in ts]
     if len(set(ts)) != len(ts):
         raise ValueError(f"{o.timestep_spacing!r} spacing repeats timesteps at {N} steps of T={T}, where DPM-Solver++ "

@@ -9,7 +9,7 @@ import torch
 
 from ..schedule import NoiseSchedule
 from .base import DiffusersSpacing, ModelFn, Step, register
-from .noise_levels import NoiseLevelOptions, noise_levels, sigma_start
+from .noise_levels import NoiseLevelOptions, noise_level_timesteps, sigma_start
 from .sigmas import denoised, final_sigma, vp_scale
 
 FinalSigma = Literal["zero", "sigma_min"]
@@ -35,13 +35,8 @@ class EulerOptions(NoiseLevelOptions):
                 raise ValueError(f"{name} must be positive (or None: the plan's own), got {getattr(self, name)!r}.")
 
 
-def euler_timesteps(schedule: NoiseSchedule, options: EulerOptions) -> list[float]:
-    """One model evaluation per step, at fractional timesteps for the linspace spacing and the sigma options."""
-    return [float(t) for t in noise_levels(schedule, options)[0]]
-
-
 @register("euler", EulerOptions, "Euler (Karras et al. 2022): 1st-order ODE steps in sigma, 1 evaluation per step",
-          euler_timesteps, refuses={"timestep_type": "discrete"})
+          noise_level_timesteps, refuses={"timestep_type": "discrete"})
 def euler(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: EulerOptions,
           generator: torch.Generator | None = None) -> Iterator[Step]:
     """Euler steps on dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, Algorithm 2 with

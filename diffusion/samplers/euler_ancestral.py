@@ -11,7 +11,7 @@ import torch
 
 from ..schedule import NoiseSchedule
 from .base import BaseOptions, DiffusersSpacing, ModelFn, Step, randn_like, register
-from .noise_levels import noise_levels, sigma_start
+from .noise_levels import noise_level_timesteps, sigma_start
 from .sigmas import denoised, vp_scale
 
 
@@ -25,17 +25,12 @@ class EulerAncestralOptions(BaseOptions):
     timestep_spacing: DiffusersSpacing = "linspace"
 
 
-def euler_ancestral_timesteps(schedule: NoiseSchedule, options: EulerAncestralOptions) -> list[float]:
-    """One model evaluation per step, at fractional timesteps for the linspace spacing (as Euler)."""
-    return [float(t) for t in noise_levels(schedule, options)[0]]
-
-
 @register(
     "euler-ancestral",
     EulerAncestralOptions,
     "Euler ancestral (k-diffusion): Euler step down to sigma_down, then fresh noise up to sigma_next, "
     "1 evaluation per step",
-    euler_ancestral_timesteps,
+    noise_level_timesteps,
 )
 def euler_ancestral(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: EulerAncestralOptions,
                     generator: torch.Generator | None = None) -> Iterator[Step]:

@@ -110,6 +110,12 @@ def noise_levels(schedule: NoiseSchedule, options: BaseOptions) -> tuple[np.ndar
     return sigma_to_t(schedule, sigmas).astype(np.float32), sigmas
 
 
+
+def noise_level_timesteps(schedule: NoiseSchedule, options: BaseOptions) -> list[float]:
+    """The timesteps of a one-evaluation-per-step sigma sampler (Euler, Euler ancestral): :func:`noise_levels`'s,
+    fractional for the linspace spacing and the sigma options."""
+    return [float(t) for t in noise_levels(schedule, options)[0]]
+
 def sigma_start(schedule: NoiseSchedule, options: BaseOptions, x: torch.Tensor, final: float = 0.0
                 ) -> tuple[np.ndarray, list[float], torch.Tensor, torch.Tensor]:
     """What Euler, Euler ancestral and Heun start from: the plan's timesteps, its sigmas with ``final`` appended

@@ -15,26 +15,17 @@ import numpy as np
 import torch
 
 from ..schedule import NoiseSchedule, Prediction
-from .base import BaseOptions, check_offset, check_steps, trailing_timesteps
+from .base import BaseOptions, check_offset, check_steps, spaced_timesteps
 
 
 def sigma_timesteps(T: int, options: BaseOptions) -> np.ndarray:
     """The descending, possibly fractional timesteps of diffusers' ``EulerDiscreteScheduler`` and
-    ``HeunDiscreteScheduler.set_timesteps`` (float32, as there, so the model sees the same values).
-
-    linspace: linspace(0, T - 1, N)   leading: arange(N) * (T // N) + offset   trailing: round(arange(T, 0, -T / N)) - 1
-    """
+    ``HeunDiscreteScheduler.set_timesteps`` (:func:`spaced_timesteps`, linspace unrounded; float32, as there, so
+    the model sees the same values)."""
     o = options
-    N = o.num_inference_steps
-    check_steps(T, N)
-    if o.timestep_spacing == "linspace":
-        ts = np.linspace(0, T - 1, N, dtype=np.float32)[::-1].copy()
-    elif o.timestep_spacing == "leading":
-        ts = (np.arange(0, N) * (T // N)).round()[::-1].copy().astype(np.float32) + o.steps_offset
-    elif o.timestep_spacing == "trailing":
-        ts = trailing_timesteps(T, N).astype(np.float32)
-    else:
-        raise ValueError(f"Timestep spacing {o.timestep_spacing!r} is not one of 'leading', 'linspace', 'trailing'.")
+    check_steps(T, o.num_inference_steps)
+    ts = spaced_timesteps(T, o.num_inference_steps, o.timestep_spacing, o.steps_offset, round_linspace=False)
+    ts = ts.astype(np.float32)
     check_offset(float(ts.max()), T, o.steps_offset)
     return ts
 
