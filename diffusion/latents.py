@@ -68,7 +68,7 @@ def ddim_invert(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, option
     current x (first-order: the exact inverse would need eps at the point being solved for).
     """
     o = options
-    final = 1.0 if o.set_alpha_to_one else schedule.alphas_cumprod[0].item()
+    final = schedule.final_abar(o.set_alpha_to_one)
     for i, (t_from, t_to) in enumerate(inversion_timesteps(schedule.num_train_timesteps, o)):
         abar_from, abar_to = schedule.abar(t_from, final), schedule.abar(t_to)
         out = model(x, t_to)

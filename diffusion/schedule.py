@@ -92,6 +92,11 @@ class NoiseSchedule:
         t = torch.as_tensor(t)
         return torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], torch.tensor(final, dtype=torch.float64))
 
+    def final_abar(self, set_alpha_to_one: bool) -> float:
+        """The alpha-bar a DDIM / PNDM step to t = -1 ends at: 1.0 (the clean data) with ``set_alpha_to_one``,
+        else abar_0 (diffusers' ``final_alpha_cumprod``)."""
+        return 1.0 if set_alpha_to_one else self.alphas_cumprod[0].item()
+
     def log_snr(self) -> torch.Tensor:
         """lambda_t = log(abar_t / (1 - abar_t)) (Kingma et al. 2021)."""
         return torch.log(self.alphas_cumprod) - torch.log1p(-self.alphas_cumprod)

@@ -44,7 +44,7 @@ def ddim(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DDIM
     o = options
     T = schedule.num_train_timesteps
     ts = select_timesteps(T, o.num_inference_steps, o.timestep_spacing, o.steps_offset)
-    final = 1.0 if o.set_alpha_to_one else schedule.alphas_cumprod[0].item()
+    final = schedule.final_abar(o.set_alpha_to_one)
     for i, t in enumerate(ts):
         if o.timestep_spacing == "quad":
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1

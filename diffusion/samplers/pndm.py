@@ -64,7 +64,7 @@ def pndm(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: PNDM
     N = o.num_inference_steps
     ts = select_timesteps(T, N, o.timestep_spacing, o.steps_offset)
     r, h = T // N, T // N // 2
-    final = 1.0 if o.set_alpha_to_one else schedule.alphas_cumprod[0].item()
+    final = schedule.final_abar(o.set_alpha_to_one)
 
     def transfer(x: torch.Tensor, t: int, t_prev: int, out: torch.Tensor) -> torch.Tensor:
         # (1) The transfer part phi(x_t, eps, t, t_prev) (Liu et al. 2022, eq. 9): the DDIM step with the given epsilon,
