@@ -18,8 +18,8 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,56 +34,16 @@ from diffusion.images import save_grid
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedule import NoiseSchedule
 from diffusion.unet import UNet
+from training.checkpoints import (
+    checkpoint_paths,
+    newest_valid_checkpoint,
+    read_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
 from training.config import TrainConfig, resolve_config
 from training.data import batches, load_images
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """Checkpoints in the run folder, newest first."""
-    return sorted((run_dir / "checkpoints").glob("step-*.pt"), reverse=True)
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A training checkpoint; tensors and plain values only (``weights_only=True``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = {"model", "ema", "optimizer", "scheduler", "step", "rng", "config"} - set(state)
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(sorted(missing))}")
-    return state
-
-
-def newest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads; damaged ones (a crash while copying, a full disk) are skipped."""
-    for path in checkpoint_paths(run_dir):
-        try:
-            return path, read_checkpoint(path)
-        except Exception as e:  # noqa: BLE001 - any failure to read means "not valid"
-            warnings.warn(f"Skipping damaged checkpoint {path}: {e}", stacklevel=2)
-    return None
-
-
-def write_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
-    path = run_dir / "checkpoints" / f"step-{state['step']:08d}.pt"
-    atomic_write(path, lambda p: torch.save(state, p))
-    # prune the oldest; never the one just written, even when a newer (damaged, skipped) file sorts first
-    for old in [p for p in checkpoint_paths(run_dir) if p.name < path.name][keep - 1:]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def rng_state() -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
 
 # ----------------------------------------------------------------------------- export
 
@@ -185,112 +145,213 @@ def check_output_dirs(cfg: TrainConfig, export_only: bool = False) -> None:
             raise ValueError(f"{key}={folder!r}: {e}") from None
 
 
-def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False) -> dict[str, Any]:
-    # -- processes: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if ddp:
+@dataclass
+class Processes:
+    """This process among those torchrun started (one, without torchrun): rank 0 logs and writes."""
+
+    ddp: bool
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_processes(cfg: TrainConfig) -> Processes:
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; then NCCL on GPUs, gloo on CPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        procs = Processes(True, dist.get_rank(), dist.get_world_size(), device)
     else:
-        rank, world = 0, 1
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    main = rank == 0
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world} processes.")
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank, so the EMA copies agree
+        procs = Processes(False, 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.batch_size % procs.world:
+        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {procs.world} processes.")
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    run_dir = Path(cfg.run_dir)
-    check_output_dirs(cfg, export_only)
+    return procs
 
-    # -- model, EMA, optimiser, warmup
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the config: the weights, their EMA, the optimizer, the LR schedule."""
+
+    model: UNet
+    ema: UNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: int = 0
+    elapsed: float = 0.0  # training seconds so far, resumed runs included
+
+
+def build_state(cfg: TrainConfig, procs: Processes) -> TrainState:
+    """The model (from ``init_from``'s weights, if given), its EMA, AdamW and the warmup/decay schedule."""
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank, so the EMA copies agree
     model = UNet(cfg.unet_config())
-    if cfg.init_from:  # weights from an exported model; a checkpoint found below (a resume) overrides them
+    if cfg.init_from:  # weights from an exported model; a checkpoint found later (a resume) overrides them
         load_init_weights(cfg.init_from, model)
-    model = model.to(device)
+    model = model.to(procs.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    if rank:
-        torch.manual_seed(cfg.seed + rank)  # each rank draws its own timesteps and noise
+    if procs.rank:
+        torch.manual_seed(cfg.seed + procs.rank)  # each rank draws its own timesteps and noise
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
-    schedule = NoiseSchedule.from_config(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
+    return TrainState(model, ema, optimizer, scheduler)
 
-    # -- resume: --resume PATH, else the newest valid checkpoint in the run folder
+
+def find_checkpoint(run_dir: Path, resume: str | None) -> tuple[Path, dict[str, Any]] | None:
+    """--resume PATH, else the newest valid checkpoint in the run folder (None: a fresh run)."""
+    if not resume:
+        return newest_valid_checkpoint(run_dir)
+    try:
+        return Path(resume), read_checkpoint(Path(resume))
+    except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
+        raise ValueError(f"Cannot resume from {resume}: {e}") from None
+
+
+def restore(state: TrainState, found: tuple[Path, dict[str, Any]], cfg: TrainConfig, rank: int) -> None:
+    """Load a checkpoint into ``state``, with this rank's RNG streams, so the run goes on bit for bit."""
+    path, saved = found
+    try:
+        state.model.load_state_dict(saved["model"])
+        state.ema.load_state_dict(saved["ema"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"{path} was written for another model than this config describes; "
+            f"resume with its own config (saved in the checkpoint) or use a new run_dir. ({str(e).splitlines()[0]})"
+        ) from None
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.step, state.elapsed = int(saved["step"]), float(saved.get("elapsed", 0.0))
+    rngs = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
+    if rank < len(rngs):
+        set_rng_state(rngs[rank])
+    else:  # resumed with more processes than saved the checkpoint: a distinct stream per rank
+        torch.manual_seed(cfg.seed + rank + 1_000_003 * state.step)
+
+
+def export_checkpoint(cfg: TrainConfig, resume: str | None) -> dict[str, Any]:
+    """``--export``: the newest checkpoint's EMA model in diffusers' layout (no optimizer is built)."""
+    run_dir = Path(cfg.run_dir)
+    found = find_checkpoint(run_dir, resume)
+    torch.manual_seed(cfg.seed)  # with no checkpoint and no init_from: the weights a run would start from
+    ema = UNet(cfg.unet_config())
     step = 0
-    if resume:
-        try:
-            found = (Path(resume), read_checkpoint(Path(resume)))
-        except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
-            raise ValueError(f"Cannot resume from {resume}: {e}") from None
-    else:
-        found = newest_valid_checkpoint(run_dir)
+    if cfg.init_from and not found:
+        load_init_weights(cfg.init_from, ema)
     if found:
-        path, state = found
+        path, saved = found
         try:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
+            ema.load_state_dict(saved["ema"])
         except (RuntimeError, ValueError) as e:
             raise ValueError(
-                f"{path} was written for another model than this config describes; "
-                f"resume with its own config (saved in the checkpoint) or use a new run_dir. ({str(e).splitlines()[0]})"
+                f"{path} was written for another model than this config describes; export with its own config "
+                f"(saved in the checkpoint). ({str(e).splitlines()[0]})"
             ) from None
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        if rank < len(rngs):
-            set_rng_state(rngs[rank])
-        else:  # resumed with more processes than saved the checkpoint: a distinct stream per rank
-            torch.manual_seed(cfg.seed + rank + 1_000_003 * step)
-        if main:
-            print(f"resumed from {path} at step {step}")
-    if export_only:
-        if main:
-            out = export(cfg, ema, Path(cfg.export_dir or run_dir / "export"), step)
-            print(f"exported the EMA model at step {step} to {out}")
-        return {"step": step}
+        step = int(saved["step"])
+        print(f"resumed from {path} at step {step}")
+    out = export(cfg, ema, Path(cfg.export_dir or run_dir / "export"), step)
+    print(f"exported the EMA model at step {step} to {out}")
+    return {"step": step}
+
+
+def train_step(cfg: TrainConfig, state: TrainState, forward: Any, schedule: NoiseSchedule, x0: torch.Tensor,
+               autocast: Any) -> tuple[float, torch.Tensor]:
+    """Algorithm 1's steps (2)-(5) on one batch: the loss, a clipped AdamW step, the EMA. Returns the loss and
+    the gradient norm; a loss that is not finite stops the run before the step changes the weights."""
+    loss = diffusion_loss(forward, schedule, cfg, x0, autocast)
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise ValueError(diverged(cfg, loss_value, state.step + 1))
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        state.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    )
+    state.optimizer.step()
+    state.scheduler.step()
+    state.step += 1
+    # (5) EMA of the weights; identical on every rank, as the weights are
+    with torch.no_grad():
+        decay = ema_decay(cfg, state.step)
+        torch._foreach_lerp_(list(state.ema.parameters()), list(state.model.parameters()), 1.0 - decay)
+    return loss_value, grad_norm
+
+
+def save_checkpoint(cfg: TrainConfig, state: TrainState, procs: Processes, run_dir: Path) -> None:
+    """Every rank's RNG streams gathered, then rank 0 writes the checkpoint atomically."""
+    rngs: Any = rng_state()
+    if procs.ddp:
+        gathered: list[Any] = [None] * procs.world
+        dist.all_gather_object(gathered, rngs)
+        rngs = gathered
+    if procs.main:
+        saved = {"model": state.model.state_dict(), "ema": state.ema.state_dict(),
+                 "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+                 "step": state.step, "rng": rngs if procs.ddp else [rngs], "config": cfg.to_dict(),
+                 "elapsed": state.elapsed}
+        write_checkpoint(run_dir, saved, cfg.keep_checkpoints)
+    if procs.ddp:
+        dist.barrier()
+
+
+def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False) -> dict[str, Any]:
+    """Set up, restore, then steps until ``cfg.steps`` with logs, sample grids and checkpoints, then export."""
+    check_output_dirs(cfg, export_only)
+    if export_only:  # by one process, also under torchrun
+        return export_checkpoint(cfg, resume) if int(os.environ.get("RANK", "0")) == 0 else {}
+    procs = start_processes(cfg)
+    run_dir = Path(cfg.run_dir)
+    state = build_state(cfg, procs)
+    schedule = NoiseSchedule.from_config(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
+    found = find_checkpoint(run_dir, resume)
+    if found:
+        restore(state, found, cfg, procs.rank)
+        if procs.main:
+            print(f"resumed from {found[0]} at step {state.step}")
 
     # -- data: all images in memory as uint8, a seeded shuffle per epoch
     images = load_images(cfg.dataset, cfg.data_root, "train", cfg.image_size, cfg.channels, cfg.download)
     if images.shape[1:] != (cfg.channels, cfg.image_size, cfg.image_size):
         raise ValueError(f"The dataset's images are {tuple(images.shape[1:])}, the config says "
                          f"({cfg.channels}, {cfg.image_size}, {cfg.image_size}); set channels and image_size to match.")
-    per_rank = cfg.batch_size // world
-    data = batches(len(images), per_rank, cfg.seed, step, rank, world)
-
+    data = batches(len(images), cfg.batch_size // procs.world, cfg.seed, state.step, procs.rank, procs.world)
+    device = procs.device
     net = (
-        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if ddp
-        else model
+        torch.nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        if procs.ddp
+        else state.model
     )
     forward = torch.compile(net) if cfg.compile else net
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
-    ema_params, params = list(ema.parameters()), list(model.parameters())
 
     writer = None
-    fresh = main and not run_dir.exists()  # made by this run: removed again if the run fails before a checkpoint
-    if main:
+    fresh = procs.main and not run_dir.exists()  # made by this run: removed again if it fails before a checkpoint
+    if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*temp_files(run_dir), *temp_files(run_dir / "checkpoints")]:  # a run killed mid-write
             stale.unlink(missing_ok=True)
         atomic_write(run_dir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n"))
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
-        log_rows = _read_log(run_dir, step)
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not main, dynamic_ncols=True)
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step or None)
+        log_rows = _read_log(run_dir, state.step)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not procs.main,
+               dynamic_ncols=True)
     t_last, seen, loss_sum, n_sum = time.perf_counter(), 0, 0.0, 0
-    elapsed = float(found[1].get("elapsed", 0.0)) if found else 0.0
-    model.train()
+    state.model.train()
     try:
-        while step < cfg.steps:
+        while state.step < cfg.steps:
             _, idx = next(data)
             # (1) x0 ~ q(x0), scaled to [-1, 1]; random flips as in DDPM's CIFAR-10 runs
             x0 = images[idx].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
@@ -299,56 +360,32 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
                 x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
             if cfg.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
-            # (2)-(4) the DDPM loss on this batch, then a gradient step
-            loss = diffusion_loss(forward, schedule, cfg, x0, autocast)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):  # before the step: the weights stay as they were
-                raise ValueError(diverged(cfg, loss_value, step + 1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            )
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            # (5) EMA of the weights; identical on every rank, as the weights are
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(cfg, step))
-
-            seen += x0.shape[0] * world
+            loss_value, grad_norm = train_step(cfg, state, forward, schedule, x0, autocast)
+            step = state.step
+            seen += x0.shape[0] * procs.world
             loss_sum, n_sum = loss_sum + loss_value, n_sum + 1
-            if main and (step % cfg.log_every == 0 or step == cfg.steps):
+            if procs.main and (step % cfg.log_every == 0 or step == cfg.steps):
                 now = time.perf_counter()
-                elapsed += now - t_last
+                state.elapsed += now - t_last
                 ips = seen / (now - t_last)
-                lr = scheduler.get_last_lr()[0]
+                lr = state.scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{loss_sum / n_sum:.4f}", img_s=f"{ips:.0f}", lr=f"{lr:.1e}")
                 writer.add_scalar("train/loss", loss_sum / n_sum, step)
                 writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/grad_norm", float(grad_norm), step)
                 writer.add_scalar("train/images_per_s", ips, step)
-                log_rows.append({"step": step, "loss": loss_sum / n_sum, "lr": lr, "elapsed_s": round(elapsed, 1)})
+                log_rows.append(
+                    {"step": step, "loss": loss_sum / n_sum, "lr": lr, "elapsed_s": round(state.elapsed, 1)}
+                )
                 _write_log(run_dir, log_rows)
                 t_last, seen, loss_sum, n_sum = time.perf_counter(), 0, 0.0, 0
             bar.update(1)
-            if main and cfg.sample_every and step % cfg.sample_every == 0:
-                grid = _sample_grid(cfg, ema, run_dir / "samples" / f"step-{step:08d}.png")
+            if procs.main and cfg.sample_every and step % cfg.sample_every == 0:
+                grid = _sample_grid(cfg, state.ema, run_dir / "samples" / f"step-{step:08d}.png")
                 writer.add_image("samples/ema_ddim", grid, step)
                 t_last = time.perf_counter()  # sampling time is not training throughput
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                rngs = rng_state()
-                if ddp:
-                    gathered: list[Any] = [None] * world
-                    dist.all_gather_object(gathered, rngs)
-                    rngs = gathered
-                if main:
-                    state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "step": step, "rng": rngs if ddp else [rngs],
-                             "config": cfg.to_dict(), "elapsed": elapsed}
-                    write_checkpoint(run_dir, state, cfg.keep_checkpoints)
-                if ddp:
-                    dist.barrier()
+                save_checkpoint(cfg, state, procs, run_dir)
     except ValueError:  # diverged, or a sample grid turned non-finite: one message, and no empty run folder
         bar.close()
         if writer is not None:
@@ -357,14 +394,14 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     bar.close()
-    if main:
+    if procs.main:
         writer.close()
-        out = export(cfg, ema, Path(cfg.export_dir or run_dir / "export"), step)
-        print(f"done: step {step}; EMA model exported to {out}")
+        out = export(cfg, state.ema, Path(cfg.export_dir or run_dir / "export"), state.step)
+        print(f"done: step {state.step}; EMA model exported to {out}")
         print(f"sample it:  python -m diffusion.sample --model {out} --sampler ddim --steps 50 -n 16 --out samples.png")
-    if ddp:
+    if procs.ddp:
         dist.destroy_process_group()
-    return {"step": step, "model": model, "ema": ema}
+    return {"step": state.step, "model": state.model, "ema": state.ema}
 
 
 def diverged(cfg: TrainConfig, loss: float, step: int) -> str:
