@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     with (run / "log.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= train_cfg["trained_steps"]]
     images_seen = int(rows[-1]["step"]) * train_cfg["batch_size"]
-    wall_s = float(rows[-1]["elapsed_s"])  # logged to 0.1 s: a few steps on a fast machine log 0.0
-    rate = f"{images_seen / wall_s:.0f} images/s" if wall_s > 0 else "under 0.1 s in all"
+    wall_s = float(rows[-1]["elapsed_s"])  # logged to 1 ms (older logs: 0.1 s, where a few steps log 0.0)
+    rate = f"{images_seen / wall_s:.0f} images/s" if wall_s > 0 else "too fast to time"
     # A run continued from another model (--init_from) counts that model's training too; read it before
     # the export below may overwrite it (the bundled model is continued in place).
     before = previous_training(train_cfg.get("init_from", ""))

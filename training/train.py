@@ -11,7 +11,6 @@ At the end the EMA model is exported with ``save_pretrained`` (``--export`` does
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import os
@@ -28,35 +27,25 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import diffusion
-from diffusion.files import CheckpointError, atomic_write, check_writable, temp_files
-from diffusion.images import save_grid
-from diffusion.pipeline import DiffusionPipeline
+from diffusion.files import atomic_write, temp_files
 from diffusion.schedule import NoiseSchedule
 from diffusion.unet import UNet
-from training.checkpoints import (
-    checkpoint_paths,
-    newest_valid_checkpoint,
-    read_checkpoint,
-    rng_state,
-    set_rng_state,
-    write_checkpoint,
-)
 from training.config import TrainConfig, resolve_config
 from training.data import batches, load_images
-
-# ----------------------------------------------------------------------------- export
-
-def export(cfg: TrainConfig, ema: UNet, out_dir: Path, step: int) -> Path:
-    """Write the EMA model in diffusers' layout, with the resolved training config beside it."""
-    pipe = DiffusionPipeline(copy.deepcopy(ema).float().cpu().eval(), cfg.scheduler_config(), str(out_dir))
-    extra = {"training_config.json": json.dumps({**cfg.to_dict(), "trained_steps": step}, indent=2) + "\n"}
-    pipe.save_pretrained(out_dir, extra)
-    if cfg.push_to_hub:
-        url = pipe.push_to_hub(cfg.push_to_hub, extra_files=extra)
-        print(f"pushed to {url}")
-    return out_dir
-
+from training.run_files import (
+    check_output_dirs,
+    checkpoint_paths,
+    export,
+    load_init_weights,
+    newest_valid_checkpoint,
+    read_checkpoint,
+    read_log,
+    rng_state,
+    sample_grid,
+    set_rng_state,
+    write_checkpoint,
+    write_log,
+)
 
 # ----------------------------------------------------------------------------- training
 
@@ -113,36 +102,6 @@ def diffusion_loss(
         return F.mse_loss(pred.float(), target)
     per_sample = (pred.float() - target).square().flatten(1).mean(1)
     return (weights * per_sample).mean()
-
-
-def load_init_weights(source: str, model: UNet) -> None:
-    """Copy an exported model's weights into ``model`` (``--init_from``); the architecture must match."""
-    try:
-        pipe = diffusion.load(source)
-    except CheckpointError as e:
-        raise ValueError(f"init_from={source!r}: {e}") from None
-    theirs, ours = pipe.unet.config.to_dict(), model.config.to_dict()
-    differ = [k for k in ours if k != "dropout" and theirs.get(k) != ours[k]]
-    if differ:
-        what = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in differ)
-        raise ValueError(
-            f"init_from={source!r} is another architecture than this config describes ({what}). "
-            "Set the config's unet, image_size and channels to the model's (its training_config.json has them)."
-        )
-    model.load_state_dict(pipe.unet.state_dict())
-
-
-def check_output_dirs(cfg: TrainConfig, export_only: bool = False) -> None:
-    """run_dir (unless only exporting) and the export folder can be written: checked before any work, so that
-    a bad path fails before step 1, not at the first checkpoint or after the whole training."""
-    dirs = {"export_dir": cfg.export_dir or str(Path(cfg.run_dir) / "export")}
-    if not export_only:
-        dirs = {"run_dir": cfg.run_dir, **dirs}
-    for key, folder in dirs.items():
-        try:
-            check_writable(folder, "folder")
-        except ValueError as e:
-            raise ValueError(f"{key}={folder!r}: {e}") from None
 
 
 @dataclass
@@ -345,7 +304,7 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step or None)
-        log_rows = _read_log(run_dir, state.step)
+        log_rows = read_log(run_dir, state.step)
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not procs.main,
                dynamic_ncols=True)
     t_last, seen, loss_sum, n_sum = time.perf_counter(), 0, 0.0, 0
@@ -375,13 +334,13 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
                 writer.add_scalar("train/grad_norm", float(grad_norm), step)
                 writer.add_scalar("train/images_per_s", ips, step)
                 log_rows.append(
-                    {"step": step, "loss": loss_sum / n_sum, "lr": lr, "elapsed_s": round(state.elapsed, 1)}
+                    {"step": step, "loss": loss_sum / n_sum, "lr": lr, "elapsed_s": round(state.elapsed, 3)}
                 )
-                _write_log(run_dir, log_rows)
+                write_log(run_dir, log_rows)
                 t_last, seen, loss_sum, n_sum = time.perf_counter(), 0, 0.0, 0
             bar.update(1)
             if procs.main and cfg.sample_every and step % cfg.sample_every == 0:
-                grid = _sample_grid(cfg, state.ema, run_dir / "samples" / f"step-{step:08d}.png")
+                grid = sample_grid(cfg, state.ema, run_dir / "samples" / f"step-{step:08d}.png")
                 writer.add_image("samples/ema_ddim", grid, step)
                 t_last = time.perf_counter()  # sampling time is not training throughput
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
@@ -413,31 +372,6 @@ def diverged(cfg: TrainConfig, loss: float, step: int) -> str:
         advice.append("use precision=fp32")
     said = advice[0] if len(advice) == 1 else f"{', '.join(advice[:-1])} or {advice[-1]}"
     return f"The loss became {loss} at step {step}: the run diverged; {said}."
-
-
-def _sample_grid(cfg: TrainConfig, ema: UNet, path: Path) -> torch.Tensor:
-    pipe = DiffusionPipeline(ema, cfg.scheduler_config())
-    was_training = ema.training
-    images = pipe.sample("ddim", n=16, seed=0, num_inference_steps=cfg.sample_steps)
-    ema.train(was_training)
-    return save_grid(images, path, nrow=4)
-
-
-def _read_log(run_dir: Path, upto: int) -> list[dict[str, Any]]:
-    path = run_dir / "log.csv"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
-
-
-def _write_log(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    def write(p: Path) -> None:
-        with p.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "elapsed_s"])
-            w.writeheader()
-            w.writerows(rows)
-    atomic_write(run_dir / "log.csv", write)
 
 
 def main(argv: list[str] | None = None) -> int:
