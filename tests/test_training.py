@@ -506,3 +506,19 @@ def test_model_card_counts_the_training_a_model_was_continued_from(images, tmp_p
     assert "min_snr weighting (gamma 5.0)" in card and "## Measured" in card and "fresh optimizer" in card
     assert "from the first step (no warmup)" in card and "with warmup" not in card
     assert "with warmup |" in first_card
+
+
+def test_a_checkpoint_of_another_architecture_is_named_on_resume_and_export(images, tmp_path):
+    """Resuming or exporting a run folder with a config of another UNet: one message naming the checkpoint and
+    what to do instead, before any step (the run's files stay as they were)."""
+    run_dir = tmp_path / "run"
+    train(tiny_config(images, run_dir, steps=2))
+    wider = {**TINY_UNET, "layers_per_block": TINY_UNET.get("layers_per_block", 1) + 1}
+    other = tiny_config(images, run_dir, steps=4, unet=wider)
+    with pytest.raises(ValueError, match=r"step-00000002\.pt was written for another model than this config "
+                                         r"describes; resume with its own config \(saved in the checkpoint\)"):
+        train(other)
+    with pytest.raises(ValueError, match=r"was written for another model than this config describes; export with "
+                                         r"its own config \(saved in the checkpoint\)\. \("):
+        train(other, export_only=True)
+    assert int(newest_valid_checkpoint(run_dir)[1]["step"]) == 2

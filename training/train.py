@@ -176,18 +176,23 @@ def find_checkpoint(run_dir: Path, resume: str | None) -> tuple[Path, dict[str, 
         raise ValueError(f"Cannot resume from {resume}: {e}") from None
 
 
+def load_parts(path: Path, saved: dict[str, Any], parts: dict[str, Any], instead: str) -> None:
+    """Load each of a checkpoint's ``parts`` (model, ema, optimizer) into its object; a checkpoint of another
+    architecture is one ValueError naming it and what to do ``instead``."""
+    try:
+        for key, target in parts.items():
+            target.load_state_dict(saved[key])
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"{path} was written for another model than this config describes; {instead}. ({str(e).splitlines()[0]})"
+        ) from None
+
+
 def restore(state: TrainState, found: tuple[Path, dict[str, Any]], cfg: TrainConfig, rank: int) -> None:
     """Load a checkpoint into ``state``, with this rank's RNG streams, so the run goes on bit for bit."""
     path, saved = found
-    try:
-        state.model.load_state_dict(saved["model"])
-        state.ema.load_state_dict(saved["ema"])
-        state.optimizer.load_state_dict(saved["optimizer"])
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(
-            f"{path} was written for another model than this config describes; "
-            f"resume with its own config (saved in the checkpoint) or use a new run_dir. ({str(e).splitlines()[0]})"
-        ) from None
+    load_parts(path, saved, {"model": state.model, "ema": state.ema, "optimizer": state.optimizer},
+               "resume with its own config (saved in the checkpoint) or use a new run_dir")
     state.scheduler.load_state_dict(saved["scheduler"])
     state.step, state.elapsed = int(saved["step"]), float(saved.get("elapsed", 0.0))
     rngs = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
@@ -208,13 +213,7 @@ def export_checkpoint(cfg: TrainConfig, resume: str | None) -> dict[str, Any]:
         load_init_weights(cfg.init_from, ema)
     if found:
         path, saved = found
-        try:
-            ema.load_state_dict(saved["ema"])
-        except (RuntimeError, ValueError) as e:
-            raise ValueError(
-                f"{path} was written for another model than this config describes; export with its own config "
-                f"(saved in the checkpoint). ({str(e).splitlines()[0]})"
-            ) from None
+        load_parts(path, saved, {"ema": ema}, "export with its own config (saved in the checkpoint)")
         step = int(saved["step"])
         print(f"resumed from {path} at step {step}")
     out = export(cfg, ema, Path(cfg.export_dir or run_dir / "export"), step)
