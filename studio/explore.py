@@ -108,23 +108,28 @@ class Explore:
         label: str,
         progress: gr.Progress,
         start: float,
-    ) -> Iterator[Step | str]:
-        """Run a step iterator with progress (``done`` of ``grand_total`` steps before it), yielding each step,
-        and now and then (at most every ``PROGRESS_EVERY_S``: each is a message to the page) a
-        :func:`running_note` for the result line, which is also where Stop takes effect."""
-        tick = Throttle(PROGRESS_EVERY_S)
+    ) -> Iterator[torch.Tensor | str]:
+        """Run a step iterator with progress (``done`` of ``grand_total`` steps before it). Yields now and then
+        (at most every ``PROGRESS_EVERY_S``: each is a message to the page) a :func:`running_note` for the result
+        line, which is also where Stop takes effect, and at the end the last step's x_prev. The library's
+        ValueErrors (a sample that turned non-finite...) are written for users: refusals here."""
+        tick, last = Throttle(PROGRESS_EVERY_S), None
         yield running_note(label, 0, total, "starting")
-        for i, step in enumerate(steps, 1):
-            if tick(i == total):
-                if i < total:
-                    yield running_note(label, i, total)
-                # after the note: a data message hides the bar until the next progress message, so this order
-                # keeps the bar up between ticks instead of blinking
-                progress(
-                    (done + i) / grand_total,
-                    desc=f"{label} {i}/{total} · {time_left(done + i, grand_total, time.perf_counter() - start)}",
-                )
-            yield step
+        try:
+            for i, last in enumerate(steps, 1):
+                if tick(i == total):
+                    if i < total:
+                        yield running_note(label, i, total)
+                    # after the note: a data message hides the bar until the next progress message, so this order
+                    # keeps the bar up between ticks instead of blinking
+                    progress(
+                        (done + i) / grand_total,
+                        desc=f"{label} {i}/{total} · {time_left(done + i, grand_total, time.perf_counter() - start)}",
+                    )
+        except ValueError as e:
+            raise refused(str(e)) from None
+        assert last is not None
+        yield last.x_prev
 
     def _decode(
         self,
@@ -138,18 +143,9 @@ class Explore:
         start: float,
     ) -> Iterator[torch.Tensor | str]:
         """DDIM-decode ``noise``; yields :meth:`_drive`'s notes for the result line, then the images in [0, 1]."""
-        last = None
         steps = pipe.denoise("ddim", noise=noise, options=options)
-        try:
-            for item in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
-                if isinstance(item, str):
-                    yield item
-                else:
-                    last = item
-        except ValueError as e:  # the library's messages are written for users (a non-finite sample...)
-            raise refused(str(e)) from None
-        assert last is not None
-        yield diffusion.to_unit(last.x_prev).float().cpu()
+        for item in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
+            yield item if isinstance(item, str) else diffusion.to_unit(item).float().cpu()
 
     def _encode(
         self,
@@ -163,18 +159,11 @@ class Explore:
         start: float,
     ) -> Iterator[torch.Tensor | str]:
         """DDIM-invert ``images``; yields notes (as :meth:`_decode`), then the latents x_T."""
-        last = None
         try:
             steps = pipe.invert_steps(images, options=options)
-            for item in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
-                if isinstance(item, str):
-                    yield item
-                else:
-                    last = item
         except ValueError as e:
             raise refused(str(e)) from None
-        assert last is not None
-        yield last.x_prev
+        return self._drive(steps, options.num_inference_steps, done, grand, label, progress, start)
 
     # -- Interpolate -------------------------------------------------------------------------------
 
