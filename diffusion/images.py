@@ -206,10 +206,7 @@ def _unit_pixels(im: Image.Image, notes: list[str]) -> np.ndarray:
             )
         return a[..., None]
     if mode in _ALPHA or "transparency" in im.info:
-        try:
-            rgba = im.convert("RGBA")
-        except ValueError:
-            raise ValueError(f"its pixel format {mode} cannot be read; save it as an RGB or grey PNG.") from None
+        rgba = _convert(im, "RGBA")
         if rgba.getextrema()[3][0] < 255:
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             im = Image.alpha_composite(white, rgba)
@@ -220,11 +217,15 @@ def _unit_pixels(im: Image.Image, notes: list[str]) -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.float32)[..., None] / 255.0
     if mode == "CMYK":
         notes.append("CMYK converted to RGB without a colour profile")
+    return np.asarray(_convert(im, "RGB"), dtype=np.float32) / 255.0
+
+
+def _convert(im: Image.Image, mode: str) -> Image.Image:
+    """Pillow's conversion, or ValueError for a pixel format it cannot convert (LAB, premultiplied La...)."""
     try:
-        rgb = im.convert("RGB")
+        return im.convert(mode)
     except ValueError:
-        raise ValueError(f"its pixel format {mode} cannot be read; save it as an RGB or grey PNG.") from None
-    return np.asarray(rgb, dtype=np.float32) / 255.0
+        raise ValueError(f"its pixel format {im.mode} cannot be read; save it as an RGB or grey PNG.") from None
 
 
 def images_to_tensor(images: Sequence[Image.Image], channels: int, size: int) -> tuple[torch.Tensor, list[str]]:
