@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .classes import CLASSES_FILE
 from .files import CheckpointError, _short, atomic_write, check_not_lfs_pointer, read_json, write_json
 
 __all__ = ["Checkpoint", "CheckpointError", "DIFFUSERS_VERSION", "hub_reachable", "load_checkpoint", "model_index",
@@ -38,6 +39,7 @@ class Checkpoint(NamedTuple):
     state_dict: dict[str, torch.Tensor]  # the UNet weights, as stored (diffusers' names, old or new)
     scheduler_config: dict[str, Any]  # scheduler/scheduler_config.json (or the root one); {} if there is none
     source: str  # the folder or the repo id, for messages and model cards
+    classes: dict[str, Any] | None = None  # classes.json of a class-conditional model (diffusion.classes)
 
 
 class HubUnreachable(CheckpointError):
@@ -86,7 +88,8 @@ def read_folder(root: Path) -> Checkpoint:
         (p for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json") if p.is_file()), None
     )
     scheduler_config = read_json(sched) if sched else {}
-    return Checkpoint(read_json(config), read_weights(weights), scheduler_config, str(root))
+    classes = read_json(root / CLASSES_FILE) if (root / CLASSES_FILE).is_file() else None
+    return Checkpoint(read_json(config), read_weights(weights), scheduler_config, str(root), classes)
 
 
 def _download_first(repo_id: str, candidates: list[str], kw: dict[str, Any]) -> str | None:
@@ -170,6 +173,10 @@ def read_hub(repo_id: str, revision: str | None = None, cache_dir: str | None = 
             sched = _download_first(repo_id, ["scheduler/scheduler_config.json", "scheduler_config.json"], kw)
         except LocalEntryNotFoundError:
             sched = None
+        try:
+            classes = _download_first(repo_id, [CLASSES_FILE], kw)
+        except LocalEntryNotFoundError:
+            classes = None
     except GatedRepoError:
         raise CheckpointError(
             f"The Hub repo {shown} is gated: accept its terms on the Hub and log in with `hf auth login`."
@@ -197,7 +204,8 @@ def read_hub(repo_id: str, revision: str | None = None, cache_dir: str | None = 
             "Connect to the internet once to download it, or pass a local model folder."
         ) from None
     return Checkpoint(
-        read_json(Path(config)), read_weights(Path(weights)), read_json(Path(sched)) if sched else {}, repo_id
+        read_json(Path(config)), read_weights(Path(weights)), read_json(Path(sched)) if sched else {}, repo_id,
+        read_json(Path(classes)) if classes else None,
     )
 
 

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from . import compiled, hub
+from .classes import CLASSES_FILE, ClassInfo, guided
 from .files import CheckpointError
 from .images import to_unit
 from .latents import check_images, check_inversion_options, check_noise, ddim_invert
@@ -66,8 +67,12 @@ class DiffusionPipeline:
     unet: UNet
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # where it was loaded from, for messages and model cards
+    classes: ClassInfo | None = None  # a class-conditional model's classes.json (diffusion.classes)
 
     def __post_init__(self) -> None:
+        ucfg = self.unet.config
+        if self.classes is None and ucfg.class_embed_type is None and ucfg.num_class_embeds is not None:
+            self.classes = ClassInfo.numbered(ucfg.num_class_embeds)
         self.config = parse_scheduler_config(self.scheduler_config)
         c = self.config
         self.schedule = NoiseSchedule.from_config(
@@ -115,27 +120,65 @@ class DiffusionPipeline:
         generator = generator or torch.Generator("cpu").manual_seed(seed)
         return torch.randn((n, *self.image_shape), generator=generator).to(self.device, self.unet.dtype)
 
-    def model_fn(self) -> Any:
+    @property
+    def class_conditional(self) -> bool:
+        return self.unet.config.class_conditional
+
+    def class_labels(self, value: Any, n: int) -> torch.Tensor | None:
+        """``n`` labels from one label or ``n`` of them (indices, or names from ``classes.json``); None for
+        an unconditional model. ValueError when a conditional model gets none or an unconditional one some."""
+        if not self.class_conditional:
+            if value is not None:
+                raise ValueError("This model is unconditional: it takes no class label; leave the class out.")
+            return None
+        if value is None:
+            listing = f" ({self.classes.listing()})" if self.classes else ""
+            raise ValueError(f"This model is class-conditional: give a class label for the images{listing}.")
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or self.classes is None):
+            labels = value.to(self.device)  # "timestep" numbers or "identity" vectors: the UNet checks them
+        else:
+            items = value.tolist() if isinstance(value, torch.Tensor) else value
+            labels = torch.tensor(self.classes.labels(items) if self.classes else items, device=self.device)
+        if len(labels) == 1:
+            labels = labels.expand(n, *labels.shape[1:])
+        if len(labels) != n:
+            raise ValueError(f"Got {len(labels)} class labels for {n} images; give one label, or one per image.")
+        return labels
+
+    def guidance(self, guidance_scale: float | None) -> float:
+        """``guidance_scale``, or the model's recommended one (``classes.json``), or 1 (no guidance)."""
+        if guidance_scale is None:
+            return self.classes.guidance_scale if self.classes else 1.0
+        if not self.class_conditional and guidance_scale != 1:
+            raise ValueError("Guidance needs a class-conditional model; this one is unconditional.")
+        return float(guidance_scale)
+
+    def model_fn(self, class_labels: torch.Tensor | None = None, guidance_scale: float = 1.0) -> Any:
         """(x_t, t) -> UNet output, without gradients; t may be fractional (Euler and Heun evaluate
-        between the trained timesteps, as diffusers' UNet2DModel allows). One sampling run: the
-        weights count as constants while it is used (:meth:`UNet.frozen_weights`: on the CPU the
-        convolution weights are reordered for oneDNN once per run, not at every step); after
-        :meth:`compile`, through the compiled package where it applies."""
+        between the trained timesteps, as diffusers' UNet2DModel allows). With ``class_labels`` (one per
+        image, :meth:`class_labels`), the classifier-free-guided output (:func:`diffusion.classes.guided`).
+        One sampling run: the weights count as constants while it is used (:meth:`UNet.frozen_weights`:
+        on the CPU the convolution weights are reordered for oneDNN once per run, not at every step);
+        after :meth:`compile`, through the compiled package where it applies."""
         unet, packed = self.unet, {}
         net = self.compiled if self.compiled is not None and self.compiled.unet is unet else unet
 
-        def model(x: torch.Tensor, t: float) -> torch.Tensor:
+        def call(x: torch.Tensor, t: float, labels: torch.Tensor | None = None) -> torch.Tensor:
             with torch.no_grad(), unet.frozen_weights(packed):
-                return net(x, torch.tensor(t, device=x.device))
+                t = torch.tensor(t, device=x.device)
+                return net(x, t) if labels is None else unet(x, t, labels)
 
-        return model
+        if class_labels is None:
+            return call
+        null = self.classes.null_label if self.classes else None
+        return guided(call, class_labels, null, guidance_scale)
 
     def compile(self, build: bool = False, cache_dir: str | Path | None = None) -> bool:
         """Sample through the UNet's ahead-of-time compiled package (:mod:`diffusion.compiled`) from
         now on, if it exists (``build``: compile it first when missing, about a minute on 2 CPU cores).
         Returns whether a package is in use; without one (or off the CPU) sampling stays eager."""
         self.compiled = None
-        if self.device.type == "cpu" and self.unet.dtype == torch.float32:
+        if self.device.type == "cpu" and self.unet.dtype == torch.float32 and not self.class_conditional:
             self.compiled = compiled.load(self.unet, cache_dir, build_missing=build)
         return self.compiled is not None
 
@@ -148,12 +191,16 @@ class DiffusionPipeline:
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         options: BaseOptions | None = None,
+        class_labels: Any = None,
+        guidance_scale: float | None = None,
         **overrides: Any,
     ) -> Iterator[Step]:
         """Yield every step of ``sampler`` from the seed's x_T (or ``noise``): the one sampling loop
         that the CLI, the studio, evaluation and training's sample grids all drive. ``options``:
         from :meth:`sampler_options` (else built from ``overrides``). The same generator draws x_T and
-        the per-step noise, so results equal diffusers' pipelines for the same seed."""
+        the per-step noise, so results equal diffusers' pipelines for the same seed. A class-conditional
+        model takes ``class_labels`` (one, or one per image) and ``guidance_scale`` (None: the model's
+        recommended one; 0 the unconditional model, 1 the conditional one, above 1 guided)."""
         opts = options or self.sampler_options(sampler, **overrides)
         generator = generator or torch.Generator("cpu").manual_seed(seed)
         if noise is None:
@@ -161,8 +208,9 @@ class DiffusionPipeline:
         else:
             check_noise(noise, self.image_shape)
             x = noise.to(self.device, self.unet.dtype)
+        model = self.model_fn(self.class_labels(class_labels, len(x)), self.guidance(guidance_scale))
         self.unet.eval()
-        yield from _finite(get_sampler(sampler).fn(self.model_fn(), x, self.schedule, opts, generator), opts)
+        yield from _finite(get_sampler(sampler).fn(model, x, self.schedule, opts, generator), opts)
 
     def sample(
         self,
@@ -176,17 +224,21 @@ class DiffusionPipeline:
         batch_size: int | None = None,
         progress: bool = False,
         trajectory: Trajectory | None = None,
+        class_labels: Any = None,
+        guidance_scale: float | None = None,
         **overrides: Any,
     ) -> torch.Tensor:
         """Images in [0, 1], shape (n, C, H, W): the last step of :meth:`denoise`, ``batch_size`` images
         at a time (x_T of all images is drawn first, then each batch's steps draw from the same generator,
         so one batch equals diffusers' pipeline). ``progress``: a tqdm bar over all steps; ``trajectory``
-        observes the first batch's steps."""
+        observes the first batch's steps. ``class_labels``, ``guidance_scale``: as :meth:`denoise`."""
         opts = options or self.sampler_options(sampler, **overrides)
         generator = generator or torch.Generator("cpu").manual_seed(seed)
         if noise is not None:
             check_noise(noise, self.image_shape)
         x = self.initial_noise(n, seed, generator) if noise is None else noise
+        labels = self.class_labels(class_labels, len(x))
+        scale = self.guidance(guidance_scale)
         batch = len(x) if batch_size is None else _count(batch_size, "The batch size")
         finals = []
         with tqdm(
@@ -194,7 +246,9 @@ class DiffusionPipeline:
         ) as bar:
             for b in range(0, len(x), batch):
                 step = None
-                for step in self.denoise(sampler, noise=x[b : b + batch], generator=generator, options=opts):
+                for step in self.denoise(sampler, noise=x[b : b + batch], generator=generator, options=opts,
+                                         class_labels=None if labels is None else labels[b : b + batch],
+                                         guidance_scale=scale):
                     if trajectory is not None and b == 0:
                         trajectory.observe(step)
                     bar.update(1)
@@ -222,16 +276,21 @@ class DiffusionPipeline:
         num_inference_steps: int | None = None,
         *,
         options: BaseOptions | None = None,
+        class_labels: Any = None,
+        guidance_scale: float | None = 1.0,
         **overrides: Any,
     ) -> Iterator[Step]:
         """Yield every step of encoding ``images`` ([0, 1], (n, C, H, W) as :meth:`sample` returns them)
         into their DDIM latents x_T (Song et al. 2021, Sec. 4.3): :func:`diffusion.latents.ddim_invert`,
-        as diffusers' ``DDIMInverseScheduler`` loop with this scheduler config. The last ``x_prev`` is x_T."""
+        as diffusers' ``DDIMInverseScheduler`` loop with this scheduler config. The last ``x_prev`` is x_T.
+        A class-conditional model encodes under ``class_labels`` (the conditional model, ``guidance_scale`` 1,
+        unless given: decode with the same label and scale to reconstruct)."""
         opts = self.inversion_options(options, num_inference_steps=num_inference_steps, **overrides)
         check_images(images, self.image_shape)
+        model = self.model_fn(self.class_labels(class_labels, len(images)), self.guidance(guidance_scale))
         self.unet.eval()
         x = images.to(self.device, self.unet.dtype) * 2 - 1
-        yield from _finite(ddim_invert(self.model_fn(), x, self.schedule, opts), opts)
+        yield from _finite(ddim_invert(model, x, self.schedule, opts), opts)
 
     def invert(
         self,
@@ -241,6 +300,8 @@ class DiffusionPipeline:
         options: BaseOptions | None = None,
         batch_size: int | None = None,
         progress: bool = False,
+        class_labels: Any = None,
+        guidance_scale: float | None = 1.0,
         **overrides: Any,
     ) -> torch.Tensor:
         """The DDIM latents x_T of ``images`` (eta 0; the last step of :meth:`invert_steps`), ``batch_size``
@@ -248,13 +309,15 @@ class DiffusionPipeline:
         the images (Table 2)."""
         opts = self.inversion_options(options, num_inference_steps=num_inference_steps, **overrides)
         check_images(images, self.image_shape)
+        labels = self.class_labels(class_labels, len(images))
         batch = len(images) if batch_size is None else _count(batch_size, "The batch size")
         latents = []
         with tqdm(total=opts.num_inference_steps * -(-len(images) // batch), desc="invert", unit="step",
                   disable=not progress) as bar:
             for b in range(0, len(images), batch):
                 step = None
-                for step in self.invert_steps(images[b : b + batch], options=opts):
+                for step in self.invert_steps(images[b : b + batch], options=opts, guidance_scale=guidance_scale,
+                                              class_labels=None if labels is None else labels[b : b + batch]):
                     bar.update(1)
                 assert step is not None  # at least one step: options checked
                 latents.append(step.x_prev)
@@ -288,7 +351,10 @@ class DiffusionPipeline:
             )
         try:
             unet = build_unet(checkpoint.unet_config, checkpoint.state_dict)
-            pipe = cls(unet, checkpoint.scheduler_config, checkpoint.source)
+            classes = None
+            if checkpoint.classes is not None:
+                classes = ClassInfo.from_dict(checkpoint.classes, unet.config.num_class_embeds)
+            pipe = cls(unet, checkpoint.scheduler_config, checkpoint.source, classes)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"Cannot load {checkpoint.source}: {e}") from None
         return pipe.to(device)
@@ -299,6 +365,8 @@ class DiffusionPipeline:
         ``unet/diffusion_pytorch_model.safetensors``, ``scheduler/scheduler_config.json``, then
         ``extra_files`` (name -> text). Every file is written atomically."""
         given = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
+        if self.classes is not None:
+            extra_files = {CLASSES_FILE: self.classes.to_json(), **(extra_files or {})}
         return hub.write_folder(
             directory, self.unet.config.to_dict(), self.unet.state_dict(), {**self.config, **given}, extra_files
         )

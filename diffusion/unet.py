@@ -24,6 +24,8 @@ DownBlockType = Literal["DownBlock2D", "AttnDownBlock2D"]
 UpBlockType = Literal["UpBlock2D", "AttnUpBlock2D"]
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D")
+ClassEmbedType = Literal["timestep", "identity"]
+CLASS_EMBED_TYPES = ("timestep", "identity")
 
 
 @dataclass
@@ -57,8 +59,10 @@ class UNetConfig:
     mid_block_type: Literal["UNetMidBlock2D"] = "UNetMidBlock2D"
     time_embedding_dim: int | None = None
     num_train_timesteps: int | None = None  # used by diffusers only for "learned" time embeddings
-    class_embed_type: None = None
-    num_class_embeds: None = None
+    # Class conditioning, as UNet2DModel: None with num_class_embeds: a label table added to the time
+    # embedding; "timestep": labels embedded like t; "identity": the caller passes embedding vectors.
+    class_embed_type: ClassEmbedType | None = None
+    num_class_embeds: int | None = None
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
@@ -74,6 +78,7 @@ class UNetConfig:
         """Raise ValueError naming the first option this UNet cannot build."""
         counts = {"sample_size": self.sample_size, "norm_num_groups": self.norm_num_groups,
                   "attention_head_dim": self.attention_head_dim, "attn_norm_num_groups": self.attn_norm_num_groups,
+                  "num_class_embeds": self.num_class_embeds,
                   **{f"block_out_channels[{i}]": c for i, c in enumerate(self.block_out_channels)}}
         for key, value in counts.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -102,13 +107,16 @@ class UNetConfig:
             "downsample_type": (self.downsample_type, "conv"),
             "upsample_type": (self.upsample_type, "conv"),
             "mid_block_type": (self.mid_block_type, "UNetMidBlock2D"),
-            "class_embed_type": (self.class_embed_type, None),
-            "num_class_embeds": (self.num_class_embeds, None),
             "add_attention": (self.add_attention, True),
         }
         for key, (value, supported) in unsupported.items():
             if value != supported:
                 raise ValueError(f"Unsupported UNet option {key}={value!r}; only {supported!r} is implemented.")
+        if self.class_embed_type is not None and self.class_embed_type not in CLASS_EMBED_TYPES:
+            raise ValueError(
+                f"Unsupported class_embed_type {self.class_embed_type!r}; use null (a label table of "
+                f"num_class_embeds entries), 'timestep' or 'identity'."
+            )
         if self.act_fn not in ("silu", "swish"):
             raise ValueError(f"Unsupported act_fn {self.act_fn!r}; only 'silu' is implemented.")
         if self.in_channels < 1 or self.out_channels < 1 or self.layers_per_block < 1:
@@ -131,6 +139,11 @@ class UNetConfig:
     @property
     def time_embed_dim(self) -> int:
         return self.time_embedding_dim or 4 * self.block_out_channels[0]
+
+    @property
+    def class_conditional(self) -> bool:
+        """Whether ``forward`` needs ``class_labels``."""
+        return self.class_embed_type is not None or self.num_class_embeds is not None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as diffusers writes it (``_class_name`` included), JSON-ready."""
@@ -396,6 +409,10 @@ class UNet(nn.Module):
         ch = cfg.block_out_channels
         self.conv_in = Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(ch[0], cfg.time_embed_dim)
+        if cfg.class_embed_type == "timestep":
+            self.class_embedding = TimestepEmbedding(ch[0], cfg.time_embed_dim)
+        elif cfg.class_embed_type is None and cfg.num_class_embeds is not None:
+            self.class_embedding = nn.Embedding(cfg.num_class_embeds, cfg.time_embed_dim)
         self.down_blocks = nn.ModuleList(
             DownBlock(cfg, ch[max(i - 1, 0)], ch[i], kind == "AttnDownBlock2D", last=i == len(ch) - 1)
             for i, kind in enumerate(cfg.down_block_types)
@@ -438,7 +455,9 @@ class UNet(nn.Module):
     def device(self) -> torch.device:
         return self.conv_in.weight.device
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """eps (or x0, v) for images ``x`` at steps ``t``; a class-conditional UNet also takes one label
+        per image (an index for a label table, a number for "timestep", a vector for "identity")."""
         cfg = self.config
         if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last) and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # the layout oneDNN convolutions run fastest in
@@ -447,8 +466,11 @@ class UNet(nn.Module):
         if cfg.center_input_sample:
             x = 2 * x - 1.0
         temb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift).to(x.dtype)
+        emb = self.time_embedding(temb)
+        if cfg.class_conditional or class_labels is not None:
+            emb = emb + self.class_embed(class_labels, x.shape[0]).to(emb.dtype)
         # Every resnet applies SiLU to the embedding before its projection: do it once here.
-        temb_act = F.silu(self.time_embedding(temb))
+        temb_act = F.silu(emb)
         h = self.conv_in(x)
         skips = [h]
         for block in self.down_blocks:
@@ -458,6 +480,33 @@ class UNet(nn.Module):
         for block in self.up_blocks:
             h = block(h, skips, temb_act)
         return self.conv_out(F.silu(group_norm(self.conv_norm_out, h))).contiguous()
+
+
+    def class_embed(self, class_labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The vector added to the time embedding for each label (Ho and Salimans 2022 condition this way)."""
+        cfg = self.config
+        if not cfg.class_conditional:
+            raise ValueError("This UNet is unconditional (no num_class_embeds in its config); give no class labels.")
+        if class_labels is None:
+            raise ValueError("This UNet is class-conditional: give class_labels, one per image.")
+        labels = torch.as_tensor(class_labels, device=self.device)
+        want = (batch, cfg.time_embed_dim) if cfg.class_embed_type == "identity" else (batch,)
+        if labels.ndim == len(want) - 1 or (labels.ndim == len(want) and labels.shape[0] == 1):  # one for all
+            labels = labels.reshape(1, *want[1:]).expand(*want)
+        if tuple(labels.shape) != want:
+            raise ValueError(f"class_labels has shape {tuple(labels.shape)}; expected {want}, one per image.")
+        if cfg.class_embed_type == "identity":
+            return labels
+        if cfg.class_embed_type == "timestep":
+            proj = timestep_embedding(labels, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+            return self.class_embedding(proj.to(self.dtype))
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"class_labels must be whole-number class indices, got {labels.dtype}.")
+        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < cfg.num_class_embeds):
+            raise ValueError(
+                f"class label {int(labels.max()) if labels.max() >= cfg.num_class_embeds else int(labels.min())} "
+                f"is out of range; this model knows labels 0 to {cfg.num_class_embeds - 1}.")
+        return self.class_embedding(labels.long())
 
 
 _OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}

@@ -319,6 +319,13 @@ BAD_CONFIGS = {
         ["--batch_size=128"],
         "The dataset has 64 images, fewer than one batch of 128 x 1 processes",
     ),
+    "label drop out of range": (
+        ["--class_conditional=true", "--cond_drop_prob=1"], "cond_drop_prob must be in [0, 1) (0.1 to 0.2 is usual)"
+    ),
+    "no null label for guidance": (
+        ["--class_conditional=true", "--cond_drop_prob=0"], "cond_drop_prob=0 never trains the null label"
+    ),
+    "guidance out of range": (["--guidance_scale=50"], "guidance_scale must be between 0 and 20"),
     "missing image folder": (
         ["--data_root=/nonexistent/images"],
         "dataset=folder needs --data_root pointing at a folder of images",
@@ -522,3 +529,55 @@ def test_a_checkpoint_of_another_architecture_is_named_on_resume_and_export(imag
                                          r"its own config \(saved in the checkpoint\)\. \("):
         train(other, export_only=True)
     assert int(newest_valid_checkpoint(run_dir)[1]["step"]) == 2
+
+
+# ----------------------------------------------------------------------------- class-conditional
+
+def test_class_conditional_run_takes_labels_from_subfolders_and_exports_them(images, tmp_path):
+    import diffusion
+    from diffusion.classes import ClassInfo
+
+    cfg = tiny_config(images, tmp_path / "cond", class_conditional=True, cond_drop_prob=0.5, guidance_scale=2.0,
+                      steps=4, ckpt_every=4, sample_every=4, sample_steps=2)
+    torch.manual_seed(cfg.seed)
+    initial = UNet(cfg.unet_config()).class_embedding.weight.detach().clone()
+    out = train(cfg)
+    moved = (out["model"].class_embedding.weight - initial).abs().amax(1)
+    assert (moved > 0).all(), moved  # both classes and the null label were trained
+    pipe = diffusion.load(tmp_path / "cond" / "export")
+    assert pipe.classes == ClassInfo(("discs", "squares"), 2, 2.0) and pipe.unet.config.num_class_embeds == 3
+    assert pipe.sample("ddim", n=2, num_inference_steps=2, class_labels="squares").shape == (2, 1, 16, 16)
+    grid = np.asarray(Image.open(tmp_path / "cond" / "samples" / "step-00000004.png"))
+    assert grid.shape[0] < grid.shape[1]  # one row of 8 per class: 2 rows
+
+
+def test_drop_labels_uses_the_null_label_at_the_asked_rate(images, tmp_path):
+    from training.train import drop_labels
+
+    cfg = tiny_config(images, tmp_path / "run", class_conditional=True, cond_drop_prob=0.2)
+    torch.manual_seed(0)
+    dropped = drop_labels(cfg, torch.zeros(20_000, dtype=torch.long))
+    assert set(dropped.unique().tolist()) == {0, 2}  # 2 classes: the null label is 2
+    assert abs((dropped == 2).float().mean().item() - 0.2) < 0.015
+
+
+def test_an_unconditional_model_starts_a_conditional_one_with_a_zero_label_table(images, tmp_path):
+    import diffusion
+
+    train(tiny_config(images, tmp_path / "plain", steps=2, ckpt_every=2))
+    exported = tmp_path / "plain" / "export"
+    cfg = tiny_config(images, tmp_path / "cond", class_conditional=True, init_from=str(exported), steps=1,
+                      lr=1e-30, dropout=0.0, ckpt_every=1)
+    ema = train(cfg)["ema"].eval()
+    assert ema.class_embedding.weight.abs().max() < 1e-20
+    plain = diffusion.load(exported).unet
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([10, 500, 990])
+    with torch.no_grad():
+        for label in (0, 1, 2):  # step 0 is the unconditional model, whatever the label
+            assert torch.allclose(ema(x, t, torch.full((3,), label)), plain(x, t), atol=1e-6)
+
+
+def test_a_folder_without_class_subfolders_is_refused(images, tmp_path, capsys):
+    assert main(as_args(settings(images / "discs", tmp_path / "run", class_conditional=True))) == 2
+    assert "Class labels of a folder come from its subfolders, one per class" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -123,3 +123,70 @@ def test_config_round_trips_through_diffusers_dict():
     with pytest.warns(UserWarning, match="bogus_key"):
         again = UNetConfig.from_dict({**d, "bogus_key": 1, "_use_default_values": ["norm_eps"], "norm_eps": 0.5})
     assert again == cfg
+
+
+COND_CASES = [  # (class_embed_type, num_class_embeds, labels)
+    (None, 11, torch.tensor([0, 7, 10])),
+    ("timestep", None, torch.tensor([0, 7, 10])),
+    ("identity", None, None),  # embedding vectors, made in the test
+]
+
+
+@pytest.mark.parametrize("embed_type,num,labels", COND_CASES)
+def test_class_conditional_forward_matches_diffusers(embed_type, num, labels, tmp_path):
+    from diffusers import UNet2DModel
+
+    from conftest import DIFFUSERS_TINY, random_diffusers_unet
+    from diffusion.hub import write_folder
+
+    kwargs = dict(DIFFUSERS_TINY, class_embed_type=embed_type, num_class_embeds=num)
+    ref = random_diffusers_unet(kwargs, std=0.05)
+    ours = UNet(UNetConfig(**kwargs)).eval()
+    load_state_dict_strict(ours, ref.state_dict())
+    assert set(ours.state_dict()) == set(ref.state_dict())
+    if embed_type is None:
+        assert "class_embedding.weight" in ours.state_dict()
+    if embed_type == "timestep":
+        assert "class_embedding.linear_1.weight" in ours.state_dict()
+    torch.manual_seed(1)
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([0, 417, 999])
+    if labels is None:
+        labels = torch.randn(3, ours.config.time_embed_dim)
+    with torch.no_grad():
+        expected = ref(x, t, class_labels=labels).sample
+        got = ours(x, t, class_labels=labels)
+        other = ours(x, t, class_labels=labels.flip(0))
+    assert (got - expected).abs().max().item() <= 1e-5
+    assert (other - got).abs().max().item() > 1e-4  # the labels change the output, beyond the tolerance
+    # ours saves in a form diffusers loads, with the same outputs
+    write_folder(tmp_path, ours.config.to_dict(), ours.state_dict(), {"num_train_timesteps": 1000})
+    again = UNet2DModel.from_pretrained(tmp_path / "unet").eval()
+    with torch.no_grad():
+        assert (again(x, t, class_labels=labels).sample - got).abs().max().item() <= 1e-5
+
+
+def test_class_labels_errors_say_what_to_do():
+    from conftest import DIFFUSERS_TINY
+
+    cond = UNet(UNetConfig(**DIFFUSERS_TINY, num_class_embeds=11)).eval()
+    plain = UNet(UNetConfig(**DIFFUSERS_TINY)).eval()
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 4])
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="class-conditional: give class_labels"):
+            cond(x, t)
+        with pytest.raises(ValueError, match="out of range; this model knows labels 0 to 10"):
+            cond(x, t, class_labels=torch.tensor([1, 11]))
+        with pytest.raises(ValueError, match="out of range"):
+            cond(x, t, class_labels=torch.tensor([-1, 2]))
+        with pytest.raises(ValueError, match="whole-number class indices"):
+            cond(x, t, class_labels=torch.tensor([1.0, 2.0]))
+        with pytest.raises(ValueError, match=r"expected \(2,\), one per image"):
+            cond(x, t, class_labels=torch.tensor([1, 2, 3]))
+        with pytest.raises(ValueError, match="unconditional"):
+            plain(x, t, class_labels=torch.tensor([1, 2]))
+        one = cond(x, t, class_labels=3)  # one label for every image
+        assert torch.equal(one, cond(x, t, class_labels=torch.tensor([3, 3])))
+    with pytest.raises(ValueError, match="class_embed_type 'bogus'"):
+        UNetConfig(**DIFFUSERS_TINY, class_embed_type="bogus")
+    with pytest.raises(ValueError, match="num_class_embeds must be a whole number"):
+        UNetConfig(**DIFFUSERS_TINY, num_class_embeds=0)

@@ -11,7 +11,6 @@ features: mean and covariance in float64) and ``classifier.json`` (architecture,
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import time
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from diffusion.files import atomic_write
 
-from .data import DEBIAN_FASHION_MNIST, load_images
+from .data import DEBIAN_FASHION_MNIST, load_images, read_idx_labels
 
 FEATURES = 128
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -57,16 +56,6 @@ class Classifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features_and_logits(images)[1]
-
-
-def read_idx_labels(path: Path) -> torch.Tensor:
-    """An IDX1 label file (magic 2049)."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        data = f.read()
-    magic, n = np.frombuffer(data[:8], dtype=">i4")
-    if magic != 2049 or len(data) != 8 + n:
-        raise ValueError(f"{path} is not a complete IDX label file.")
-    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int64))
 
 
 def load_labelled(split: str, root: str = "data", download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from diffusion.classes import ClassInfo, check_guidance
 from diffusion.samplers import get_sampler
 from diffusion.schedule import ALIASES, BETA_SCHEDULES, PREDICTIONS
 from diffusion.typed import coerce
 from diffusion.unet import UNetConfig
 
-from .data import DATASETS
+from .data import DATASETS, class_names
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -29,6 +30,11 @@ class TrainConfig:
     image_size: int = 28
     channels: int = 1
     random_flip: bool = False  # horizontal flips (DDPM's CIFAR-10 setting)
+    # classifier-free guidance (Ho and Salimans 2022): labels as inputs, replaced by the null label
+    # (index = number of classes) with probability cond_drop_prob so one model is also the unconditional one
+    class_conditional: bool = False
+    cond_drop_prob: float = 0.1
+    guidance_scale: float = 3.0  # the exported classes.json's recommended scale, and the sample grids'
     # model: UNetConfig fields; sample_size and channels come from the data settings
     unet: dict[str, Any] = field(default_factory=dict)
     dropout: float = 0.1
@@ -71,8 +77,18 @@ class TrainConfig:
     push_to_hub: str = ""  # Hub repo id to upload the exported EMA model to
 
     def unet_config(self) -> UNetConfig:
+        labels = {"num_class_embeds": len(self.class_names()) + 1} if self.class_conditional else {}
         return UNetConfig(**{**self.unet, "sample_size": self.image_size, "in_channels": self.channels,
-                             "out_channels": self.channels, "dropout": self.dropout})
+                             "out_channels": self.channels, "dropout": self.dropout, **labels})
+
+    def class_names(self) -> tuple[str, ...]:
+        """The dataset's classes (labels 0..k-1; the null label is k); empty for an unconditional run."""
+        return class_names(self.dataset, self.data_root) if self.class_conditional else ()
+
+    def class_info(self) -> ClassInfo | None:
+        """What the exported model's classes.json says (:mod:`diffusion.classes`)."""
+        names = self.class_names()
+        return ClassInfo(names, len(names), self.guidance_scale) if names else None
 
     def scheduler_config(self) -> dict[str, Any]:
         """What the exported model's scheduler_config.json says (diffusers' DDPMScheduler keys)."""
@@ -121,6 +137,15 @@ class TrainConfig:
             problems.append(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if not 0 <= self.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.cond_drop_prob < 1:
+            problems.append(f"cond_drop_prob must be in [0, 1) (0.1 to 0.2 is usual), got {self.cond_drop_prob}")
+        if self.class_conditional and self.cond_drop_prob == 0 and self.guidance_scale != 1:
+            problems.append("cond_drop_prob=0 never trains the null label that guidance needs: set it to 0.1-0.2, "
+                            "or guidance_scale=1")
+        try:
+            check_guidance(self.guidance_scale)
+        except ValueError as e:
+            problems.append(str(e).rstrip("."))
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.beta_start < self.beta_end < 1:

@@ -73,19 +73,30 @@ def load_init_weights(source: str, model: UNet) -> None:
     except CheckpointError as e:
         raise ValueError(f"init_from={source!r}: {e}") from None
     theirs, ours = pipe.unet.config.to_dict(), model.config.to_dict()
-    differ = [k for k in ours if k != "dropout" and theirs.get(k) != ours[k]]
+    # An unconditional model may start a class-conditional one: its new label table starts at zero, so
+    # step 0 is the unconditional model whatever the label (Ho and Salimans 2022 train one model for both).
+    warm_start = not pipe.unet.config.class_conditional and model.config.class_conditional
+    labels_keys = ("num_class_embeds", "class_embed_type") if warm_start else ()
+    differ = [k for k in ours if k != "dropout" and k not in labels_keys and theirs.get(k) != ours[k]]
     if differ:
         what = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in differ)
         raise ValueError(
             f"init_from={source!r} is another architecture than this config describes ({what}). "
             "Set the config's unet, image_size and channels to the model's (its training_config.json has them)."
         )
+    if warm_start:
+        if model.config.class_embed_type is not None:
+            raise ValueError("init_from an unconditional model starts a label table only (class_embed_type null).")
+        state = {**pipe.unet.state_dict(), "class_embedding.weight": torch.zeros_like(model.class_embedding.weight)}
+        model.load_state_dict(state)
+        return
     model.load_state_dict(pipe.unet.state_dict())
 
 
 def export(cfg: TrainConfig, ema: UNet, out_dir: Path, step: int) -> Path:
     """Write the EMA model in diffusers' layout, with the resolved training config beside it."""
-    pipe = DiffusionPipeline(copy.deepcopy(ema).float().cpu().eval(), cfg.scheduler_config(), str(out_dir))
+    pipe = DiffusionPipeline(copy.deepcopy(ema).float().cpu().eval(), cfg.scheduler_config(), str(out_dir),
+                             cfg.class_info())
     extra = {"training_config.json": json.dumps({**cfg.to_dict(), "trained_steps": step}, indent=2) + "\n"}
     pipe.save_pretrained(out_dir, extra)
     if cfg.push_to_hub:
@@ -128,9 +139,17 @@ def check_output_dirs(cfg: TrainConfig, export_only: bool = False) -> None:
 
 
 def sample_grid(cfg: TrainConfig, ema: UNet, path: Path) -> torch.Tensor:
-    """16 DDIM samples of the EMA model from seed 0 (the same noise at every step), saved as a PNG grid."""
-    pipe = DiffusionPipeline(ema, cfg.scheduler_config())
+    """16 DDIM samples of the EMA model from seed 0 (the same noise at every step), saved as a PNG grid; a
+    class-conditional model's row per class (up to 10), at the config's guidance scale."""
+    pipe = DiffusionPipeline(ema, cfg.scheduler_config(), classes=cfg.class_info())
     was_training = ema.training
-    images = pipe.sample("ddim", n=16, seed=0, num_inference_steps=cfg.sample_steps)
+    if pipe.classes is None:
+        images = pipe.sample("ddim", n=16, seed=0, num_inference_steps=cfg.sample_steps)
+        nrow = 4
+    else:
+        k = min(len(pipe.classes.names), 10)
+        images = pipe.sample("ddim", n=8 * k, seed=0, num_inference_steps=cfg.sample_steps,
+                             class_labels=torch.arange(k).repeat_interleave(8), guidance_scale=cfg.guidance_scale)
+        nrow = 8
     ema.train(was_training)
-    return save_grid(images, path, nrow=4)
+    return save_grid(images, path, nrow=nrow)

@@ -31,7 +31,7 @@ from diffusion.files import atomic_write, temp_files
 from diffusion.schedule import NoiseSchedule
 from diffusion.unet import UNet
 from training.config import TrainConfig, resolve_config
-from training.data import batches, load_images
+from training.data import batches, load_images, load_labels
 from training.run_files import (
     check_output_dirs,
     checkpoint_paths,
@@ -84,18 +84,28 @@ def loss_weights(schedule: NoiseSchedule, cfg: TrainConfig, t: torch.Tensor) -> 
     return per_prediction[cfg.prediction_type].float()
 
 
+def drop_labels(cfg: TrainConfig, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """Classifier-free guidance's training (Ho and Salimans 2022, Algorithm 1): each label replaced by the
+    null label (the number of classes) with probability ``cond_drop_prob``."""
+    if labels is None:
+        return None
+    drop = torch.rand(labels.shape, device=labels.device) < cfg.cond_drop_prob
+    return torch.where(drop, torch.full_like(labels, len(cfg.class_names())), labels)
+
+
 def diffusion_loss(
-    forward: Any, schedule: NoiseSchedule, cfg: TrainConfig, x0: torch.Tensor, autocast: Any
+    forward: Any, schedule: NoiseSchedule, cfg: TrainConfig, x0: torch.Tensor, autocast: Any,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """|| target - model(x_t, t) ||^2 (Ho et al. 2020, Algorithm 1; target eps, x0 or v), weighted per sample
-    by :func:`loss_weights` when ``loss_weighting`` asks for it."""
+    """|| target - model(x_t, t[, label]) ||^2 (Ho et al. 2020, Algorithm 1; target eps, x0 or v), weighted per
+    sample by :func:`loss_weights` when ``loss_weighting`` asks for it."""
     # (2) t ~ Uniform({1..T}), eps ~ N(0, I); (3) x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
     t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)
     noise = torch.randn_like(x0)
     x_t = schedule.q_sample(x0, t, noise)
     # (4) the regression loss, in fp32 whatever the autocast dtype
     with autocast:
-        pred = forward(x_t, t)
+        pred = forward(x_t, t) if labels is None else forward(x_t, t, labels)
     target = schedule.training_target(cfg.prediction_type, x0, t, noise)
     weights = loss_weights(schedule, cfg, t)
     if weights is None:
@@ -222,10 +232,10 @@ def export_checkpoint(cfg: TrainConfig, resume: str | None) -> dict[str, Any]:
 
 
 def train_step(cfg: TrainConfig, state: TrainState, forward: Any, schedule: NoiseSchedule, x0: torch.Tensor,
-               autocast: Any) -> tuple[float, torch.Tensor]:
+               autocast: Any, labels: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
     """Algorithm 1's steps (2)-(5) on one batch: the loss, a clipped AdamW step, the EMA. Returns the loss and
     the gradient norm; a loss that is not finite stops the run before the step changes the weights."""
-    loss = diffusion_loss(forward, schedule, cfg, x0, autocast)
+    loss = diffusion_loss(forward, schedule, cfg, x0, autocast, drop_labels(cfg, labels))
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         raise ValueError(diverged(cfg, loss_value, state.step + 1))
@@ -281,6 +291,9 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     if images.shape[1:] != (cfg.channels, cfg.image_size, cfg.image_size):
         raise ValueError(f"The dataset's images are {tuple(images.shape[1:])}, the config says "
                          f"({cfg.channels}, {cfg.image_size}, {cfg.image_size}); set channels and image_size to match.")
+    labels = load_labels(cfg.dataset, cfg.data_root, "train", cfg.download) if cfg.class_conditional else None
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"The dataset has {len(images)} images but {len(labels)} labels; its files do not match.")
     data = batches(len(images), cfg.batch_size // procs.world, cfg.seed, state.step, procs.rank, procs.world)
     device = procs.device
     net = (
@@ -318,7 +331,8 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
                 x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
             if cfg.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
-            loss_value, grad_norm = train_step(cfg, state, forward, schedule, x0, autocast)
+            y = None if labels is None else labels[idx].to(device)
+            loss_value, grad_norm = train_step(cfg, state, forward, schedule, x0, autocast, y)
             step = state.step
             seen += x0.shape[0] * procs.world
             loss_sum, n_sum = loss_sum + loss_value, n_sum + 1
