@@ -86,6 +86,14 @@ class ClassInfo:
             raise ValueError(f"No class given; give an index or a name: {self.listing()}.")
         return [self.label(v) for v in items]
 
+    def mix(self, a: int, b: int, weights: torch.Tensor, num_labels: int) -> torch.Tensor:
+        """Labels for frames between class ``a`` (weight 0) and ``b`` (weight 1): (len(weights), num_labels)
+        weights over the label table, for :meth:`UNet.forward <diffusion.unet.UNet.forward>`."""
+        out = torch.zeros(len(weights), num_labels, dtype=torch.float32)
+        out[:, a] += 1 - weights.float()
+        out[:, b] += weights.float()
+        return out
+
     def listing(self) -> str:
         return ", ".join(f"{i} {n}" for i, n in enumerate(self.names))
 
@@ -111,14 +119,19 @@ def check_guidance(scale: Any) -> float:
 def guided(net: Callable[..., torch.Tensor], labels: torch.Tensor, null_label: int | None, scale: float) -> Model:
     """(x_t, t) -> the guided output eps_null + s (eps_cond - eps_null) (Ho and Salimans 2022, Eq. 6 with
     w = s - 1): one batched UNet call over the conditional and the null halves; one pass at s = 1 (the
-    conditional model) and at s = 0 (the unconditional one). ``net(x, t, labels)``: the UNet."""
+    conditional model) and at s = 0 (the unconditional one). ``net(x, t, labels)``: the UNet; ``labels``:
+    indices (B,) or weights over the label table (B, num_class_embeds)."""
     scale = check_guidance(scale)
     if scale != 1 and null_label is None:
         raise ValueError(
             f"guidance_scale {scale:g} needs the model's null label, and this model records none ({CLASSES_FILE}); "
             "sample with guidance_scale=1."
         )
-    null = None if null_label is None else torch.full_like(labels, null_label)
+    null = None
+    if null_label is not None:  # the null label, as an index or (for mixed classes) as one-hot weights
+        null = torch.full_like(labels, null_label) if labels.ndim == 1 else torch.zeros_like(labels)
+        if labels.ndim == 2:
+            null[:, null_label] = 1
 
     def model(x: torch.Tensor, t: Any) -> torch.Tensor:
         if scale == 1:

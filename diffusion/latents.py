@@ -1,16 +1,15 @@
 """x_T as a latent code (Song et al. 2021, "Denoising Diffusion Implicit Models", Sec. 4.3, 5.2-5.4).
 
 DDIM with eta = 0 maps x_T to an image deterministically, so x_T is a latent code: running the same update
-backwards (the ODE of eq. 14 integrated towards t = T) encodes a real image into its x_T (:func:`ddim_invert`,
-:meth:`DiffusionPipeline.invert <diffusion.pipeline.DiffusionPipeline.invert>`), the same x_T decoded with
-different step counts gives similar images (:func:`consistency`), and spherical interpolation between two
-x_T gives images in between (:func:`slerp`, :func:`interpolation_latents`).
+backwards (the ODE of eq. 14 integrated towards t = T) encodes a real image into its x_T (:func:`ddim_invert`),
+and spherical interpolation between two x_T gives images in between (:func:`slerp`). The maths over a model
+function, below the pipeline; :mod:`diffusion.latent_tasks` runs the paper's experiments on a pipeline.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -18,9 +17,6 @@ from .samplers import Step
 from .samplers.base import ModelFn, select_timesteps
 from .samplers.ddim import DDIMOptions, predict_x0_eps
 from .schedule import NoiseSchedule
-
-if TYPE_CHECKING:
-    from .pipeline import DiffusionPipeline
 
 INVERSION_SPACINGS = ("leading", "trailing")  # what diffusers' DDIMInverseScheduler takes
 # Table 2 of the DDIM paper: reconstruction error (per-dimension MSE of images in [0, 1]) on CIFAR-10's test set.
@@ -152,46 +148,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float | Sequence[float] | torch.T
         out = (torch.sin((1 - w) * theta) * a64 + torch.sin(w * theta) * b64) / torch.sin(theta)
     out = out.to(a.dtype)
     return out[0] if scalar else out
-
-
-def interpolation_latents(pipe: DiffusionPipeline, seeds: Sequence[int], frames: int) -> torch.Tensor:
-    """x_T of each seed (:meth:`DiffusionPipeline.initial_noise`) and ``frames`` slerped latents from each
-    to the next, endpoints included once: ((len(seeds) - 1) * (frames - 1) + 1, C, H, W)."""
-    if len(seeds) < 2:
-        raise ValueError(f"Interpolation needs at least two seeds, got {len(seeds)}.")
-    if frames < 2:
-        raise ValueError(f"Interpolation needs at least 2 frames (the two ends), got {frames}.")
-    ends = [pipe.initial_noise(1, seed)[0] for seed in seeds]
-    w = torch.linspace(0, 1, frames, dtype=torch.float64)
-    parts = [slerp(a, b, w if i == 0 else w[1:]) for i, (a, b) in enumerate(zip(ends, ends[1:]))]
-    return torch.cat(parts)
-
-
-def decode_options(pipe: DiffusionPipeline, **overrides: Any) -> DDIMOptions:
-    """Deterministic DDIM options for this model (its scheduler config, then ``overrides``); eta must be 0."""
-    options = pipe.sampler_options("ddim", **overrides)
-    if options.eta != 0:
-        raise ValueError(f"Latent codes are decoded with deterministic DDIM (eta = 0); got eta={options.eta:g}.")
-    return options
-
-
-def consistency(
-    pipe: DiffusionPipeline, noise: torch.Tensor, steps: Sequence[int], **overrides: Any
-) -> dict[int, torch.Tensor]:
-    """The same x_T (``noise``) decoded with DDIM (eta 0) at each step count (Sec. 5.2, Fig. 5): step
-    count -> images in [0, 1]. All counts are checked before the first decoding."""
-    if not steps:
-        raise ValueError("Give at least one step count.")
-    plans = {k: decode_options(pipe, **{**overrides, "num_inference_steps": k}) for k in steps}
-    return {k: pipe.sample("ddim", noise=noise, options=options) for k, options in plans.items()}
-
-
-def reconstruct(pipe: DiffusionPipeline, images: torch.Tensor, options: DDIMOptions,
-                batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode ``images`` ([0, 1]) to x_T and decode them again with the same DDIM plan (Table 2):
-    (latents, reconstructions in [0, 1])."""
-    latents = pipe.invert(images, options=options, batch_size=batch_size)
-    return latents, pipe.sample("ddim", noise=latents, options=options, batch_size=batch_size)
 
 
 def mse_per_dimension(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -18,47 +18,11 @@ from .files import CheckpointError
 from .images import to_unit
 from .latents import check_images, check_inversion_options, check_noise, ddim_invert
 from .samplers import BaseOptions, Step, get_sampler
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, parse_scheduler_config
 from .unet import UNet, build_unet
 
 if TYPE_CHECKING:
     from .trajectory import Trajectory
-
-# diffusers' DDPMScheduler defaults: what a scheduler config means when it leaves a key out.
-SCHEDULER_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
-    "variance_type": "fixed_small",
-    "clip_sample": True,
-    "clip_sample_range": 1.0,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-    "steps_offset": 0,
-}
-# Variance types diffusers computes in log space: the same distribution as their plain forms.
-_VARIANCE_ALIASES = {"fixed_small_log": "fixed_small", "fixed_large_log": "fixed_large"}
-
-
-def parse_scheduler_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Fill in diffusers' defaults and reject what the samplers cannot honour, with the reason."""
-    cfg = {**SCHEDULER_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-    for k in config.get("_use_default_values", []):
-        if k in SCHEDULER_DEFAULTS:
-            cfg[k] = SCHEDULER_DEFAULTS[k]
-    cfg["variance_type"] = _VARIANCE_ALIASES.get(cfg["variance_type"], cfg["variance_type"])
-    if cfg["variance_type"] in ("learned", "learned_range"):
-        raise ValueError(
-            "This model predicts its own variance (variance_type='learned*'), which these samplers do not support."
-        )
-    if cfg.get("thresholding"):
-        raise ValueError("Dynamic thresholding (thresholding=true in the scheduler config) is not supported.")
-    if cfg.get("rescale_betas_zero_snr"):
-        raise ValueError("rescale_betas_zero_snr=true in the scheduler config is not supported.")
-    return cfg
-
 
 @dataclass
 class DiffusionPipeline:
@@ -135,7 +99,7 @@ class DiffusionPipeline:
             listing = f" ({self.classes.listing()})" if self.classes else ""
             raise ValueError(f"This model is class-conditional: give a class label for the images{listing}.")
         if isinstance(value, torch.Tensor) and (value.is_floating_point() or self.classes is None):
-            labels = value.to(self.device)  # "timestep" numbers or "identity" vectors: the UNet checks them
+            labels = value.to(self.device)  # mixed classes, "timestep" numbers, "identity" vectors: the UNet checks
         else:
             items = value.tolist() if isinstance(value, torch.Tensor) else value
             labels = torch.tensor(self.classes.labels(items) if self.classes else items, device=self.device)

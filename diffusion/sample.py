@@ -2,6 +2,8 @@
 
     python -m diffusion.sample --model google/ddpm-cifar10-32 --sampler ddim --steps 50 --eta 0 -n 16 --out grid.png
     python -m diffusion.sample --model checkpoints/fashion-mnist --sampler ddpm --steps 1000 --process process.png
+    python -m diffusion.sample --model checkpoints/fashion-mnist-cond --class-label sneaker --guidance-scale 3
+    python -m diffusion.sample --model checkpoints/fashion-mnist-cond --class-label all -n 8 --out classes.png
 
 DDIM latents (Song et al. 2021, Sec. 5.2-5.4), decoded with deterministic DDIM:
 
@@ -24,7 +26,8 @@ import torch
 
 from .files import CheckpointError, check_writable
 from .images import MAX_INPUT_IMAGES, images_to_tensor, read_images, save_grid, scale_to_unit
-from .latents import consistency, decode_options, interpolation_latents, mse_per_dimension, reconstruct
+from .latent_tasks import consistency, decode_options, interpolation_latents, reconstruct
+from .latents import mse_per_dimension
 from .pipeline import DiffusionPipeline, load
 from .samplers import SAMPLERS, SPACINGS
 from .trajectory import Trajectory
@@ -186,8 +189,39 @@ def build_parser() -> argparse.ArgumentParser:
         "and reconstructions side by side",
     )
     p.add_argument("--process-frames", type=int_arg(1), default=8)
+    add_class_arguments(p)
     p.add_argument("--device", type=check_device, default="cuda" if torch.cuda.is_available() else "cpu")
     return p
+
+
+def add_class_arguments(p: argparse.ArgumentParser) -> None:
+    """--class-label and --guidance-scale, for class-conditional models (shared with ``training.evaluate``)."""
+    p.add_argument(
+        "--class-label", default=None,
+        help="class-conditional models: a class index or name (e.g. 7 or sneaker), several separated by commas "
+        "(one row of -n images each, from the same noise), or all (one row per class)",
+    )
+    p.add_argument(
+        "--guidance-scale", type=float, default=None,
+        help="classifier-free guidance: eps_null + s (eps_cond - eps_null); 0 the unconditional model, 1 the "
+        "conditional one, above 1 guided (default: the model's classes.json)",
+    )
+
+
+def class_rows(pipe: DiffusionPipeline, text: str | None) -> list[int] | None:
+    """The class of each row that ``--class-label`` asks for; None for an unconditional model (ValueError
+    when a conditional model gets no label or an unconditional one gets one)."""
+    if text is None:
+        if pipe.class_conditional:
+            listing = f": {pipe.classes.listing()}" if pipe.classes else ""
+            raise ValueError(f"{pipe.source} is class-conditional: give --class-label (an index, a name or all)"
+                             f"{listing}.")
+        return None
+    if not pipe.class_conditional:
+        raise ValueError(f"{pipe.source} is unconditional: it takes no --class-label; leave it out.")
+    if pipe.classes is None:
+        raise ValueError(f"{pipe.source} embeds labels as numbers or vectors; sample it from Python.")
+    return pipe.classes.labels(text if text.strip().lower() == "all" else text.split(","))
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -220,6 +254,8 @@ def check_mode(args: argparse.Namespace) -> list[int]:
         raise ValueError("--mode reconstruct needs --input, an image file or a folder of images.")
     if args.mode == "consistency" and not steps:
         raise ValueError("--mode consistency needs --steps, a list of step counts such as 10,20,50,100.")
+    if args.class_label is not None and ("," in args.class_label or args.class_label.strip().lower() == "all"):
+        raise ValueError(f"--mode {args.mode} decodes under one class: give one --class-label, not a list.")
     return steps
 
 
@@ -232,14 +268,16 @@ def main(argv: list[str] | None = None) -> int:
         check_outputs(args)  # before the model work, so that a bad path does not lose it
         inputs = read_images(args.input) if args.mode == "reconstruct" else []
         pipe: DiffusionPipeline = load(args.model, args.revision, local_files_only=args.offline, device=args.device)
+        rows = class_rows(pipe, args.class_label)
+        labels = dict(class_labels=rows and rows[0], guidance_scale=pipe.guidance(args.guidance_scale))
         if args.mode == "interpolate":
-            return _interpolate(args, pipe, decode_options(pipe, **options))
+            return _interpolate(args, pipe, decode_options(pipe, **options), labels)
         if args.mode == "reconstruct":
-            return _reconstruct(args, pipe, pipe.inversion_options(**options), inputs)
+            return _reconstruct(args, pipe, pipe.inversion_options(**options), inputs, labels)
         if args.mode == "consistency":
-            return _consistency(args, pipe, options, steps)
+            return _consistency(args, pipe, options, steps, labels)
         opts = pipe.sampler_options(args.sampler, **options)
-        return _sample(args, pipe, opts)
+        return _sample(args, pipe, opts, rows)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
     except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError (CUDA) is a RuntimeError, and so is the CPU's
@@ -259,43 +297,54 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _sample(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any) -> int:
+def _sample(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any, rows: list[int] | None) -> int:
+    """-n images from the seed; a class-conditional model's row of -n per asked class, all from the same x_T."""
     print(
         f"{pipe.source}: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f} M parameters, {args.sampler} {opts}"
     )
     trajectory = None
     if args.process:
         trajectory = Trajectory(opts.num_inference_steps, pipe.schedule, max_frames=args.process_frames, images=4)
+    labels: dict[str, Any] = {}
+    noise = None
+    if rows is not None:
+        scale = pipe.guidance(args.guidance_scale)
+        print(f"classes: {', '.join(pipe.classes.names[r] for r in rows)}; guidance scale {scale:g}")
+        noise = pipe.initial_noise(args.num_images, args.seed).repeat(len(rows), 1, 1, 1)
+        labels = dict(class_labels=torch.tensor(rows).repeat_interleave(args.num_images), guidance_scale=scale)
     start = time.perf_counter()
     images = pipe.sample(
         args.sampler,
         args.num_images,
         args.seed,
+        noise=noise,
         options=opts,
         batch_size=args.batch_size,
         progress=True,
         trajectory=trajectory,
+        **labels,
     )
-    save_grid(images, args.out)
-    print(f"saved {args.num_images} images to {args.out} ({time.perf_counter() - start:.1f} s)")
+    save_grid(images, args.out, **({"nrow": args.num_images} if rows and len(rows) > 1 else {}))
+    print(f"saved {len(images)} images to {args.out} ({time.perf_counter() - start:.1f} s)")
     if trajectory is not None:
         save_grid(trajectory.process_grid(), args.process, nrow=len(trajectory))
         print(f"saved the denoising process to {args.process}")
     return 0
 
 
-def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any) -> int:
+def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any, labels: dict[str, Any]) -> int:
     """One row of --frames images decoded from x_T slerped between the two seeds' (Sec. 5.4)."""
     start = time.perf_counter()
     latents = interpolation_latents(pipe, [args.seed, args.seed_b], args.frames)
-    images = pipe.sample("ddim", noise=latents, options=opts, batch_size=args.batch_size, progress=True)
+    images = pipe.sample("ddim", noise=latents, options=opts, batch_size=args.batch_size, progress=True, **labels)
     save_grid(images, args.out, nrow=args.frames)
     print(f"saved {args.frames} images from seed {args.seed} to {args.seed_b} to {args.out} "
           f"({time.perf_counter() - start:.1f} s)")
     return 0
 
 
-def _reconstruct(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any, inputs: list[Any]) -> int:
+def _reconstruct(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any, inputs: list[Any],
+                 labels: dict[str, Any]) -> int:
     """Encode the --input images to x_T, decode them again, save the reconstructions (Table 2)."""
     channels, size, _ = pipe.image_shape
     images, notes = images_to_tensor(inputs, channels, size)
@@ -307,7 +356,9 @@ def _reconstruct(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any, i
             if note:
                 print(f"read {im.info['source']}: {note}")
     start = time.perf_counter()
-    latents, recon = reconstruct(pipe, images, opts, args.batch_size)
+    if args.guidance_scale is None:  # the conditional model's ODE inverts best: guidance 1 unless asked
+        labels = {**labels, "guidance_scale": 1.0}
+    latents, recon = reconstruct(pipe, images, opts, args.batch_size, **labels)
     save_grid(recon, args.out)
     print(f"saved {len(recon)} reconstructions to {args.out} ({time.perf_counter() - start:.1f} s)")
     if args.process:
@@ -319,10 +370,11 @@ def _reconstruct(args: argparse.Namespace, pipe: DiffusionPipeline, opts: Any, i
     return 0
 
 
-def _consistency(args: argparse.Namespace, pipe: DiffusionPipeline, options: dict[str, Any], steps: list[int]) -> int:
+def _consistency(args: argparse.Namespace, pipe: DiffusionPipeline, options: dict[str, Any], steps: list[int],
+                 labels: dict[str, Any]) -> int:
     """The seed's x_T decoded at each step count: one row per count (Sec. 5.2, Fig. 5)."""
     start = time.perf_counter()
-    rows = consistency(pipe, pipe.initial_noise(args.num_images, args.seed), steps, **options)
+    rows = consistency(pipe, pipe.initial_noise(args.num_images, args.seed), steps, **labels, **options)
     save_grid(torch.cat([rows[k].cpu() for k in steps]), args.out, nrow=args.num_images)
     print(f"saved {len(steps)} rows ({', '.join(map(str, steps))} steps) of {args.num_images} images to {args.out} "
           f"({time.perf_counter() - start:.1f} s)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -145,3 +145,39 @@ def to_x0_eps(
     if prediction == "v_prediction":
         return sa * x_t - s1a * model_output, sa * model_output + s1a * x_t
     raise ValueError(f"Unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}.")
+
+
+# diffusers' DDPMScheduler defaults: what a scheduler config means when it leaves a key out.
+SCHEDULER_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "variance_type": "fixed_small",
+    "clip_sample": True,
+    "clip_sample_range": 1.0,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+    "steps_offset": 0,
+}
+# Variance types diffusers computes in log space: the same distribution as their plain forms.
+_VARIANCE_ALIASES = {"fixed_small_log": "fixed_small", "fixed_large_log": "fixed_large"}
+
+
+def parse_scheduler_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill in diffusers' defaults and reject what the samplers cannot honour, with the reason."""
+    cfg = {**SCHEDULER_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    for k in config.get("_use_default_values", []):
+        if k in SCHEDULER_DEFAULTS:
+            cfg[k] = SCHEDULER_DEFAULTS[k]
+    cfg["variance_type"] = _VARIANCE_ALIASES.get(cfg["variance_type"], cfg["variance_type"])
+    if cfg["variance_type"] in ("learned", "learned_range"):
+        raise ValueError(
+            "This model predicts its own variance (variance_type='learned*'), which these samplers do not support."
+        )
+    if cfg.get("thresholding"):
+        raise ValueError("Dynamic thresholding (thresholding=true in the scheduler config) is not supported.")
+    if cfg.get("rescale_betas_zero_snr"):
+        raise ValueError("rescale_betas_zero_snr=true in the scheduler config is not supported.")
+    return cfg

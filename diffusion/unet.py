@@ -457,7 +457,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """eps (or x0, v) for images ``x`` at steps ``t``; a class-conditional UNet also takes one label
-        per image (an index for a label table, a number for "timestep", a vector for "identity")."""
+        per image (an index for a label table, a number for "timestep", a vector for "identity"). A label
+        table also takes (B, num_class_embeds) float weights: a mix of its rows (interpolation between classes)."""
         cfg = self.config
         if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last) and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # the layout oneDNN convolutions run fastest in
@@ -490,7 +491,9 @@ class UNet(nn.Module):
         if class_labels is None:
             raise ValueError("This UNet is class-conditional: give class_labels, one per image.")
         labels = torch.as_tensor(class_labels, device=self.device)
-        want = (batch, cfg.time_embed_dim) if cfg.class_embed_type == "identity" else (batch,)
+        mixed = cfg.class_embed_type is None and labels.is_floating_point() and labels.ndim == 2
+        width = cfg.time_embed_dim if cfg.class_embed_type == "identity" else cfg.num_class_embeds if mixed else None
+        want = (batch,) if width is None else (batch, width)
         if labels.ndim == len(want) - 1 or (labels.ndim == len(want) and labels.shape[0] == 1):  # one for all
             labels = labels.reshape(1, *want[1:]).expand(*want)
         if tuple(labels.shape) != want:
@@ -500,6 +503,8 @@ class UNet(nn.Module):
         if cfg.class_embed_type == "timestep":
             proj = timestep_embedding(labels, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
             return self.class_embedding(proj.to(self.dtype))
+        if labels.is_floating_point() and labels.ndim == 2 and labels.shape[1] == cfg.num_class_embeds:
+            return labels.to(self.dtype) @ self.class_embedding.weight  # weights over the table: mixed classes
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"class_labels must be whole-number class indices, got {labels.dtype}.")
         if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < cfg.num_class_embeds):

@@ -1,6 +1,6 @@
 """The Explore tab's handlers: x_T as DDIM's latent code (Song et al. 2021, Sec. 5.2-5.4) through
-:mod:`diffusion.latents`: interpolation between seeds or images, inversion and reconstruction of an
-image, and one x_T decoded at several step counts."""
+:mod:`diffusion.latents` and :mod:`diffusion.latent_tasks`: interpolation between seeds or images, inversion
+and reconstruction of an image, and one x_T decoded at several step counts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from gradio.utils import get_upload_folder
 
 import diffusion
-from diffusion import latents
+from diffusion import latent_tasks, latents
 from diffusion.images import images_to_tensor, open_image, save_grid, scale_to_unit
 from diffusion.samplers import Step
 
@@ -91,7 +91,7 @@ class Explore:
         pipe = self.studio.store.get(model)
         steps = check_count(steps, "Steps", 1, pipe.schedule.num_train_timesteps)
         try:
-            options = latents.decode_options(pipe, num_inference_steps=steps, eta=0.0)
+            options = latent_tasks.decode_options(pipe, num_inference_steps=steps, eta=0.0)
         except ValueError as e:
             raise refused(str(e)) from None
         return pipe, options
@@ -204,7 +204,7 @@ class Explore:
             how = "the two images' DDIM latents" + input_note([note_a, note_b], ["image A", "image B"])
         else:
             seeds = [check_count(s, "The seed", 0, MAX_SEED) for s in (seed_a, seed_b)]
-            noise = latents.interpolation_latents(pipe, seeds, frames)
+            noise = latent_tasks.interpolation_latents(pipe, seeds, frames)
             how = f"seeds {seeds[0]} and {seeds[1]}"
         done = K if use_images else 0
         for images in self._decode(pipe, noise, options, done, grand, f"Decoding {frames} frames", progress, start):

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from diffusion.latents import consistency, ddim_invert, interpolation_latents, slerp
+from diffusion.latent_tasks import consistency, interpolation_latents
+from diffusion.latents import ddim_invert, slerp
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.samplers import get_sampler
 from diffusion.schedule import NoiseSchedule

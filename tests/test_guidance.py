@@ -197,3 +197,13 @@ def test_inversion_takes_a_label(pipe):
     back = pipe.sample("ddim", noise=latents, num_inference_steps=50, class_labels=1, guidance_scale=1.0)
     assert (back - images).abs().max() < 0.02
     assert (pipe.invert(images, 50, class_labels=2) - latents).abs().max() > 1e-3
+
+
+def test_mixed_classes_interpolate_between_label_embeddings(pipe):
+    """(B, num_class_embeds) weights mix the table's rows: weight 0 and 1 are the two classes themselves."""
+    noise = torch.randn((1, 1, 8, 8), generator=torch.Generator().manual_seed(6)).repeat(3, 1, 1, 1)
+    mix = pipe.classes.mix(0, 2, torch.tensor([0.0, 0.5, 1.0]), pipe.unet.config.num_class_embeds)
+    got = final(pipe, "ddim", noise=noise, num_inference_steps=4, class_labels=mix, guidance_scale=2.0)
+    ends = final(pipe, "ddim", noise=noise[:2], num_inference_steps=4, class_labels=[0, 2], guidance_scale=2.0)
+    assert torch.allclose(got[[0, 2]], ends, atol=1e-5)
+    assert (got[1] - got[0]).abs().max() > 1e-3 and (got[1] - got[2]).abs().max() > 1e-3
