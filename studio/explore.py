@@ -18,6 +18,7 @@ from diffusion.images import images_to_tensor, open_image, save_grid, scale_to_u
 from diffusion.samplers import Step
 
 from . import media
+from .class_controls import read_labels
 from .compute import on_compute_thread
 from .errors import refused, shows_refusals
 from .handlers import Studio
@@ -96,8 +97,9 @@ class Explore:
             raise refused(str(e)) from None
         return pipe, options
 
-    def _check_work(self, pipe: diffusion.DiffusionPipeline, model: str, images: int, evaluations: int) -> None:
-        self.studio.store.check_work(pipe, images, evaluations, self.studio.store.name(model))
+    def _check_work(self, pipe: diffusion.DiffusionPipeline, model: str, images: int, evaluations: int,
+                    passes: int = 1) -> None:
+        self.studio.store.check_work(pipe, images, evaluations, self.studio.store.name(model), passes)
 
     def _drive(
         self,
@@ -141,9 +143,11 @@ class Explore:
         label: str,
         progress: gr.Progress,
         start: float,
+        labels: dict[str, Any] | None = None,
     ) -> Iterator[torch.Tensor | str]:
-        """DDIM-decode ``noise``; yields :meth:`_drive`'s notes for the result line, then the images in [0, 1]."""
-        steps = pipe.denoise("ddim", noise=noise, options=options)
+        """DDIM-decode ``noise`` (under ``labels``: the pipeline's class_labels and guidance_scale); yields
+        :meth:`_drive`'s notes for the result line, then the images in [0, 1]."""
+        steps = pipe.denoise("ddim", noise=noise, options=options, **(labels or {}))
         for item in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
             yield item if isinstance(item, str) else diffusion.to_unit(item).float().cpu()
 
@@ -157,10 +161,11 @@ class Explore:
         label: str,
         progress: gr.Progress,
         start: float,
+        labels: dict[str, Any] | None = None,
     ) -> Iterator[torch.Tensor | str]:
-        """DDIM-invert ``images``; yields notes (as :meth:`_decode`), then the latents x_T."""
+        """DDIM-invert ``images`` (under ``labels``); yields notes (as :meth:`_decode`), then the latents x_T."""
         try:
-            steps = pipe.invert_steps(images, options=options)
+            steps = pipe.invert_steps(images, options=options, **(labels or {}))
         except ValueError as e:
             raise refused(str(e)) from None
         return self._drive(steps, options.num_inference_steps, done, grand, label, progress, start)
@@ -178,26 +183,38 @@ class Explore:
         steps: Any,
         image_a: str | None = None,
         image_b: str | None = None,
+        class_a: str | None = None,
+        class_b: str | None = None,
+        guidance_scale: float | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[tuple]:
         """A strip of ``frames`` images decoded (DDIM, eta 0) from x_T slerped between two seeds' noise, or
-        between two images' latents (DDIM inversion) when both are given. Yields (strip PNG, GIF, info)."""
+        between two images' latents (DDIM inversion) when both are given. A class-conditional model decodes
+        the frames from ``class_a`` to ``class_b`` (their label embeddings mixed frame by frame; the same
+        seeds give one x_T decoded as both classes) at ``guidance_scale``. Yields (strip PNG, GIF, info)."""
         pipe, options = self._pipe(model, steps)
         frames = check_count(frames, "Frames", 2, MAX_INTERPOLATION_FRAMES)
+        la, lb = (read_labels(pipe, c, guidance_scale, one_of_each=False) for c in (class_a, class_b))
         use_images = bool(image_a) or bool(image_b)
         K = options.num_inference_steps
         grand = 2 * K if use_images else K  # both images encoded in one pass of K steps, all frames decoded in one
-        self._check_work(pipe, model, frames, K + (2 * K // frames + 1 if use_images else 0))
+        self._check_work(pipe, model, frames, K + (2 * K // frames + 1 if use_images else 0), la.passes)
+        w = torch.linspace(0, 1, frames, dtype=torch.float64)
+        decode_labels: dict[str, Any] = {}
+        if la.rows is not None:
+            a, b = la.rows[0], lb.rows[0]
+            mixed = pipe.classes.mix(a, b, w, pipe.unet.config.num_class_embeds) if a != b else a
+            decode_labels = {"class_labels": mixed, "guidance_scale": la.scale}
         start = time.perf_counter()
         if use_images:
             (xa, note_a), (xb, note_b) = read_upload(image_a, pipe, "image A"), read_upload(image_b, pipe, "image B")
             x = torch.cat([xa, xb])
-            for z in self._encode(pipe, x, options, 0, grand, "Encoding the images", progress, start):
+            encode = {} if la.rows is None else {"class_labels": [la.rows[0], lb.rows[0]], "guidance_scale": 1.0}
+            for z in self._encode(pipe, x, options, 0, grand, "Encoding the images", progress, start, encode):
                 if isinstance(z, str):
                     yield gr.skip(), gr.skip(), z
             ends = z
             try:
-                w = torch.linspace(0, 1, frames, dtype=torch.float64)
                 noise = latents.slerp(ends[0], ends[1], w)
             except ValueError as e:
                 raise refused(str(e)) from None
@@ -207,7 +224,8 @@ class Explore:
             noise = latent_tasks.interpolation_latents(pipe, seeds, frames)
             how = f"seeds {seeds[0]} and {seeds[1]}"
         done = K if use_images else 0
-        for images in self._decode(pipe, noise, options, done, grand, f"Decoding {frames} frames", progress, start):
+        label = f"Decoding {frames} frames"
+        for images in self._decode(pipe, noise, options, done, grand, label, progress, start, decode_labels):
             if isinstance(images, str):
                 yield gr.skip(), gr.skip(), images
         folder = self.studio.outputs.new()
@@ -219,6 +237,10 @@ class Explore:
         )
         tiles = [media.picture(images[i : i + 1], 192) for i in range(len(images))]
         gif = diffusion.images.save_animation(tiles + tiles[-2:0:-1], folder / f"{stem}.gif", fps=6)
+        if la.rows is not None:
+            names = pipe.classes.names
+            how += (f" · class {names[la.rows[0]]}" if la.rows == lb.rows
+                    else f" · from class {names[la.rows[0]]} to {names[lb.rows[0]]}") + f" · guidance {la.scale:g}"
         info = (
             f"**{frames} frames** slerped between {how} · DDIM {K} steps, eta 0 · {time.perf_counter() - start:.1f} s"
         )
@@ -229,20 +251,23 @@ class Explore:
     @on_compute_thread
     @shows_refusals(line=3, outputs=4)
     def reconstruct(
-        self, model: str, image: str | None, steps: Any, progress: gr.Progress = gr.Progress()
+        self, model: str, image: str | None, steps: Any, class_label: str | None = None,
+        progress: gr.Progress = gr.Progress()
     ) -> Iterator[tuple]:
-        """Encode the image into x_T (DDIM inversion) and decode it back with the same plan. Yields
-        (input, x_T shown scaled to [0, 1], reconstruction, info Markdown)."""
+        """Encode the image into x_T (DDIM inversion) and decode it back with the same plan; a class-conditional
+        model under ``class_label``, unguided (the conditional model's ODE). Yields (input, x_T shown scaled to
+        [0, 1], reconstruction, info Markdown)."""
         pipe, options = self._pipe(model, steps)
         K = options.num_inference_steps
         self._check_work(pipe, model, 1, 2 * K)
         x, note = read_upload(image, pipe)
+        labels = read_labels(pipe, class_label, 1.0, one_of_each=False).request()
         start = time.perf_counter()
         yield None, None, None, running_note("Encoding", 0, K, "starting")  # the last run's pictures go
-        for z in self._encode(pipe, x, options, 0, 2 * K, "Encoding", progress, start):
+        for z in self._encode(pipe, x, options, 0, 2 * K, "Encoding", progress, start, labels):
             if isinstance(z, str):
                 yield gr.skip(), gr.skip(), gr.skip(), z
-        for recon in self._decode(pipe, z, options, K, 2 * K, "Decoding", progress, start):
+        for recon in self._decode(pipe, z, options, K, 2 * K, "Decoding", progress, start, labels):
             if isinstance(recon, str):
                 yield gr.skip(), gr.skip(), gr.skip(), recon
         mse = latents.mse_per_dimension(x.cpu(), recon)
@@ -251,8 +276,9 @@ class Explore:
             media.save_png(media.picture(t, 256), folder / f"{name}.png")
             for name, t in (("input", x.cpu()), ("latent", scale_to_unit(z.cpu())), ("reconstruction", recon))
         ]
+        under = f" under class {pipe.classes.names[labels['class_labels']]}" if labels else ""
         info = (
-            f"DDIM inversion and reconstruction with **{K} steps** (eta 0): per-dimension MSE "
+            f"DDIM inversion and reconstruction{under} with **{K} steps** (eta 0): per-dimension MSE "
             f"**{mse:.5f}** (images in [0, 1]) · x_T (shown scaled to [0, 1]): mean {z.mean().item():+.3f}, "
             f"std {z.std().item():.3f} "
             f"(N(0, I) has 0 and 1) · {time.perf_counter() - start:.1f} s{input_note([note])}"
@@ -261,19 +287,22 @@ class Explore:
 
     @on_compute_thread
     @shows_refusals(line=1, outputs=2)
-    def error_curve(self, model: str, image: str | None, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
-        """Reconstruction error against steps (10, 20, 50, 100), as in the DDIM paper's Table 2. Yields
-        (figure, Markdown table)."""
+    def error_curve(self, model: str, image: str | None, class_label: str | None = None,
+                    progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+        """Reconstruction error against steps (10, 20, 50, 100), as in the DDIM paper's Table 2 (a
+        class-conditional model under ``class_label``). Yields (figure, Markdown table)."""
         pipe = self.studio.store.get(model)
         x, note = read_upload(image, pipe)
+        labels = read_labels(pipe, class_label, 1.0, one_of_each=False).request()
         self._check_work(pipe, model, 1, 2 * sum(ERROR_STEPS))
         grand, done, start, errors = 2 * sum(ERROR_STEPS), 0, time.perf_counter(), {}
         for K in ERROR_STEPS:
             _, options = self._pipe(model, K)
-            for z in self._encode(pipe, x, options, done, grand, f"{K} steps: encoding", progress, start):
+            for z in self._encode(pipe, x, options, done, grand, f"{K} steps: encoding", progress, start, labels):
                 if isinstance(z, str):
                     yield gr.skip(), z
-            for recon in self._decode(pipe, z, options, done + K, grand, f"{K} steps: decoding", progress, start):
+            label = f"{K} steps: decoding"
+            for recon in self._decode(pipe, z, options, done + K, grand, label, progress, start, labels):
                 if isinstance(recon, str):
                     yield gr.skip(), recon
             done += 2 * K
@@ -291,9 +320,11 @@ class Explore:
     @on_compute_thread
     @shows_refusals(line=1, outputs=2)
     def consistency(
-        self, model: str, seed: Any, num_images: Any, counts: Sequence[Any], progress: gr.Progress = gr.Progress()
+        self, model: str, seed: Any, num_images: Any, counts: Sequence[Any], class_label: str | None = None,
+        guidance_scale: float | None = None, progress: gr.Progress = gr.Progress()
     ) -> Iterator[tuple]:
-        """One x_T (the seed's) decoded with DDIM at each step count: a row per count. Yields (grid, info)."""
+        """One x_T (the seed's) decoded with DDIM at each step count: a row per count (a class-conditional
+        model's ``class_label`` at ``guidance_scale``). Yields (grid, info)."""
         start = time.perf_counter()
         pipe = self.studio.store.get(model)
         n = check_count(num_images, "The number of images", 1, 8)
@@ -303,12 +334,14 @@ class Explore:
         T = pipe.schedule.num_train_timesteps
         plans = [self._pipe(model, check_count(k, "Steps", 1, T))[1] for k in sorted({int(k) for k in counts})]
         total = sum(o.num_inference_steps for o in plans)
-        self._check_work(pipe, model, n, total)
+        chosen = read_labels(pipe, class_label, guidance_scale, one_of_each=False)
+        self._check_work(pipe, model, n, total, chosen.passes)
         noise = pipe.initial_noise(n, seed)
         done, rows = 0, []
         for options in plans:
             K = options.num_inference_steps
-            for images in self._decode(pipe, noise, options, done, total, f"{K} steps", progress, start):
+            for images in self._decode(pipe, noise, options, done, total, f"{K} steps", progress, start,
+                                       chosen.request()):
                 if isinstance(images, str):
                     yield gr.skip(), images
             rows.append(images)
@@ -321,6 +354,6 @@ class Explore:
         counts_text = ", ".join(str(o.num_inference_steps) for o in plans)
         info = (
             f"One x_T per column (seed {seed}), decoded with DDIM (eta 0) at **{counts_text} steps**, one row "
-            f"each, top to bottom · {time.perf_counter() - start:.1f} s"
+            f"each, top to bottom{chosen.words(pipe)} · {time.perf_counter() - start:.1f} s"
         )
         yield shown, info

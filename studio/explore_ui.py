@@ -4,20 +4,43 @@ inversion and reconstruction, consistency across step counts. Named API endpoint
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+import diffusion
+
+from .class_controls import class_picker, guidance_slider, picker_update, slider_update
 from .explore import CONSISTENCY_STEPS, MAX_INTERPOLATION_FRAMES, Explore, example_images
 from .runs import stopped_note
 from .widgets import busy_while_running, image_upload, keep_in_range
 
 
+@dataclass
+class ExploreTab:
+    """The class controls a model change updates: pickers (hidden for an unconditional model) and sliders."""
+
+    pickers: list[gr.Dropdown]
+    sliders: list[gr.Slider]
+
+    def model_outputs(self) -> list[Any]:
+        return [*self.pickers, *self.sliders]
+
+    def model_updates(self, pipe: diffusion.DiffusionPipeline) -> list[Any]:
+        first = [picker_update(pipe, one_of_each=False) for _ in self.pickers]
+        if pipe is not None and pipe.classes is not None:  # Interpolate's class B: another class than A
+            first[1] = picker_update(pipe, one_of_each=False, value=str(min(7, len(pipe.classes.names) - 1)))
+        return [*first, *[slider_update(pipe) for _ in self.sliders]]
+
+
 def explore_tab(
-    explore: Explore, model: gr.Dropdown, load_event: dict[str, Any], model_event: dict[str, Any], gpu_task: Any
-) -> None:
+    explore: Explore, pipe: diffusion.DiffusionPipeline | None, model: gr.Dropdown, load_event: dict[str, Any],
+    model_event: dict[str, Any], gpu_task: Any
+) -> ExploreTab:
     """Build the tab and wire its buttons; sampling work runs in the "model" queue after the model is
     fetched in the "load" queue, as Sample and Compare do."""
+    class_b = str(min(7, len(pipe.classes.names) - 1)) if pipe is not None and pipe.classes is not None else "0"
     private = dict(api_visibility="private")
     examples = example_images()
     with gr.Tab("Explore", id="explore"):
@@ -38,6 +61,10 @@ def explore_tab(
                     keep_in_range(i_frames, "Frames")
                     i_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="i_steps")
                     keep_in_range(i_steps, "DDIM steps")
+                with gr.Row(equal_height=True):
+                    i_class_a = class_picker(pipe, "i_class_a", "Class A", one_of_each=False)
+                    i_class_b = class_picker(pipe, "i_class_b", "Class B", one_of_each=False, value=class_b)
+                    i_guidance = guidance_slider(pipe, "i_guidance")
                 with gr.Accordion("Or between two images (encoded by DDIM inversion)", open=False):
                     with gr.Row():
                         i_img_a = image_upload(label="Image A", height=180, elem_id="i-image-a")
@@ -84,6 +111,8 @@ def explore_tab(
                             )
                         r_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="r_steps")
                         keep_in_range(r_steps, "DDIM steps")
+                        r_class = class_picker(pipe, "r_class", "Class (encoded and decoded under it)",
+                                               one_of_each=False)
                         with gr.Row():
                             r_go = gr.Button("Invert and reconstruct", variant="primary")
                             r_stop = gr.Button("Stop", variant="stop")
@@ -122,6 +151,9 @@ def explore_tab(
                         label="Step counts (one row each)",
                         elem_id="k_counts",
                     )
+                with gr.Row(equal_height=True):
+                    k_class = class_picker(pipe, "k_class", one_of_each=False)
+                    k_guidance = guidance_slider(pipe, "k_guidance")
                 with gr.Row():
                     k_go = gr.Button("Decode at each step count", variant="primary")
                     k_stop = gr.Button("Stop", variant="stop")
@@ -158,10 +190,14 @@ def explore_tab(
             steps=i_steps,
             image_a=i_img_a,
             image_b=i_img_b,
+            class_a=i_class_a,
+            class_b=i_class_b,
+            guidance_scale=i_guidance,
         ),
         api_name="interpolate",
         api_description="Frames decoded with DDIM (eta 0) from noise slerped between two seeds' noise, or between "
-        "two images' DDIM latents when both images are given. Returns the strip, a GIF and a line about the run.",
+        "two images' DDIM latents when both images are given; a class-conditional model goes from class_a to "
+        "class_b at guidance_scale. Returns the strip, a GIF and a line about the run.",
         show_progress_on=[i_progress],
         **model_event,
     )
@@ -173,7 +209,7 @@ def explore_tab(
         gpu_task(explore.reconstruct),
         None,
         [r_input, r_latent, r_recon, r_info],
-        inputs_kwargs=dict(model=model, image=r_image, steps=r_steps),
+        inputs_kwargs=dict(model=model, image=r_image, steps=r_steps, class_label=r_class),
         api_name="reconstruct",
         api_description="Encode an image into its DDIM latent x_T and decode it back. Returns the input at the "
         "model's size, x_T scaled to [0, 1], the reconstruction and a line with the error.",
@@ -185,7 +221,7 @@ def explore_tab(
         gpu_task(explore.error_curve),
         None,
         [r_plot, r_table],
-        inputs_kwargs=dict(model=model, image=r_image),
+        inputs_kwargs=dict(model=model, image=r_image, class_label=r_class),
         show_progress_on=[r_progress],
         **model_event,
         **private,
@@ -208,7 +244,8 @@ def explore_tab(
         gpu_task(explore.consistency),
         None,
         [k_grid, k_info],
-        inputs_kwargs=dict(model=model, seed=k_seed, num_images=k_n, counts=k_counts),
+        inputs_kwargs=dict(model=model, seed=k_seed, num_images=k_n, counts=k_counts, class_label=k_class,
+                           guidance_scale=k_guidance),
         api_name="consistency",
         api_description="One seed's noise decoded with DDIM at several step counts, a row each. Returns the grid "
         "and a line about the run.",
@@ -217,3 +254,4 @@ def explore_tab(
     )
     k_stop.click(stopped_note, [k_info], [k_info], cancels=[k_fetch, k_event], queue=False, **private)
     busy_while_running(k_go, k_fetch, k_event, k_stop)
+    return ExploreTab([i_class_a, i_class_b, r_class, k_class], [i_guidance, k_guidance])

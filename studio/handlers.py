@@ -12,17 +12,20 @@ import torch
 
 import diffusion
 from diffusion import images as dimages
+from diffusion.classes import CLASSES_FILE
 from diffusion.samplers import SAMPLERS
 from diffusion.trajectory import Trajectory
 
 from . import media
+from .class_controls import read_labels
 from .compute import on_compute_thread
-from .errors import shows_refusals
+from .errors import refused, shows_refusals
 from .models import ModelStore
 from .options import check_count, evaluations, make_options, planned_timesteps, split_options, starts_too_late
 from .runs import Run, Throttle, compare_metrics, difference, metrics_markdown, running_note, time_left
 from .settings import (
-    BUNDLED_MODEL,
+    APP_DIR,
+    BUNDLED_MODELS,
     DISPLAY_PX,
     DOWNLOAD_TILE_PX,
     HUB_PRESETS,
@@ -49,9 +52,15 @@ class Studio:
         return self.store.default
 
     def model_choices(self) -> list[tuple[str, str]]:
-        name = Path(self.default_model).name or self.default_model
-        label = f"{name} (bundled)" if self.default_model == BUNDLED_MODEL else name
-        return [(label, self.default_model)] + [(p, p) for p in HUB_PRESETS if p != self.default_model]
+        """The default model first, the other bundled ones present (offline), then the Hub presets."""
+        def label(path: str) -> str:
+            name = Path(path).name or path
+            kind = "bundled, class-conditional" if (APP_DIR / path / CLASSES_FILE).is_file() else "bundled"
+            return f"{name} ({kind})" if path in BUNDLED_MODELS else name
+
+        bundled = [p for p in BUNDLED_MODELS if p != self.default_model and (APP_DIR / p).is_dir()]
+        presets = [p for p in HUB_PRESETS if p != self.default_model]
+        return [(label(self.default_model), self.default_model)] + [(label(p), p) for p in bundled + presets]
 
     def device(self, pipe: diffusion.DiffusionPipeline) -> str:
         kind = pipe.device.type
@@ -77,18 +86,27 @@ class Studio:
         sampler: str,
         seed: float,
         num_images: float,
+        class_label: str | None = None,
+        guidance_scale: float | None = None,
         progress: gr.Progress = gr.Progress(),
         **options: Any,
     ) -> Iterator[tuple]:
         """Sample images, streaming predicted-x0 previews. Yields (picture, PNG grid file, info, trajectory);
-        the last yield holds the results. Options: any sampler option (``steps``, ``eta``...). The time
-        in the result line is the request's, from here to the result written."""
+        the last yield holds the results. Options: any sampler option (``steps``, ``eta``...). A
+        class-conditional model takes ``class_label`` (an index, a name, or "all": a row of ``num_images``
+        per class from the same x_T) and ``guidance_scale``; an unconditional one ignores both. The time in
+        the result line is the request's, from here to the result written."""
         start = time.perf_counter()
         pipe, n, seed = self._prepare(model, seed, num_images)
         opts = make_options(pipe, sampler, split_options(options))
+        labels = read_labels(pipe, class_label, guidance_scale)
         name = self.store.name(model)
-        self.store.check_work(pipe, n, evaluations(pipe, sampler, opts), name)
-        run = Run(pipe, sampler, opts, n, seed, record=True, model_name=name)
+        rows = len(labels.rows) if labels.rows else 1
+        if n * rows > MAX_IMAGES:
+            raise refused(f"One of each class is {rows} rows of {n} images, {n * rows} in all, above {MAX_IMAGES}; "
+                          f"use at most {MAX_IMAGES // rows} images per class.")
+        self.store.check_work(pipe, n * rows, evaluations(pipe, sampler, opts), name, labels.passes)
+        run = Run(pipe, sampler, opts, n, seed, record=True, model_name=name, labels=labels)
         folder = self.outputs.new()
         show, tick = Throttle(self.settings.preview_every_s), Throttle(PROGRESS_EVERY_S)
         progress(0, desc=f"{sampler.upper()}: starting")
@@ -115,14 +133,19 @@ class Studio:
                 )
         assert run.images is not None
         stem = f"{media.slug(name)}_{sampler}_{run.done}steps_seed{seed}"
+        if labels.rows is not None:
+            stem += f"_class-{'all' if rows > 1 else labels.rows[0]}_s{labels.scale:g}"
         factor = max(1, -(-DOWNLOAD_TILE_PX // run.images.shape[-1]))  # 28 px images: 4x, each pixel a 4x4 block
         grid_path = folder / f"{stem}_x{factor}.png"
-        grid = dimages.save_grid(dimages.upscale(run.images, DOWNLOAD_TILE_PX), grid_path)
-        shown = media.save_png(media.picture(run.images, DISPLAY_PX), folder / f"{stem}_shown.png")
+        nrow = n if rows > 1 else None  # a row per class
+        grid = dimages.save_grid(dimages.upscale(run.images, DOWNLOAD_TILE_PX), grid_path, nrow)
+        shown = media.save_png(media.picture(run.images, DISPLAY_PX, nrow), folder / f"{stem}_shown.png")
         seconds = time.perf_counter() - start
         compiled = " · compiled" if pipe.compiled is not None and pipe.compiled.covers(n) else ""
+        count = n * rows
         info = (
-            f"**{n} image{'s' if n != 1 else ''}** · {sampler.upper()} · {run.done} steps · "
+            f"**{count} image{'s' if count != 1 else ''}**{labels.words(pipe)} · {sampler.upper()} · "
+            f"{run.done} steps · "
             f"{run.evaluations} model evaluations · {seconds:.2f} s ({1000 * seconds / run.done:.0f} ms/step) · "
             f"seed {seed} · {self.device(pipe)}{compiled} · download: {factor}× nearest-neighbour, "
             f"{grid.shape[-1]}×{grid.shape[-2]} px"
@@ -136,16 +159,21 @@ class Studio:
     @on_compute_thread
     @shows_refusals(line=4, outputs=6)
     def compare(
-        self, model: str, seed: float, num_images: float, progress: gr.Progress = gr.Progress(), **panels: Any
+        self, model: str, seed: float, num_images: float, class_label: str | None = None,
+        progress: gr.Progress = gr.Progress(), **panels: Any
     ) -> Iterator[tuple]:
         """Two samplers from the same x_T (the seed's). Keyword options are prefixed ``a_`` / ``b_``
-        (``a_sampler``, ``a_steps``, ``b_eta``...). Yields (image A, image B, slider pair, difference
-        map, metrics Markdown, metrics dict)."""
+        (``a_sampler``, ``a_steps``, ``b_eta``, ``a_guidance_scale``...); a class-conditional model draws
+        ``class_label`` in both panels, each at its own guidance scale. Yields (image A, image B, slider
+        pair, difference map, metrics Markdown, metrics dict)."""
         samplers = {p: panels.get(f"{p}_sampler") for p in "ab"}
         pipe, n, seed = self._prepare(model, seed, num_images)
         opts = {p: make_options(pipe, samplers[p], split_options(panels, f"{p}_")) for p in "ab"}
+        labels = {p: read_labels(pipe, class_label, panels.get(f"{p}_guidance_scale"), one_of_each=False)
+                  for p in "ab"}
         self.store.check_work(
-            pipe, n, sum(evaluations(pipe, samplers[p], opts[p]) for p in "ab"), self.store.name(model)
+            pipe, n, sum(evaluations(pipe, samplers[p], opts[p]) * labels[p].passes for p in "ab"),
+            self.store.name(model)
         )
         total_steps = sum(o.num_inference_steps for o in opts.values())
         folder = self.outputs.new()
@@ -153,8 +181,9 @@ class Studio:
         show, tick = Throttle(self.settings.preview_every_s), Throttle(PROGRESS_EVERY_S)
         start, done = time.perf_counter(), 0
         for p in "ab":
-            runs[p] = run = Run(pipe, samplers[p], opts[p], n, seed)
-            label = f"Panel {p.upper()} ({samplers[p].upper()})"
+            runs[p] = run = Run(pipe, samplers[p], opts[p], n, seed, labels=labels[p])
+            guided = f", s = {labels[p].scale:g}" if labels[p].rows is not None else ""
+            label = f"Panel {p.upper()} ({samplers[p].upper()}{guided})"
             if p == "a":  # the last comparison's pictures go: none of them belongs to this run
                 yield None, None, None, None, running_note(label, 0, run.total, "starting"), None
             for step in run:
@@ -186,6 +215,8 @@ class Studio:
             raise gr.Error("Internal error: the two panels did not start from the same x_T.")
         heat, diff = difference(a.images, b.images)
         metrics = compare_metrics(a.stats(), b.stats(), diff, self.device(pipe))
+        if labels["a"].rows is not None:
+            metrics["class"] = pipe.classes.names[labels["a"].rows[0]]
         pa = media.save_png(media.picture(a.images), folder / "a.png")
         pb = media.save_png(media.picture(b.images), folder / "b.png")
         pd = media.save_png(media.picture(heat), folder / "difference.png")

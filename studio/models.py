@@ -16,7 +16,7 @@ from diffusion.machine import default_device, flops_per_pixel
 
 from .compute import compute_thread
 from .errors import refused
-from .settings import APP_DIR, GPU_BUDGET_FACTOR, MAX_IMAGES, REFERENCE_FLOPS, Settings
+from .settings import APP_DIR, BUNDLED_MODELS, GPU_BUDGET_FACTOR, MAX_IMAGES, REFERENCE_FLOPS, Settings
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 MAX_NAME = 200  # longer than any Hub id; a file name this long is refused before the file system is asked
@@ -46,7 +46,7 @@ class ModelStore:
                 title="Unknown model",
             )
         try:
-            if choice == self.default:
+            if choice == self.default or choice in BUNDLED_MODELS:
                 path = Path(choice).expanduser()
                 return str(path if path.is_absolute() or not (APP_DIR / path).exists() else APP_DIR / path)
             local = Path(choice).expanduser()
@@ -148,21 +148,25 @@ class ModelStore:
         budget = self.settings.max_work * scale * (GPU_BUDGET_FACTOR if pipe.device.type == "cuda" else 1)
         return max(1000, int(budget // 1000 * 1000))
 
-    def check_work(self, pipe: diffusion.DiffusionPipeline, n: int, evaluations: int, name: str = "this model") -> int:
-        """Refuse requests above :meth:`work_budget`, saying how many steps or images would fit."""
+    def check_work(self, pipe: diffusion.DiffusionPipeline, n: int, evaluations: int, name: str = "this model",
+                   passes: int = 1) -> int:
+        """Refuse requests above :meth:`work_budget`, saying how many steps or images would fit. ``passes``:
+        UNet passes per model evaluation (2 under classifier-free guidance: the class and the null label)."""
         _, h, w = pipe.image_shape
-        work = n * h * w * evaluations
+        work = n * h * w * evaluations * passes
         budget = self.work_budget(pipe)
         if work > budget:
             hints = []
-            if budget // (n * h * w) >= 1:
-                hints.append(f"at most {budget // (n * h * w)} steps with {n} images")
-            if budget // (h * w * evaluations) >= 1:
-                hints.append(f"at most {budget // (h * w * evaluations)} images with {evaluations} steps")
+            if budget // (n * h * w * passes) >= 1:
+                hints.append(f"at most {budget // (n * h * w * passes)} steps with {n} images")
+            if budget // (h * w * evaluations * passes) >= 1:
+                hints.append(f"at most {budget // (h * w * evaluations * passes)} images with {evaluations} steps")
+            guided = " × 2 passes (guidance: the class and the null label)" if passes == 2 else ""
             raise refused(
-                f"This request is {n} images × {h}×{w} pixels × {evaluations} steps = {work:,} pixel-steps, above the "
-                f"{'GPU' if pipe.device.type == 'cuda' else 'CPU'} budget of {budget:,} for {name} (images × pixels × "
-                f"steps). Use {' or '.join(hints) or 'fewer images and steps'}.",
+                f"This request is {n} images × {h}×{w} pixels × {evaluations} steps{guided} = {work:,} pixel-steps, "
+                f"above the {'GPU' if pipe.device.type == 'cuda' else 'CPU'} budget of {budget:,} for {name} (images "
+                f"× pixels × steps). Use {' or '.join(hints) or 'fewer images and steps'}"
+                f"{' or guidance 0 or 1 (one pass)' if passes == 2 else ''}.",
                 title="Too much work",
             )
         return work
@@ -186,4 +190,5 @@ class ModelStore:
     def name(self, choice: str | None) -> str:
         """A short name for files and titles: the folder name of a local model, the repo id otherwise."""
         choice = (choice or "").strip() or self.default
-        return Path(choice).name if choice == self.default or Path(choice).is_absolute() else choice
+        bundled = choice == self.default or choice in BUNDLED_MODELS
+        return Path(choice).name if bundled or Path(choice).is_absolute() else choice

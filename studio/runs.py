@@ -17,6 +17,7 @@ import diffusion
 from diffusion.samplers import SamplerOptions, Step
 from diffusion.trajectory import Trajectory
 
+from .class_controls import Labels
 from .errors import refused
 from .settings import MAX_TRAJECTORY_FRAMES, TRAJECTORY_BYTES, TRAJECTORY_IMAGES
 
@@ -35,6 +36,7 @@ class Run:
     seed: int
     record: bool = False
     model_name: str = ""
+    labels: Labels = dataclasses.field(default_factory=lambda: Labels(None))  # a row of n per class
     seconds: float = 0.0
     evaluations: int = 0
     done: int = 0
@@ -46,9 +48,14 @@ class Run:
     def total(self) -> int:
         return int(self.options.num_inference_steps)
 
+    @property
+    def images_count(self) -> int:
+        """n, or n per class for a row per class."""
+        return self.n * (len(self.labels.rows) if self.labels.rows else 1)
+
     def __iter__(self) -> Iterator[Step]:
         if self.record:
-            keep = min(self.n, TRAJECTORY_IMAGES)
+            keep = min(self.images_count, TRAJECTORY_IMAGES)
             frames = Trajectory.frames_per_budget(self.pipe.image_shape, keep, TRAJECTORY_BYTES, MAX_TRAJECTORY_FRAMES)
             self.trajectory = Trajectory(
                 self.total,
@@ -57,7 +64,14 @@ class Run:
                 keep,
                 meta={"model": self.model_name, "sampler": self.sampler, "options": dataclasses.asdict(self.options)},
             )
-        steps = self.pipe.denoise(self.sampler, n=self.n, seed=self.seed, options=self.options)
+        # x_T of the seed (the same for every class row), then the per-step noise from the same generator
+        generator = torch.Generator("cpu").manual_seed(self.seed)
+        noise = self.pipe.initial_noise(self.n, self.seed, generator)
+        rows = len(self.labels.rows) if self.labels.rows else 1
+        steps = self.pipe.denoise(
+            self.sampler, noise=noise.repeat(rows, 1, 1, 1), generator=generator, options=self.options,
+            class_labels=self.labels.per_image(self.n), guidance_scale=self.labels.scale,
+        )
         start, last = time.perf_counter(), None
         while True:
             try:
@@ -86,8 +100,10 @@ class Run:
             self.trajectory.finish(last.x_prev)
 
     def stats(self) -> dict[str, Any]:
+        guidance = {} if self.labels.rows is None else {"guidance_scale": self.labels.scale}
         return {
             "sampler": self.sampler,
+            **guidance,
             "steps": self.done,
             "evaluations": self.evaluations,
             "seconds": round(self.seconds, 4),
@@ -177,8 +193,10 @@ def compare_metrics(a: dict[str, Any], b: dict[str, Any], diff: dict[str, float]
 
 def metrics_markdown(m: dict[str, Any]) -> str:
     a, b = m["a"], m["b"]
+    guided = "guidance_scale" in a
     rows = [
         ("Sampler", a["sampler"].upper(), b["sampler"].upper()),
+        *([("Guidance scale", f"{a['guidance_scale']:g}", f"{b['guidance_scale']:g}")] if guided else []),
         ("Steps", a["steps"], b["steps"]),
         ("Model evaluations", a["evaluations"], b["evaluations"]),
         ("Wall time", f"{a['seconds']:.2f} s", f"{b['seconds']:.2f} s"),
@@ -188,7 +206,8 @@ def metrics_markdown(m: dict[str, Any]) -> str:
     fast, slow = m["faster"], "a" if m["faster"] == "b" else "b"
     d = m["difference"]
     return (
-        f"{table}\n\n**Speed-up: {m['speedup']:.1f}×** — panel {fast.upper()} ({m[fast]['sampler'].upper()}) is "
+        (f"Class **{m['class']}** in both panels.\n\n" if "class" in m else "")
+        + f"{table}\n\n**Speed-up: {m['speedup']:.1f}×** — panel {fast.upper()} ({m[fast]['sampler'].upper()}) is "
         f"{m['speedup']:.1f}× faster than panel {slow.upper()} ({m[slow]['sampler'].upper()}) with "
         f"{m['evaluation_ratio']:.1f}× fewer model evaluations, on {m['device']}.  \n"
         f"Difference: mean |A−B| = {d['mean_abs_difference']:.3f}, max = {d['max_abs_difference']:.3f}, "

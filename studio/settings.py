@@ -14,6 +14,7 @@ from diffusion.typed import env_number
 
 APP_DIR = Path(__file__).resolve().parents[1]
 BUNDLED_MODEL = "checkpoints/fashion-mnist"
+BUNDLED_MODELS = (BUNDLED_MODEL, "checkpoints/fashion-mnist-cond")  # offered, and loaded, whatever allow_local says
 HUB_PRESETS = (
     "google/ddpm-cifar10-32",
     "google/ddpm-ema-church-256",
