@@ -136,8 +136,9 @@ COND_CASES = [  # (class_embed_type, num_class_embeds, labels)
 def test_class_conditional_forward_matches_diffusers(embed_type, num, labels, tmp_path):
     from diffusers import UNet2DModel
 
-    from conftest import DIFFUSERS_TINY, random_diffusers_unet
     from diffusion.hub import write_folder
+
+    from conftest import DIFFUSERS_TINY, random_diffusers_unet
 
     kwargs = dict(DIFFUSERS_TINY, class_embed_type=embed_type, num_class_embeds=num)
     ref = random_diffusers_unet(kwargs, std=0.05)
