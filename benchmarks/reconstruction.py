@@ -18,9 +18,9 @@ import time
 
 import torch
 
+from diffusion.cli import Parser
 from diffusion.latents import PAPER_TABLE2, mse_per_dimension, reconstruct
 from diffusion.pipeline import load
-from diffusion.sample import Parser
 from training.data import load_images
 
 

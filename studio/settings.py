@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffusion.sample import MAX_SEED  # noqa: F401  (re-exported: one range for the CLI and the studio)
+from diffusion.cli import MAX_SEED  # noqa: F401  (re-exported: one range for the CLI and the studio)
 from diffusion.typed import env_number
 
 APP_DIR = Path(__file__).resolve().parents[1]

@@ -15,6 +15,7 @@ import torch
 
 from diffusion import load
 from training import classifier as clf
+from training import eval_table, generation, scoring
 from training import evaluate as ev
 from training.metrics import (
     blank_fraction,
@@ -139,7 +140,7 @@ def test_evaluate_cli_end_to_end(tiny, tmp_path):
     first = (pipe.sample("ddim", n=64, seed=0, num_inference_steps=3) * 255).round().to(torch.uint8)
     assert np.array_equal(samples[:64], first.permute(0, 2, 3, 1).numpy())
     # The score is a function of the images: rescoring the saved samples gives the same numbers.
-    again = ev.Scorer("classifier", "", tiny / "classifier").score(samples)
+    again = scoring.Scorer("classifier", "", tiny / "classifier").score(samples)
     assert again["fd"] == pytest.approx(metrics["fd"], abs=1e-3)
     # --score rescores saved images without a model.
     assert (
@@ -161,9 +162,9 @@ def test_evaluate_cli_end_to_end(tiny, tmp_path):
 def test_sharded_generation_equals_one_process(tiny):
     pipe = load(str(tiny / "model"))
     opts = pipe.sampler_options("ddpm", num_inference_steps=2)
-    whole, timing = ev.generate(pipe, "ddpm", opts, 10, 4, seed=5, progress=False)
-    parts = {**ev.generate(pipe, "ddpm", opts, 10, 4, 5, rank=0, world=2, progress=False)[0],
-             **ev.generate(pipe, "ddpm", opts, 10, 4, 5, rank=1, world=2, progress=False)[0]}
+    whole, timing = generation.generate(pipe, "ddpm", opts, 10, 4, seed=5, progress=False)
+    parts = {**generation.generate(pipe, "ddpm", opts, 10, 4, 5, rank=0, world=2, progress=False)[0],
+             **generation.generate(pipe, "ddpm", opts, 10, 4, 5, rank=1, world=2, progress=False)[0]}
     assert sorted(whole) == sorted(parts) == [0, 1, 2]
     assert all(np.array_equal(whole[b], parts[b]) for b in whole)
     assert timing["evaluations"] == 2
@@ -189,13 +190,13 @@ def test_torchrun_two_processes_give_the_single_process_samples(tiny, tmp_path):
 
 def test_table_rows_and_markdown(tiny, tmp_path):
     pipe = load(str(tiny / "model"))
-    names = [r.name for r in ev.table_rows()]
+    names = [r.name for r in eval_table.table_rows()]
     for expected in ("ddpm-fixed_large-1000", "ddpm-fixed_small-10", "ddim-eta0-50", "ddim-eta1-100"):
         assert expected in names
-    assert ev.steps_for_evaluations(pipe, "ddim", 10) == 10
-    scorer = ev.Scorer("classifier", "", tiny / "classifier")
+    assert generation.steps_for_evaluations(pipe, "ddim", 10) == 10
+    scorer = scoring.Scorer("classifier", "", tiny / "classifier")
     scorer.check(pipe.image_shape, 150)
-    rows = ev.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"], save="npz")
+    rows = eval_table.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"], save="npz")
     assert [r["name"] for r in rows] == ["ddim-eta0-10"] and rows[0]["n"] == 150
     # The row's samples are kept: scoring them again gives the row's numbers.
     assert np.load(tmp_path / "ddim-eta0-10" / "samples.npz")["arr_0"].shape == (150, 28, 28, 1)
@@ -203,15 +204,15 @@ def test_table_rows_and_markdown(tiny, tmp_path):
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["fd"] == rows[0]["fd"] and again["blank"] == rows[0]["blank"]
     # Resuming keeps finished rows instead of recomputing them.
-    assert ev.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"]) == rows
+    assert eval_table.run_table(pipe, scorer, tmp_path, 150, 150, 75, 0, only=["ddim-eta0-10"]) == rows
     assert 0 <= rows[0]["blank"] <= 1
-    md = ev.markdown_table(rows)
+    md = eval_table.markdown_table(rows)
     assert "| ddim | eta 0 | 10 | 10 |" in md and "150" in md and f"| {100 * rows[0]['blank']:.1f}% |" in md
     # Options given for the whole table (--no-clip) reach every row.
-    noclip = ev.run_table(
+    noclip = eval_table.run_table(
         pipe, scorer, tmp_path / "noclip", 150, 150, 150, 0, only=["ddim-eta1-10"], overrides={"clip_sample": False}
     )
-    assert noclip[0]["options"]["clip_sample"] is False and "eta 1, x0 not clipped" in ev.markdown_table(noclip)
+    assert noclip[0]["options"]["clip_sample"] is False and "eta 1, x0 not clipped" in eval_table.markdown_table(noclip)
 
 
 @pytest.mark.parametrize(
@@ -300,15 +301,15 @@ def test_inception_path_through_torch_fidelity(tiny, tmp_path):
     g = np.random.default_rng(0)
     a = g.integers(0, 256, (200, 28, 28, 1), dtype=np.uint8)
     ref_dir = tmp_path / "ref"
-    ev.save_samples(g.integers(0, 128, (200, 28, 28, 1), dtype=np.uint8), ref_dir, "png")
-    m = ev.inception_metrics(
+    generation.save_samples(g.integers(0, 128, (200, 28, 28, 1), dtype=np.uint8), ref_dir, "png")
+    m = scoring.inception_metrics(
         a, str(ref_dir / "samples"), feature_extractor="tiny-test", cache_root=str(tmp_path / "cache")
     )
     assert set(m) == {"fd", "is", "is_std"} and m["fd"] > 0
     ext = Tiny("tiny-test", ["12"]).eval()
     with torch.no_grad():
         fa = ext(torch.from_numpy(a).permute(0, 3, 1, 2).expand(-1, 3, -1, -1))[0]
-        ref = ev._reference_images(str(ref_dir / "samples"))
+        ref = scoring.reference_images(str(ref_dir / "samples"))
         fb = ext(ref.expand(-1, 3, -1, -1))[0]
     assert m["fd"] == pytest.approx(frechet_distance(*feature_statistics(fa), *feature_statistics(fb)), rel=1e-3)
 
@@ -430,9 +431,9 @@ def test_samples_npz_read_by_their_range_or_refused(case, tmp_path, capsys):
     path = write_npz(tmp_path / "samples.npz", **arrays)
     if message:
         with pytest.raises(ValueError, match=re.escape(message)):
-            ev.read_samples_npz(path)
+            scoring.read_samples_npz(path)
         return
-    x = ev.read_samples_npz(path)
+    x = scoring.read_samples_npz(path)
     assert x.dtype == torch.uint8 and x.shape == (3, 1, 28, 28)
     if case == "floats in [0, 1]":
         assert (x == 128).all() and "float images in [0, 1], scaled to 0-255" in capsys.readouterr().out
@@ -444,3 +445,56 @@ def test_compare_refuses_a_bad_npz_in_one_line(tmp_path, capsys):
     assert ev.main(["--compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {tmp_path / 'b.npz'}: the images hold NaN or infinite values; they cannot be scored.\n"
+
+
+# ----------------------------------------------------------------------------------- classifier-free guidance
+@pytest.fixture(scope="module")
+def tiny_cond(tiny):
+    """The tiny 28x28 model made class-conditional with Fashion-MNIST's ten classes and a null label."""
+    from diffusion import DiffusionPipeline, UNet, UNetConfig
+    from diffusion.classes import ClassInfo
+
+    torch.manual_seed(1)
+    unet = UNet(UNetConfig(**{**SMALL_28, "num_class_embeds": 11}))
+    with torch.no_grad():
+        unet.class_embedding.weight.normal_(0, 2.0)
+    DiffusionPipeline(unet, {}, classes=ClassInfo(tuple(clf.CLASSES), 10, 3.0)).save_pretrained(tiny / "cond")
+    reference = torch.randint(0, 256, (200, 28, 28, 1), generator=torch.Generator().manual_seed(2)).to(torch.uint8)
+    np.savez(tiny / "reference.npz", arr_0=reference.numpy())  # a small reference: no 10,000 test images to read
+    return tiny / "cond"
+
+
+def test_guidance_table_rows_share_noise_and_classes_and_compare_with_guidance_1(tiny, tiny_cond, tmp_path):
+    pipe = load(str(tiny_cond))
+    scorer = scoring.Scorer("classifier", str(tiny / "reference.npz"), tiny / "classifier")
+    options = pipe.sampler_options("ddim", num_inference_steps=3)
+    rows = eval_table.run_guidance_table(pipe, scorer, tmp_path, "ddim", options, 150, 75, 0, (0.0, 1.0, 3.0), 8)
+    assert [r["guidance_scale"] for r in rows] == [0.0, 1.0, 3.0]
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert "vs_guidance_1" not in rows[1] and rows[0]["vs_guidance_1"]["rounds"] == 8
+    # the same noise and classes in every row: guidance 1 equals a plain conditional run of the model
+    one = np.load(tmp_path / "guidance-1" / "samples.npz")["arr_0"]
+    shards, _ = generation.generate(pipe, "ddim", options, 150, 75, 0, progress=False, guidance_scale=1.0)
+    assert np.array_equal(one, np.concatenate([shards[0], shards[1]]))
+    assert not np.array_equal(one, np.load(tmp_path / "guidance-3" / "samples.npz")["arr_0"])
+    # accuracy is the classifier's agreement with class i mod 10 of sample i
+    model, _, _ = clf.load(tiny / "classifier")
+    logits = clf.extract(model, torch.from_numpy(one).permute(0, 3, 1, 2))[1]
+    assert rows[1]["accuracy"] == round((logits.argmax(1) == torch.arange(150) % 10).double().mean().item(), 4)
+    md = eval_table.guidance_markdown(rows)
+    assert "| guidance s | FD | IS | precision | recall | accuracy |" in md and "| 1 |" in md and " ± " in md
+    assert eval_table.run_guidance_table(pipe, scorer, tmp_path, "ddim", options, 150, 75, 0, (0.0, 1.0, 3.0),
+                                         8) == rows  # resumed: nothing recomputed
+
+
+def test_guidance_cli_and_its_refusals(tiny, tiny_cond, tmp_path, capsys):
+    common = ["--steps", "3", "-n", "150", "--batch-size", "150", "--classifier", str(tiny / "classifier"),
+              "--reference", str(tiny / "reference.npz")]
+    assert ev.main(["--model", str(tiny_cond), "--guidance", "--guidance-scales", "1,2", "--rounds", "4", *common,
+                    "--out", str(tmp_path / "g")]) == 0
+    assert "| 2 |" in (tmp_path / "g" / "guidance.md").read_text()
+    assert ev.main(["--model", str(tiny / "model"), "--guidance", *common, "--out", str(tmp_path / "u")]) == 2
+    assert "needs a class-conditional model" in capsys.readouterr().err
+    assert ev.main(["--model", str(tiny_cond), *common, "--guidance-scale", "2", "--out", str(tmp_path / "one")]) == 0
+    row = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert row["guidance_scale"] == 2.0 and "accuracy" in row

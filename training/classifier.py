@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from diffusion.files import atomic_write
 
-from .data import DEBIAN_FASHION_MNIST, load_images, read_idx_labels
+from .data import CLASS_NAMES, DEBIAN_FASHION_MNIST, load_images, read_idx_labels
 
 FEATURES = 128
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES = CLASS_NAMES["fashion-mnist"]
+IMAGE_SHAPE = (1, 28, 28)  # what it classifies: Fashion-MNIST-like grey 28 x 28 images
 
 
 class Classifier(nn.Module):

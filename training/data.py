@@ -75,7 +75,7 @@ def _torchvision(name: str, root: str, split: str, download: bool, labels: bool 
     return data.permute(0, 3, 1, 2).contiguous() if data.ndim == 4 else data[:, None]
 
 
-def _image_files(root: str) -> list[Path]:
+def image_files(root: str) -> list[Path]:
     files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(
@@ -86,7 +86,7 @@ def _image_files(root: str) -> list[Path]:
 
 def folder_classes(root: str) -> tuple[str, ...]:
     """The classes of an image folder: its subfolders that hold images (one subfolder per class)."""
-    files = _image_files(root)
+    files = image_files(root)
     names = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     loose = [p for p in files if len(p.relative_to(root).parts) == 1]
     if len(names) < 2 or loose:
@@ -111,7 +111,7 @@ def load_labels(name: str, root: str, split: str = "train", download: bool = Fal
     """The class label of each image of :func:`load_images`, in the same order, as int64 (N,)."""
     if name == "folder":
         classes = folder_classes(root)
-        return torch.tensor([classes.index(p.relative_to(root).parts[0]) for p in _image_files(root)])
+        return torch.tensor([classes.index(p.relative_to(root).parts[0]) for p in image_files(root)])
     if name == "fashion-mnist" and not download and root in ("", DEFAULT_ROOT):
         local = _debian_fashion_mnist(split, "labels")
         if local is not None:
@@ -124,7 +124,7 @@ def _folder(root: str, image_size: int, channels: int) -> torch.Tensor:
     each pixel format by its range, centre-cropped to a square, resized to ``image_size``)."""
     from diffusion.images import image_to_array, open_image
 
-    files = _image_files(root)
+    files = image_files(root)
     out = torch.empty((len(files), channels, image_size, image_size), dtype=torch.uint8)
     for i, p in enumerate(tqdm(files, desc=f"loading {root}", unit="img")):
         try:
