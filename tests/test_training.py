@@ -581,3 +581,15 @@ def test_a_folder_without_class_subfolders_is_refused(images, tmp_path, capsys):
     assert main(as_args(settings(images / "discs", tmp_path / "run", class_conditional=True))) == 2
     assert "Class labels of a folder come from its subfolders, one per class" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_label_table_learns_at_its_own_rate(images, tmp_path):
+    from training.train import Processes, build_state
+
+    cfg = tiny_config(images, tmp_path / "run", class_conditional=True, label_lr_scale=10.0, lr=1e-3)
+    state = build_state(cfg, Processes(False, 0, 1, torch.device("cpu")))
+    rest, table = state.optimizer.param_groups
+    assert table["params"] == [state.model.class_embedding.weight] and table["initial_lr"] == pytest.approx(1e-2)
+    assert rest["initial_lr"] == 1e-3 and len(rest["params"]) == len(list(state.model.parameters())) - 1
+    plain = build_state(tiny_config(images, tmp_path / "plain"), Processes(False, 0, 1, torch.device("cpu")))
+    assert len(plain.optimizer.param_groups) == 1  # unconditional runs (and their checkpoints) are unchanged

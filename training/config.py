@@ -35,6 +35,9 @@ class TrainConfig:
     class_conditional: bool = False
     cond_drop_prob: float = 0.1
     guidance_scale: float = 3.0  # the exported classes.json's recommended scale, and the sample grids'
+    # the label table's learning rate as a multiple of lr: a new table started at zero beside trained weights
+    # (--init_from an unconditional model) moves too slowly at lr to steer the model in a few thousand steps
+    label_lr_scale: float = 1.0
     # model: UNetConfig fields; sample_size and channels come from the data settings
     unet: dict[str, Any] = field(default_factory=dict)
     dropout: float = 0.1
@@ -137,6 +140,8 @@ class TrainConfig:
             problems.append(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if not 0 <= self.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not (math.isfinite(self.label_lr_scale) and self.label_lr_scale > 0):
+            problems.append(f"label_lr_scale must be a positive number (1 to 20), got {self.label_lr_scale}")
         if not 0 <= self.cond_drop_prob < 1:
             problems.append(f"cond_drop_prob must be in [0, 1) (0.1 to 0.2 is usual), got {self.cond_drop_prob}")
         if self.class_conditional and self.cond_drop_prob == 0 and self.guidance_scale != 1:

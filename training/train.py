@@ -171,7 +171,11 @@ def build_state(cfg: TrainConfig, procs: Processes) -> TrainState:
         torch.manual_seed(cfg.seed + procs.rank)  # each rank draws its own timesteps and noise
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the label table (class-conditional models) in a group of its own, at label_lr_scale x lr
+    table = [p for name, p in model.named_parameters() if name.startswith("class_embedding.")]
+    rest = [p for name, p in model.named_parameters() if not name.startswith("class_embedding.")]
+    groups = [{"params": rest}] + ([{"params": table, "lr": cfg.lr * cfg.label_lr_scale}] if table else [])
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     return TrainState(model, ema, optimizer, scheduler)
 
