@@ -19,7 +19,8 @@ import time
 import torch
 
 from diffusion.cli import Parser
-from diffusion.latents import PAPER_TABLE2, mse_per_dimension, reconstruct
+from diffusion.latent_tasks import reconstruct
+from diffusion.latents import PAPER_TABLE2, mse_per_dimension
 from diffusion.pipeline import load
 from training.data import load_images
 

@@ -96,7 +96,7 @@ def _check_batch(x: Any, shape: tuple[int, int, int], what: str, plural: bool) -
 
 
 def check_images(images: torch.Tensor, shape: tuple[int, int, int]) -> None:
-    """``images`` are what :meth:`DiffusionPipeline.sample` returns for a model of image ``shape``:
+    """``images`` are what the pipeline's ``sample`` returns for a model of image ``shape``:
     a float tensor (n, C, H, W) in [0, 1]; ValueError saying what differs otherwise."""
     _check_batch(images, shape, "The images", plural=True)
     low, high = images.min().item(), images.max().item()
