@@ -593,3 +593,20 @@ def test_the_label_table_learns_at_its_own_rate(images, tmp_path):
     assert rest["initial_lr"] == 1e-3 and len(rest["params"]) == len(list(state.model.parameters())) - 1
     plain = build_state(tiny_config(images, tmp_path / "plain"), Processes(False, 0, 1, torch.device("cpu")))
     assert len(plain.optimizer.param_groups) == 1  # unconditional runs (and their checkpoints) are unchanged
+
+
+def test_model_card_of_a_class_conditional_model(images, tmp_path):
+    import diffusion
+    from training import model_card
+
+    train(tiny_config(images, tmp_path / "plain", steps=2, ckpt_every=2))
+    train(tiny_config(images, tmp_path / "cond", steps=2, ckpt_every=2, class_conditional=True, guidance_scale=2.5,
+                      label_lr_scale=20.0, init_from=str(tmp_path / "plain" / "export")))
+    model_card.main(["--run", str(tmp_path / "cond"), "--out", str(tmp_path / "model"), "--command", "cond"])
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "# Class-conditional DDPM" in card and "pipeline_tag" not in card
+    assert "2 classes and a null label; each label replaced by the null label with probability 0.1" in card
+    assert "the label table at 20x the learning rate" in card and "--class-label all -n 8 --guidance-scale 2.5" in card
+    assert diffusion.load(tmp_path / "model").classes.names == ("discs", "squares")
+    grid = np.asarray(Image.open(tmp_path / "model" / "samples-ddim50-seed0.png"))
+    assert grid.shape[0] < grid.shape[1]  # 2 rows of 8

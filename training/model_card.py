@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import diffusion
 from diffusion.files import atomic_write
 from diffusion.images import save_grid
@@ -99,13 +101,27 @@ def main(argv: list[str] | None = None) -> None:
     pipe.save_pretrained(out, {"training_config.json": json.dumps(train_cfg, indent=2) + "\n"})
     loss_curve(run / "log.csv", out / "loss.png", train_cfg["trained_steps"])
     start = time.perf_counter()
-    images = pipe.sample("ddim", n=64, seed=0, num_inference_steps=50)
+    grid_cmd = f"python -m diffusion.sample --model {out} --sampler ddim --steps 50 --seed 0"
+    if pipe.classes is None:
+        images = pipe.sample("ddim", n=64, seed=0, num_inference_steps=50)
+        grid_cmd += " -n 64 --out grid.png"
+        grid_what = "64 samples: DDIM, 50 steps, eta 0, seed 0"
+    else:  # a row per class from the same x_T, at the recommended guidance (as --class-label all draws it)
+        k, scale = len(pipe.classes.names), pipe.classes.guidance_scale
+        noise = pipe.initial_noise(8, 0).repeat(k, 1, 1, 1)
+        labels = torch.arange(k).repeat_interleave(8)
+        images = pipe.sample("ddim", noise=noise, seed=0, num_inference_steps=50, class_labels=labels,
+                             guidance_scale=scale)
+        grid_cmd += f" --class-label all -n 8 --guidance-scale {scale:g} --out grid.png"
+        grid_what = (f"a row per class ({', '.join(pipe.classes.names)}), the same 8 x_T in every row: DDIM, 50 "
+                     f"steps, eta 0, seed 0, guidance {scale:g}")
     sample_s = time.perf_counter() - start
     save_grid(images, out / "samples-ddim50-seed0.png", nrow=8)
     last = rows[-1]
     final_loss = sum(float(r["loss"]) for r in rows[-10:]) / min(10, len(rows))
     n_params = sum(t.numel() for t in pipe.unet.parameters())
-    card = f"""---
+    if pipe.classes is None:
+        head = f"""---
 library_name: diffusers
 pipeline_tag: unconditional-image-generation
 tags: [ddpm, fashion-mnist, pytorch]
@@ -117,12 +133,35 @@ license: mit
 
 The offline default model of Repro-Diffusion-Models: a DDPM UNet (Ho et al. 2020) trained on the
 60,000 Fashion-MNIST training images on a 2-core CPU. Loads with this repository's
-`diffusion.load("checkpoints/fashion-mnist")` and with diffusers'
-`DDPMPipeline.from_pretrained("checkpoints/fashion-mnist")`. The weights are the EMA weights.
+`diffusion.load("{out}")` and with diffusers'
+`DDPMPipeline.from_pretrained("{out}")`. The weights are the EMA weights.
+"""
+        conditioning = ""
+    else:
+        head = f"""---
+library_name: diffusers
+tags: [ddpm, classifier-free-guidance, class-conditional, fashion-mnist, pytorch]
+datasets: [fashion_mnist]
+license: mit
+---
 
-![64 samples, DDIM 50 steps, eta 0, seed 0](samples-ddim50-seed0.png)
+# Class-conditional DDPM on Fashion-MNIST with classifier-free guidance (28x28, {n_params / 1e6:.2f} M parameters)
 
-*64 samples: DDIM, 50 steps, eta 0, seed 0 (`python -m diffusion.sample --model checkpoints/fashion-mnist --sampler ddim --steps 50 --seed 0 -n 64 --out grid.png`; {sample_s:.1f} s on the CPU).*
+The bundled class-conditional model of Repro-Diffusion-Models: a DDPM UNet (Ho et al. 2020) with a label table
+added to its time embedding (diffusers' `UNet2DModel` with `num_class_embeds` = {pipe.unet.config.num_class_embeds}:
+{len(pipe.classes.names)} classes and the null label {pipe.classes.null_label}), trained for classifier-free guidance
+(Ho and Salimans 2022) on the 60,000 labelled Fashion-MNIST training images on a 2-core CPU. Loads with this
+repository's `diffusion.load("{out}")`; its `unet/` loads in diffusers' `UNet2DModel`, which takes the same
+`class_labels`. `classes.json` names the classes, the null label and the recommended guidance scale
+({pipe.classes.guidance_scale:g}). The weights are the EMA weights.
+"""
+        conditioning = (f"| conditioning | {len(pipe.classes.names)} classes and a null label; each label replaced by the "
+                        f"null label with probability {train_cfg['cond_drop_prob']:g}; the label table at "
+                        f"{train_cfg.get('label_lr_scale', 1.0):g}x the learning rate |\n")
+    card = f"""{head}
+![{grid_what}](samples-ddim50-seed0.png)
+
+*{grid_what[0].upper()}{grid_what[1:]} (`{grid_cmd}`; {sample_s:.1f} s on the CPU).*
 
 ## Training
 
@@ -138,7 +177,7 @@ The offline default model of Repro-Diffusion-Models: a DDPM UNet (Ho et al. 2020
 | UNet | block_out_channels {train_cfg["unet"]["block_out_channels"]}, attention at 7x7, {train_cfg["unet"]["layers_per_block"]} resnets per level, dropout {train_cfg["dropout"]} |
 | diffusion | T = {train_cfg["num_train_timesteps"]}, {train_cfg["beta_schedule"]} betas {train_cfg["beta_start"]} to {train_cfg["beta_end"]}, predicts {train_cfg["prediction_type"]} |
 | optimiser | AdamW lr {train_cfg["lr"]} ({train_cfg["warmup_steps"]} warmup steps{_lr_decay(train_cfg)}), grad clip {train_cfg["grad_clip"]}, {_ema(train_cfg)} |
-
+{conditioning}
 {args.note}
 
 {"".join(Path(f).read_text().rstrip() + chr(10) + chr(10) for f in args.section)}
