@@ -27,7 +27,7 @@ def frame_steps(num_steps: int, max_frames: int) -> set[int]:
     return {int(round(i)) for i in np.linspace(0, num_steps - 1, max_frames)}
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: a run's record, and a key for what shows it
 class Trajectory:
     """x_t and the predicted x0 at the kept steps of a run, then the sample (a last frame with t = -1).
 
@@ -95,7 +95,7 @@ class Trajectory:
     def save_npz(self, path: str | Path) -> Path:
         """Every frame as arrays, with a JSON ``meta`` entry describing the layout."""
         meta = {
-            **{k: v for k, v in self.meta.items() if not k.startswith("_")},
+            **self.meta,
             "layout": "frames x images x channels x height x width, model space [-1, 1]; "
             "the last frame is the sample (timestep -1)",
         }

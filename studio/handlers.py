@@ -4,6 +4,7 @@ change. Usable without a server (the tests drive them directly)."""
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,6 +47,8 @@ class Studio:
         self.settings = settings or Settings()
         self.store = ModelStore(self.settings)
         self.outputs = media.OutputFolders(self.settings.keep_outputs)
+        # the folder of each shown trajectory's frame pictures, for as long as a session holds the trajectory
+        self._frame_folders: weakref.WeakKeyDictionary[Trajectory, Path] = weakref.WeakKeyDictionary()
 
     @property
     def default_model(self) -> str:
@@ -232,7 +235,7 @@ class Studio:
         if traj is None or len(traj) == 0:
             return gr.update(maximum=1, value=0), None, None, NO_RUN, gr.skip(), None, None, None
         last = len(traj) - 1
-        traj.meta.pop("_folder", None)
+        self._frame_folders.pop(traj, None)
         folder = self._frame_folder(traj)
         xt, x0 = self.frame_files(traj, last)
         meta = traj.meta
@@ -255,10 +258,9 @@ class Studio:
 
     def _frame_folder(self, traj: Trajectory) -> Path:
         """The folder of a trajectory's pictures (made anew if the bounded temp folder dropped it)."""
-        folder = Path(traj.meta.get("_folder", ""))
-        if not traj.meta.get("_folder") or not folder.is_dir():
-            folder = self.outputs.new()
-            traj.meta["_folder"] = str(folder)
+        folder = self._frame_folders.get(traj)
+        if folder is None or not folder.is_dir():
+            folder = self._frame_folders[traj] = self.outputs.new()
         return folder
 
     def frame_files(self, traj: Trajectory, i: int) -> tuple[str, str]:
