@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,6 +24,18 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+# 8x8, one channel: the samplers and DDIM latents against diffusers.
+TINY_8 = dict(
+    sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 32),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=1,
+)
+# 8x8, one channel, 16 channels in groups of 2: the faster samplers and the studio (fast on one thread).
+TINY_16 = dict(
+    sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 16), norm_num_groups=8,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=1, attention_head_dim=None,
+)
 # Both config families of diffusers' UNet2DModel, small enough for CPU tests.
 GOOGLE_TINY = dict(
     sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64),
@@ -103,3 +116,65 @@ def diffusers_checkpoint(tmp_path):
     path = tmp_path / "diffusers-tiny"
     unet = write_diffusers_checkpoint(path, DIFFUSERS_TINY, layout="subfolder")
     return path, unet
+
+
+# ---------------------------------------------------------------------------------------- the studio's tests
+
+
+def write_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A :data:`TINY_16` model with random weights in diffusers' layout (fast on one CPU thread)."""
+    from diffusion import DiffusionPipeline, UNet, UNetConfig
+
+    torch.manual_seed(seed)
+    DiffusionPipeline(UNet(UNetConfig(**TINY_16)), {}).save_pretrained(path)
+    return path
+
+
+def make_studio(model: str, **changes):
+    """A :class:`studio.handlers.Studio` over ``model`` (no compiled packages), with ``changes`` to its settings."""
+    from studio.handlers import Studio
+    from studio.settings import Settings
+
+    return Studio(Settings(**{"default_model": model, "compile": False, **changes}))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return str(write_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_model):
+    return make_studio(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def pipe(studio):
+    return studio.store.get(studio.default_model)
+
+
+def run_all(gen) -> list:
+    return list(gen)
+
+
+def png(path) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def count_files(root: Path) -> int:
+    return sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+def a_picture(tmp_path: Path, name: str = "img.png", size: int = 40, mode: str = "RGB") -> str:
+    """A random picture file (RGB or L) to upload."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (size, size, 3 if mode == "RGB" else 1), dtype=np.uint8)
+    path = tmp_path / name
+    Image.fromarray(arr.squeeze(-1) if mode == "L" else arr).save(path)
+    return str(path)

@@ -872,10 +872,10 @@ def test_good_environment_settings_are_read(monkeypatch):
 # ----------------------------------------------------------------------------- noise, counts and non-finite samples
 
 def tiny_pipe(nan: bool = False) -> DiffusionPipeline:
-    from test_app import TINY
+    from conftest import TINY_16
 
     torch.manual_seed(0)
-    pipe = DiffusionPipeline(diffusion.UNet(TINY), {})
+    pipe = DiffusionPipeline(diffusion.UNet(diffusion.UNetConfig(**TINY_16)), {})
     if nan:
         with torch.no_grad():
             pipe.unet.conv_out.bias.fill_(float("nan"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,7 +65,8 @@ def studio_url(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     import torch
-    from test_app import write_tiny_model
+
+    from conftest import write_tiny_model
 
     torch.set_num_threads(1)
     demo, url = launch_studio(str(write_tiny_model(tmp_path_factory.mktemp("browser") / "tiny")))
@@ -218,6 +220,74 @@ def test_the_studio_says_what_happens_in_chromium(bundled_url, tmp_path):
             expect(page.locator("#r-info")).to_contain_text(f"Not run: {refusal}")  # also where the result goes
         finally:
             browser.close()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDITIONAL = ROOT / "checkpoints" / "fashion-mnist-cond"
+
+
+def tiles(png: Path, nrow: int, size: int = 28) -> Any:
+    """The images of a downloaded grid (``nrow`` a row, 2 px padding, each pixel an n x n block) as uint8
+    (N, 1, size, size), for the classifier."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    grid = np.asarray(Image.open(png).convert("L"))
+    tile = (grid.shape[1] - 2 * (nrow + 1)) // nrow
+    rows = (grid.shape[0] - 2) // (tile + 2)
+    out = [grid[2 + r * (tile + 2):2 + r * (tile + 2) + tile, 2 + c * (tile + 2):2 + c * (tile + 2) + tile]
+           [::tile // size, ::tile // size] for r in range(rows) for c in range(nrow)]
+    return torch.from_numpy(np.stack(out))[:, None]
+
+
+@pytest.fixture(scope="module")
+def conditional_url():
+    """The studio as it starts by default (the unconditional bundled model); a link picks the conditional one."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    demo, url = launch_studio(str(ROOT / "checkpoints" / "fashion-mnist"))
+    yield url
+    demo.close()
+
+
+def test_pick_a_class_and_a_guidance_in_chromium(conditional_url, tmp_path):
+    """A link chooses the bundled class-conditional model, a class and a guidance scale; the visitor then picks
+    another class in the picker and generates: the project's classifier agrees that the images are of it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from training import classifier as clf
+
+    with sync_playwright() as p:
+        browser = open_browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{conditional_url}?model=checkpoints/fashion-mnist-cond&class=sneaker&guidance=4&n=8&steps=20")
+            expect(page.locator("#s_class input")).to_have_value("7 · Sneaker", timeout=TIMEOUT_MS)
+            expect(page.locator("#s_guidance input[type=number]")).to_have_value("4")
+            expect(page.get_by_text("fashion-mnist-cond", exact=False).first).to_be_visible()
+            page.locator("#s_class input").click()
+            page.get_by_role("option", name="1 · Trouser").click()
+            slider_value(page, "s_guidance", 3)
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#s-info")).to_contain_text("class Trouser · guidance 3", timeout=TIMEOUT_MS)
+            with page.expect_download() as download:
+                page.locator("#s-download").click()
+            path = tmp_path / "trousers.png"
+            download.value.save_as(path)
+            page.locator("#s_class input").click()
+            page.get_by_role("option", name="One of each (a row per class)").click()
+            slider_value(page, "s_n", 2)
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#s-info")).to_contain_text("20 images · one of each class", timeout=TIMEOUT_MS)
+        finally:
+            browser.close()
+    model, _, _ = clf.load(ROOT / "checkpoints" / "fashion-mnist-classifier")
+    images = tiles(path, nrow=3)[:8]  # 8 images in a square grid: 3 a row
+    assert images.shape == (8, 1, 28, 28)
+    predicted = clf.extract(model, images)[1].argmax(1)
+    assert (predicted == 1).sum() >= 7, predicted.tolist()
 
 
 def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:

@@ -18,11 +18,8 @@ from diffusion.pipeline import to_unit
 from diffusion.samplers import SAMPLERS, get_sampler
 from diffusion.schedule import NoiseSchedule
 
-from conftest import random_diffusers_unet
+from conftest import TINY_16, random_diffusers_unet
 
-TINY = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 16), norm_num_groups=8,
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-            layers_per_block=1, attention_head_dim=None)
 # Samples and every intermediate x agree to 1e-4. What is left is float32 rounding, mostly diffusers'
 # alpha-bar (a float32 cumulative product over 1000 betas, ours is float64): with its alpha-bar our
 # samplers land within 2e-5 even at 4 steps.
@@ -62,7 +59,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def unet():
-    return random_diffusers_unet(TINY, seed=0, std=0.05)
+    return random_diffusers_unet(TINY_16, seed=0, std=0.05)
 
 
 def make_model(unet, prediction: str = "epsilon"):

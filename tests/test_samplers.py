@@ -10,17 +10,8 @@ import torch
 from diffusion.samplers import SAMPLERS, get_sampler, select_timesteps
 from diffusion.schedule import NoiseSchedule
 
-from conftest import random_diffusers_unet
+from conftest import TINY_8, random_diffusers_unet
 
-TINY = dict(
-    sample_size=8,
-    in_channels=1,
-    out_channels=1,
-    block_out_channels=(32, 32),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    layers_per_block=1,
-)
 SPACINGS = ["leading", "linspace", "trailing"]
 # Final samples agree to 1e-4. The leftover difference is float32 rounding: diffusers derives
 # alpha-bar in float32, we in float64, and 1000 steps add up ulp-sized differences.
@@ -29,7 +20,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def model():
-    unet = random_diffusers_unet(TINY, seed=0, std=0.05)
+    unet = random_diffusers_unet(TINY_8, seed=0, std=0.05)
 
     def fn(x, t):
         with torch.no_grad():
@@ -120,32 +111,6 @@ def test_ddim_clipped_model_output_and_alpha_to_one(model):
         "ddim", model, 25, seed=4, eta=1.0, use_clipped_model_output=True, set_alpha_to_one=False, steps_offset=1
     )
     assert (x - x_ref).abs().max().item() <= TOL
-
-
-def test_pipeline_equals_diffusers_pipelines(diffusers_checkpoint):
-    """Same seed, same images: our pipeline (our UNet) against DDPMPipeline and DDIMPipeline."""
-    from diffusers import DDIMPipeline, DDPMPipeline, DDPMScheduler
-
-    import diffusion
-
-    path, unet = diffusers_checkpoint
-    pipe = diffusion.load(path)
-    sched = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
-    for ours, theirs in (
-        (
-            pipe.sample("ddpm", n=2, seed=7, num_inference_steps=30),
-            DDPMPipeline(unet, sched)(
-                batch_size=2, generator=torch.Generator().manual_seed(7), num_inference_steps=30, output_type="pt"
-            ),
-        ),
-        (
-            pipe.sample("ddim", n=2, seed=7, num_inference_steps=20),
-            DDIMPipeline(unet, sched)(
-                batch_size=2, generator=torch.Generator().manual_seed(7), num_inference_steps=20, output_type="pt"
-            ),
-        ),
-    ):
-        assert (ours - theirs.images).abs().max().item() <= TOL
 
 
 def test_quad_spacing_is_the_ddim_papers():

@@ -3,7 +3,6 @@ Explore, hidden for an unconditional model; deep links and the API carry class a
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import gradio as gr
@@ -11,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_app import TINY, make_studio, write_tiny_model
 
-from diffusion import DiffusionPipeline, UNet
+from diffusion import DiffusionPipeline, UNet, UNetConfig
 from diffusion.classes import ClassInfo
 from studio import ui
 from studio.class_controls import ONE_OF_EACH, read_labels
 from studio.explore import Explore
 
+from conftest import TINY_16, make_studio, write_tiny_model
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-COND = dataclasses.replace(TINY, num_class_embeds=4)
+COND = UNetConfig(**TINY_16, num_class_embeds=4)
 NAMES = ("Shirt", "Sneaker", "Bag")
 
 

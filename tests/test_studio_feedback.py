@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import gradio as gr
 import pytest
-from test_app import make_studio, write_tiny_model
 
 from studio.runs import running_note, stopped_note
+
+from conftest import make_studio, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

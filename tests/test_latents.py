@@ -15,19 +15,11 @@ from diffusion.samplers import get_sampler
 from diffusion.schedule import NoiseSchedule
 from diffusion.unet import build_unet
 
-from conftest import random_diffusers_unet
+from conftest import TINY_8, random_diffusers_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = dict(
-    sample_size=8,
-    in_channels=1,
-    out_channels=1,
-    block_out_channels=(32, 32),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    layers_per_block=1,
-)
+
 # Latents agree to 1e-4 (measured: at most 4e-6). The predicted x0 divides by sqrt(abar_t) (~0.02 near
 # t = 1000), which magnifies the float32 rounding of diffusers' alpha-bar (ours is float64): 1e-3 there.
 TOL, TOL_X0 = 1e-4, 1e-3
@@ -36,7 +28,7 @@ TOL, TOL_X0 = 1e-4, 1e-3
 @pytest.fixture(scope="module")
 def unet():
     # std 0.2: outputs of order 1, so the latents move far from the images (std 0.02 gives eps ~ 0)
-    return random_diffusers_unet(TINY, seed=0, std=0.2)
+    return random_diffusers_unet(TINY_8, seed=0, std=0.2)
 
 
 @pytest.fixture(scope="module")
