@@ -14,7 +14,7 @@ import diffusion
 from .class_controls import class_picker, guidance_slider, picker_update, slider_update
 from .explore import CONSISTENCY_STEPS, MAX_INTERPOLATION_FRAMES, Explore, example_images
 from .runs import stopped_note
-from .widgets import busy_while_running, image_upload, keep_in_range
+from .widgets import PRIVATE, busy_while_running, image_upload, keep_in_range
 
 
 @dataclass
@@ -34,15 +34,29 @@ class ExploreTab:
         return [*first, *[slider_update(pipe) for _ in self.sliders]]
 
 
+@dataclass
+class Wiring:
+    """What every Explore sub-tab's events need: the handlers, the Model box, the queues, the GPU wrapper."""
+
+    explore: Explore
+    model: gr.Dropdown
+    load_event: dict[str, Any]
+    model_event: dict[str, Any]
+    gpu_task: Any
+
+    def fetched(self, button: gr.Button) -> Any:
+        """The button's click loads the model in the "load" queue; sampling is chained on its success."""
+        return button.click(self.explore.studio.fetch, [self.model], None, show_progress="minimal",
+                            **self.load_event, **PRIVATE)
+
+
 def explore_tab(
     explore: Explore, pipe: diffusion.DiffusionPipeline | None, model: gr.Dropdown, load_event: dict[str, Any],
     model_event: dict[str, Any], gpu_task: Any
 ) -> ExploreTab:
-    """Build the tab and wire its buttons; sampling work runs in the "model" queue after the model is
+    """Build the tab and its three sub-tabs; sampling work runs in the "model" queue after the model is
     fetched in the "load" queue, as Sample and Compare do."""
-    class_b = str(min(7, len(pipe.classes.names) - 1)) if pipe is not None and pipe.classes is not None else "0"
-    private = dict(api_visibility="private")
-    examples = example_images()
+    w = Wiring(explore, model, load_event, model_event, gpu_task)
     with gr.Tab("Explore", id="explore"):
         gr.Markdown(
             "DDIM with eta 0 is deterministic, so the starting noise x_T is a **latent code** (Song et al. 2021, "
@@ -51,139 +65,69 @@ def explore_tab(
             elem_classes="studio-note",
         )
         with gr.Tabs():
-            with gr.Tab("Interpolate", id="explore-interpolate"):
-                with gr.Row(equal_height=True):
-                    i_seed_a = gr.Number(0, label="Seed A", step=1)
-                    i_seed_b = gr.Number(1, label="Seed B", step=1)
-                    i_frames = gr.Slider(
-                        2, MAX_INTERPOLATION_FRAMES, value=9, step=1, label="Frames", elem_id="i_frames"
-                    )
-                    keep_in_range(i_frames, "Frames")
-                    i_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="i_steps")
-                    keep_in_range(i_steps, "DDIM steps")
-                with gr.Row(equal_height=True):
-                    i_class_a = class_picker(pipe, "i_class_a", "Class A", one_of_each=False)
-                    i_class_b = class_picker(pipe, "i_class_b", "Class B", one_of_each=False, value=class_b)
-                    i_guidance = guidance_slider(pipe, "i_guidance")
-                with gr.Accordion("Or between two images (encoded by DDIM inversion)", open=False):
-                    with gr.Row():
-                        i_img_a = image_upload(label="Image A", height=180, elem_id="i-image-a")
-                        i_img_b = image_upload(label="Image B", height=180, elem_id="i-image-b")
-                    if examples:
-                        gr.Examples(
-                            [[examples[0], examples[7 % len(examples)]]],
-                            [i_img_a, i_img_b],
-                            label="Real Fashion-MNIST test images",
-                        )
-                with gr.Row():
-                    i_go = gr.Button("Interpolate", variant="primary")
-                    i_stop = gr.Button("Stop", variant="stop")
-                i_progress = gr.Markdown("", elem_id="i-progress", min_height=44)  # the progress bar shows here
-                i_info = gr.Markdown(
-                    "Spherical interpolation (slerp) between the two x_T, each frame decoded with DDIM.",
-                    elem_id="i-info",
-                    label="Result",
-                )
-                i_strip = gr.Image(
-                    elem_classes="studio-picture",
-                    label="Interpolation strip",
-                    type="filepath",
-                    format="png",
-                    interactive=False,
-                    elem_id="i-strip",
-                    buttons=["download", "fullscreen"],
-                )
-                i_gif = gr.Image(
-                    elem_classes="studio-picture",
-                    label="As an animation (GIF)", type="filepath", interactive=False, elem_id="i-gif", height=220
-                )
+            i_classes, i_guidance = interpolate_tab(w, pipe)
+            r_class = reconstruct_tab(w, pipe)
+            k_class, k_guidance = consistency_tab(w, pipe)
+    return ExploreTab([*i_classes, r_class, k_class], [i_guidance, k_guidance])
 
-            with gr.Tab("Invert and reconstruct", id="explore-reconstruct"):
-                with gr.Row():
-                    with gr.Column(scale=1, min_width=260):
-                        r_image = image_upload(label="An image", height=220, elem_id="r-image")
-                        if examples:
-                            gr.Examples(
-                                [[p] for p in examples],
-                                [r_image],
-                                label="Real Fashion-MNIST test images",
-                                examples_per_page=10,
-                            )
-                        r_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="r_steps")
-                        keep_in_range(r_steps, "DDIM steps")
-                        r_class = class_picker(pipe, "r_class", "Class (encoded and decoded under it)",
-                                               one_of_each=False)
-                        with gr.Row():
-                            r_go = gr.Button("Invert and reconstruct", variant="primary")
-                            r_stop = gr.Button("Stop", variant="stop")
-                    with gr.Column(scale=2):
-                        r_progress = gr.Markdown("", elem_id="r-progress", min_height=44)
-                        r_info = gr.Markdown(
-                            "Encode the image into x_T with DDIM run backwards, then decode x_T.",
-                            elem_id="r-info",
-                            label="Result",
-                        )
-                        with gr.Row():
-                            r_input = gr.Image(
-                                elem_classes="studio-picture",
-                                label="input (model size)", type="filepath", interactive=False, elem_id="r-input"
-                            )
-                            r_latent = gr.Image(
-                                elem_classes="studio-picture",
-                                label="x_T (latent)", type="filepath", interactive=False, elem_id="r-latent"
-                            )
-                            r_recon = gr.Image(
-                                elem_classes="studio-picture",
-                                label="reconstruction", type="filepath", interactive=False, elem_id="r-recon"
-                            )
-                        r_curve = gr.Button("Error against steps (10, 20, 50, 100)")
-                        r_plot = gr.Plot(label="Reconstruction error")
-                        r_table = gr.Markdown("", elem_id="r-table")  # below the plot: its headers fit on a line
 
-            with gr.Tab("Consistency", id="explore-consistency"):
-                with gr.Row(equal_height=True):
-                    k_seed = gr.Number(0, label="Seed", step=1)
-                    k_n = gr.Slider(1, 8, value=4, step=1, label="Number of images", elem_id="k_n")
-                    keep_in_range(k_n, "Number of images")
-                    k_counts = gr.CheckboxGroup(
-                        list(CONSISTENCY_STEPS),
-                        value=[10, 20, 50, 100],
-                        label="Step counts (one row each)",
-                        elem_id="k_counts",
-                    )
-                with gr.Row(equal_height=True):
-                    k_class = class_picker(pipe, "k_class", one_of_each=False)
-                    k_guidance = guidance_slider(pipe, "k_guidance")
-                with gr.Row():
-                    k_go = gr.Button("Decode at each step count", variant="primary")
-                    k_stop = gr.Button("Stop", variant="stop")
-                k_progress = gr.Markdown("", elem_id="k-progress", min_height=44)
-                k_info = gr.Markdown(
-                    "The same x_T decoded with DDIM (eta 0) at each step count: the high-level "
-                    "features stay (Sec. 5.2).",
-                    elem_id="k-info",
-                    label="Result",
+def interpolate_tab(w: Wiring, pipe: diffusion.DiffusionPipeline | None) -> tuple[list[gr.Dropdown], gr.Slider]:
+    """Slerp between two seeds' x_T (or two images' latents), from class A to class B (``/interpolate``)."""
+    class_b = str(min(7, len(pipe.classes.names) - 1)) if pipe is not None and pipe.classes is not None else "0"
+    examples = example_images()
+    with gr.Tab("Interpolate", id="explore-interpolate"):
+        with gr.Row(equal_height=True):
+            i_seed_a = gr.Number(0, label="Seed A", step=1)
+            i_seed_b = gr.Number(1, label="Seed B", step=1)
+            i_frames = gr.Slider(
+                2, MAX_INTERPOLATION_FRAMES, value=9, step=1, label="Frames", elem_id="i_frames"
+            )
+            keep_in_range(i_frames, "Frames")
+            i_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="i_steps")
+            keep_in_range(i_steps, "DDIM steps")
+        with gr.Row(equal_height=True):
+            i_class_a = class_picker(pipe, "i_class_a", "Class A", one_of_each=False)
+            i_class_b = class_picker(pipe, "i_class_b", "Class B", one_of_each=False, value=class_b)
+            i_guidance = guidance_slider(pipe, "i_guidance")
+        with gr.Accordion("Or between two images (encoded by DDIM inversion)", open=False):
+            with gr.Row():
+                i_img_a = image_upload(label="Image A", height=180, elem_id="i-image-a")
+                i_img_b = image_upload(label="Image B", height=180, elem_id="i-image-b")
+            if examples:
+                gr.Examples(
+                    [[examples[0], examples[7 % len(examples)]]],
+                    [i_img_a, i_img_b],
+                    label="Real Fashion-MNIST test images",
                 )
-                k_grid = gr.Image(
-                    elem_classes="studio-picture",
-                    label="One row per step count",
-                    type="filepath",
-                    format="png",
-                    interactive=False,
-                    elem_id="k-grid",
-                    buttons=["download", "fullscreen"],
-                )
-
-    def fetched(button: gr.Button) -> Any:
-        return button.click(explore.studio.fetch, [model], None, show_progress="minimal", **load_event, **private)
-
-    i_fetch = fetched(i_go)
+        with gr.Row():
+            i_go = gr.Button("Interpolate", variant="primary")
+            i_stop = gr.Button("Stop", variant="stop")
+        i_progress = gr.Markdown("", elem_id="i-progress", min_height=44)  # the progress bar shows here
+        i_info = gr.Markdown(
+            "Spherical interpolation (slerp) between the two x_T, each frame decoded with DDIM.",
+            elem_id="i-info",
+            label="Result",
+        )
+        i_strip = gr.Image(
+            elem_classes="studio-picture",
+            label="Interpolation strip",
+            type="filepath",
+            format="png",
+            interactive=False,
+            elem_id="i-strip",
+            buttons=["download", "fullscreen"],
+        )
+        i_gif = gr.Image(
+            elem_classes="studio-picture",
+            label="As an animation (GIF)", type="filepath", interactive=False, elem_id="i-gif", height=220
+        )
+    i_fetch = w.fetched(i_go)
     i_event = i_fetch.success(
-        gpu_task(explore.interpolate),
+        w.gpu_task(w.explore.interpolate),
         None,
         [i_strip, i_gif, i_info],
         inputs_kwargs=dict(
-            model=model,
+            model=w.model,
             seed_a=i_seed_a,
             seed_b=i_seed_b,
             frames=i_frames,
@@ -199,32 +143,78 @@ def explore_tab(
         "two images' DDIM latents when both images are given; a class-conditional model goes from class_a to "
         "class_b at guidance_scale. Returns the strip, a GIF and a line about the run.",
         show_progress_on=[i_progress],
-        **model_event,
+        **w.model_event,
     )
-    i_stop.click(stopped_note, [i_info], [i_info], cancels=[i_fetch, i_event], queue=False, **private)
+    i_stop.click(stopped_note, [i_info], [i_info], cancels=[i_fetch, i_event], queue=False, **PRIVATE)
     busy_while_running(i_go, i_fetch, i_event, i_stop)
+    return [i_class_a, i_class_b], i_guidance
 
-    r_fetch = fetched(r_go)
+
+def reconstruct_tab(w: Wiring, pipe: diffusion.DiffusionPipeline | None) -> gr.Dropdown:
+    """DDIM inversion and reconstruction of an image, and its error against steps (``/reconstruct``)."""
+    examples = example_images()
+    with gr.Tab("Invert and reconstruct", id="explore-reconstruct"):
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                r_image = image_upload(label="An image", height=220, elem_id="r-image")
+                if examples:
+                    gr.Examples(
+                        [[p] for p in examples],
+                        [r_image],
+                        label="Real Fashion-MNIST test images",
+                        examples_per_page=10,
+                    )
+                r_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps", elem_id="r_steps")
+                keep_in_range(r_steps, "DDIM steps")
+                r_class = class_picker(pipe, "r_class", "Class (encoded and decoded under it)",
+                                       one_of_each=False)
+                with gr.Row():
+                    r_go = gr.Button("Invert and reconstruct", variant="primary")
+                    r_stop = gr.Button("Stop", variant="stop")
+            with gr.Column(scale=2):
+                r_progress = gr.Markdown("", elem_id="r-progress", min_height=44)
+                r_info = gr.Markdown(
+                    "Encode the image into x_T with DDIM run backwards, then decode x_T.",
+                    elem_id="r-info",
+                    label="Result",
+                )
+                with gr.Row():
+                    r_input = gr.Image(
+                        elem_classes="studio-picture",
+                        label="input (model size)", type="filepath", interactive=False, elem_id="r-input"
+                    )
+                    r_latent = gr.Image(
+                        elem_classes="studio-picture",
+                        label="x_T (latent)", type="filepath", interactive=False, elem_id="r-latent"
+                    )
+                    r_recon = gr.Image(
+                        elem_classes="studio-picture",
+                        label="reconstruction", type="filepath", interactive=False, elem_id="r-recon"
+                    )
+                r_curve = gr.Button("Error against steps (10, 20, 50, 100)")
+                r_plot = gr.Plot(label="Reconstruction error")
+                r_table = gr.Markdown("", elem_id="r-table")  # below the plot: its headers fit on a line
+    r_fetch = w.fetched(r_go)
     r_event = r_fetch.success(
-        gpu_task(explore.reconstruct),
+        w.gpu_task(w.explore.reconstruct),
         None,
         [r_input, r_latent, r_recon, r_info],
-        inputs_kwargs=dict(model=model, image=r_image, steps=r_steps, class_label=r_class),
+        inputs_kwargs=dict(model=w.model, image=r_image, steps=r_steps, class_label=r_class),
         api_name="reconstruct",
         api_description="Encode an image into its DDIM latent x_T and decode it back. Returns the input at the "
         "model's size, x_T scaled to [0, 1], the reconstruction and a line with the error.",
         show_progress_on=[r_progress],
-        **model_event,
+        **w.model_event,
     )
-    c_fetch = fetched(r_curve)
+    c_fetch = w.fetched(r_curve)
     c_event = c_fetch.success(
-        gpu_task(explore.error_curve),
+        w.gpu_task(w.explore.error_curve),
         None,
         [r_plot, r_table],
-        inputs_kwargs=dict(model=model, image=r_image, class_label=r_class),
+        inputs_kwargs=dict(model=w.model, image=r_image, class_label=r_class),
         show_progress_on=[r_progress],
-        **model_event,
-        **private,
+        **w.model_event,
+        **PRIVATE,
     )
     r_stop.click(
         lambda info, table: (stopped_note(info), stopped_note(table)),
@@ -232,26 +222,63 @@ def explore_tab(
         [r_info, r_table],
         cancels=[r_fetch, r_event, c_fetch, c_event],
         queue=False,
-        **private,
+        **PRIVATE,
     )
     busy_while_running(r_go, r_fetch, r_event, r_stop)
     busy_while_running(r_curve, c_fetch, c_event, r_stop)
     # the error curve belongs to the image it was measured on: a new image clears it
-    r_image.change(lambda: (None, ""), None, [r_plot, r_table], queue=False, show_progress="hidden", **private)
+    r_image.change(lambda: (None, ""), None, [r_plot, r_table], queue=False, show_progress="hidden", **PRIVATE)
+    return r_class
 
-    k_fetch = fetched(k_go)
+
+def consistency_tab(w: Wiring, pipe: diffusion.DiffusionPipeline | None) -> tuple[gr.Dropdown, gr.Slider]:
+    """One x_T decoded at several step counts (``/consistency``)."""
+    with gr.Tab("Consistency", id="explore-consistency"):
+        with gr.Row(equal_height=True):
+            k_seed = gr.Number(0, label="Seed", step=1)
+            k_n = gr.Slider(1, 8, value=4, step=1, label="Number of images", elem_id="k_n")
+            keep_in_range(k_n, "Number of images")
+            k_counts = gr.CheckboxGroup(
+                list(CONSISTENCY_STEPS),
+                value=[10, 20, 50, 100],
+                label="Step counts (one row each)",
+                elem_id="k_counts",
+            )
+        with gr.Row(equal_height=True):
+            k_class = class_picker(pipe, "k_class", one_of_each=False)
+            k_guidance = guidance_slider(pipe, "k_guidance")
+        with gr.Row():
+            k_go = gr.Button("Decode at each step count", variant="primary")
+            k_stop = gr.Button("Stop", variant="stop")
+        k_progress = gr.Markdown("", elem_id="k-progress", min_height=44)
+        k_info = gr.Markdown(
+            "The same x_T decoded with DDIM (eta 0) at each step count: the high-level "
+            "features stay (Sec. 5.2).",
+            elem_id="k-info",
+            label="Result",
+        )
+        k_grid = gr.Image(
+            elem_classes="studio-picture",
+            label="One row per step count",
+            type="filepath",
+            format="png",
+            interactive=False,
+            elem_id="k-grid",
+            buttons=["download", "fullscreen"],
+        )
+    k_fetch = w.fetched(k_go)
     k_event = k_fetch.success(
-        gpu_task(explore.consistency),
+        w.gpu_task(w.explore.consistency),
         None,
         [k_grid, k_info],
-        inputs_kwargs=dict(model=model, seed=k_seed, num_images=k_n, counts=k_counts, class_label=k_class,
+        inputs_kwargs=dict(model=w.model, seed=k_seed, num_images=k_n, counts=k_counts, class_label=k_class,
                            guidance_scale=k_guidance),
         api_name="consistency",
         api_description="One seed's noise decoded with DDIM at several step counts, a row each. Returns the grid "
         "and a line about the run.",
         show_progress_on=[k_progress],
-        **model_event,
+        **w.model_event,
     )
-    k_stop.click(stopped_note, [k_info], [k_info], cancels=[k_fetch, k_event], queue=False, **private)
+    k_stop.click(stopped_note, [k_info], [k_info], cancels=[k_fetch, k_event], queue=False, **PRIVATE)
     busy_while_running(k_go, k_fetch, k_event, k_stop)
-    return ExploreTab([i_class_a, i_class_b, r_class, k_class], [i_guidance, k_guidance])
+    return k_class, k_guidance

@@ -40,7 +40,7 @@ class SampleTab:
 def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: gr.Dropdown,
                load_event: dict[str, Any], model_event: dict[str, Any], gpu_task: Any) -> SampleTab:
     """Build the Sample and Denoising tabs and wire them: Generate fetches the model in the "load" queue,
-    samples in the "model" queue, then the Denoising tab shows the run's trajectory."""
+    samples in the "model" queue (``/sample``), then the Denoising tab shows the run's trajectory."""
     with gr.Tab("Sample", id="sample"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
@@ -72,6 +72,41 @@ def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: 
                 )
         traj = gr.State(None, time_to_live=STATE_TTL_S)
 
+    denoising = denoising_tab(studio, pipe, model, opts, traj)
+
+    dice.click(None, None, seed, js=DICE_JS, **PRIVATE)
+    fetch = go.click(studio.fetch, [model], None, show_progress="minimal", **load_event, **PRIVATE)
+    run = fetch.success(
+        gpu_task(studio.sample),
+        None,
+        [image, download, info, traj],
+        inputs_kwargs=dict(model=model, sampler=opts.sampler, seed=seed, num_images=n, class_label=class_label,
+                           guidance_scale=guidance, **opts.kwargs()),
+        api_name="sample",
+        api_description="Sample images with a sampler of the library from the seed's noise; a class-conditional "
+        "model draws class_label (an index, a name, or 'all' for a row per class) at guidance_scale. Returns the "
+        "grid as shown, the PNG grid at its original size, and a line about the run.",
+        show_progress_on=[progress],
+        **model_event,
+    )
+    run.success(
+        studio.show_trajectory, [traj], denoising,
+        concurrency_id="media", concurrency_limit=1, show_progress="minimal", **PRIVATE,
+    )
+    # the download button shows only while there is a grid to download
+    run.success(lambda: gr.DownloadButton(visible=True), None, download, queue=False, **PRIVATE)
+    run.failure(lambda: gr.DownloadButton(visible=False), None, download, queue=False, **PRIVATE)
+    stop.click(stopped_note, [info], [info], cancels=[fetch, run], queue=False, **PRIVATE)
+    busy_while_running(go, fetch, run, stop)
+
+    return SampleTab(opts, class_label, guidance, seed, n)
+
+
+def denoising_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: gr.Dropdown,
+                  opts: OptionControls, traj: gr.State) -> list[Any]:
+    """The Denoising tab: the last run's x_t beside its predicted x0, a scrubber with play, the noise schedule
+    (planned from the Sample tab's settings until a run shows its own), animations and downloads. Returns the
+    outputs :meth:`Studio.show_trajectory` fills."""
     with gr.Tab("Denoising", id="denoising"):
         gr.Markdown(
             "The denoising of the last **Generate** run (up to 16 images): the noisy x_t the model saw and "
@@ -101,7 +136,7 @@ def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: 
         d_files = gr.File(elem_id="d_files", label="Downloads: GIF, MP4, frames (ZIP of PNGs), trajectory (.npz)",
                           file_count="multiple", interactive=False)
 
-    dice.click(None, None, seed, js=DICE_JS, **PRIVATE)
+
     preview_inputs = dict(model=model, sampler=opts.sampler, **opts.kwargs())
     plot_triggers = [opts.sampler, opts.controls["num_inference_steps"]]
     if "timestep_spacing" in opts.controls:
@@ -114,34 +149,10 @@ def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: 
             concurrency_id="plots", concurrency_limit=1, **PRIVATE,
         )
 
-    fetch = go.click(studio.fetch, [model], None, show_progress="minimal", **load_event, **PRIVATE)
-    run = fetch.success(
-        gpu_task(studio.sample),
-        None,
-        [image, download, info, traj],
-        inputs_kwargs=dict(model=model, sampler=opts.sampler, seed=seed, num_images=n, class_label=class_label,
-                           guidance_scale=guidance, **opts.kwargs()),
-        api_name="sample",
-        api_description="Sample images with a sampler of the library from the seed's noise; a class-conditional "
-        "model draws class_label (an index, a name, or 'all' for a row per class) at guidance_scale. Returns the "
-        "grid as shown, the PNG grid at its original size, and a line about the run.",
-        show_progress_on=[progress],
-        **model_event,
-    )
-    run.success(
-        studio.show_trajectory, [traj], [d_frame, d_xt, d_x0, d_readout, d_plot, d_gif, d_mp4, d_files],
-        concurrency_id="media", concurrency_limit=1, show_progress="minimal", **PRIVATE,
-    )
-    # the download button shows only while there is a grid to download
-    run.success(lambda: gr.DownloadButton(visible=True), None, download, queue=False, **PRIVATE)
-    run.failure(lambda: gr.DownloadButton(visible=False), None, download, queue=False, **PRIVATE)
-    stop.click(stopped_note, [info], [info], cancels=[fetch, run], queue=False, **PRIVATE)
-    busy_while_running(go, fetch, run, stop)
-
     d_frame.change(studio.show_frame, [d_frame, traj], [d_xt, d_x0, d_readout], queue=False, show_progress="hidden",
                    trigger_mode="always_last", **PRIVATE)
     d_play.click(studio.toggle_play, [d_frame, d_playing, traj], [d_frame, d_timer, d_play, d_playing], queue=False,
                  **PRIVATE)
     d_timer.tick(studio.advance, [d_frame, d_playing, traj], [d_frame, d_timer, d_play, d_playing], queue=False,
                  show_progress="hidden", **PRIVATE)
-    return SampleTab(opts, class_label, guidance, seed, n)
+    return [d_frame, d_xt, d_x0, d_readout, d_plot, d_gif, d_mp4, d_files]

@@ -110,48 +110,56 @@ def build_app(studio: Studio) -> gr.Blocks:
             oc.sampler.input(sampler_changed(oc), [model, oc.sampler], oc.outputs(), queue=False,
                              show_progress="hidden", **PRIVATE)
 
-        def deep_link(request: gr.Request) -> list:
-            """``?model=checkpoints/fashion-mnist-cond&class=sneaker&guidance=3&seed=3&sampler=ddpm&steps=100&eta=0.5
-            &n=4`` pre-fills the Sample tab (and chooses the model, as the Model box does)."""
-            q = dict(request.query_params) if request is not None else {}
-            keep = [gr.skip()] * (3 + len(tab_outputs))
-            chosen = q.get("model", "").strip()
-            out = keep
-            if chosen and chosen != studio.default_model:
-                out = on_model(chosen, studio.default_model, "ddim", "ddpm", "ddim")
-            new = studio.store.peek(out[1] if chosen and out is not keep else studio.default_model)
-            ups = dict(zip([model, current, model_md, *tab_outputs], out))
-            sampler = q.get("sampler") if q.get("sampler") in SAMPLERS else None
-            if sampler:
-                ups.update(zip(sample.opts.outputs(), sample.opts.updates(new, sampler)))
-                ups[sample.opts.sampler] = gr.update(value=sampler)
-            seed_u, n_u = gr.skip(), gr.skip()
-            try:
-                if "seed" in q:
-                    seed_u = check_count(q["seed"], "seed", 0, MAX_SEED)
-                if "n" in q:
-                    n_u = check_count(q["n"], "n", 1, MAX_IMAGES)
-                for key, name, cast in (("steps", "num_inference_steps", int), ("eta", "eta", float)):
-                    if key in q and name in sample.opts.controls:
-                        control = sample.opts.controls[name]
-                        ups[control] = gr.update(**{**as_dict(ups.get(control)), "value": cast(q[key])})
-                if new is not None and new.classes is not None:
-                    if "class" in q:
-                        ups[sample.class_label] = gr.update(
-                            **{**as_dict(ups.get(sample.class_label)), "value": link_class(new, q["class"])})
-                    if "guidance" in q:
-                        ups[sample.guidance] = gr.update(
-                            **{**as_dict(ups.get(sample.guidance)), "value": check_guidance(q["guidance"])})
-            except (ValueError, gr.Error):
-                gr.Warning("Some link parameters were not understood and were ignored.")
-            return [ups.get(c, gr.skip()) for c in (model, current, model_md, *tab_outputs)] + [seed_u, n_u]
-
+        deep_link = deep_link_handler(studio, [model, current, model_md, *tab_outputs], sample, on_model)
         demo.load(deep_link, None, [model, current, model_md, *tab_outputs, sample.seed, sample.n],
                   show_progress="hidden", **load_event, **PRIVATE)
 
     demo.queue(max_size=studio.settings.queue_size, default_concurrency_limit=1)
     demo.studio = studio  # type: ignore[attr-defined]  # for tests and scripts
     return demo
+
+
+def deep_link_handler(studio: Studio, targets: list[Any], sample: Any, on_model: Callable[..., list]) -> Callable:
+    """The page-load handler of links such as ``?model=checkpoints/fashion-mnist-cond&class=sneaker&guidance=3
+    &seed=3&sampler=ddpm&steps=100&eta=0.5&n=4``: it chooses the model (as the Model box does) and pre-fills the
+    Sample tab. ``targets``: the model box, its state, its note, then every tab's model-dependent controls."""
+    model, current, model_md, *tab_outputs = targets
+
+    def deep_link(request: gr.Request) -> list:
+        q = dict(request.query_params) if request is not None else {}
+        keep = [gr.skip()] * (3 + len(tab_outputs))
+        chosen = q.get("model", "").strip()
+        out = keep
+        if chosen and chosen != studio.default_model:
+            out = on_model(chosen, studio.default_model, "ddim", "ddpm", "ddim")
+        new = studio.store.peek(out[1] if chosen and out is not keep else studio.default_model)
+        ups = dict(zip([model, current, model_md, *tab_outputs], out))
+        sampler = q.get("sampler") if q.get("sampler") in SAMPLERS else None
+        if sampler:
+            ups.update(zip(sample.opts.outputs(), sample.opts.updates(new, sampler)))
+            ups[sample.opts.sampler] = gr.update(value=sampler)
+        seed_u, n_u = gr.skip(), gr.skip()
+        try:
+            if "seed" in q:
+                seed_u = check_count(q["seed"], "seed", 0, MAX_SEED)
+            if "n" in q:
+                n_u = check_count(q["n"], "n", 1, MAX_IMAGES)
+            for key, name, cast in (("steps", "num_inference_steps", int), ("eta", "eta", float)):
+                if key in q and name in sample.opts.controls:
+                    control = sample.opts.controls[name]
+                    ups[control] = gr.update(**{**as_dict(ups.get(control)), "value": cast(q[key])})
+            if new is not None and new.classes is not None:
+                if "class" in q:
+                    ups[sample.class_label] = gr.update(
+                        **{**as_dict(ups.get(sample.class_label)), "value": link_class(new, q["class"])})
+                if "guidance" in q:
+                    ups[sample.guidance] = gr.update(
+                        **{**as_dict(ups.get(sample.guidance)), "value": check_guidance(q["guidance"])})
+        except (ValueError, gr.Error):
+            gr.Warning("Some link parameters were not understood and were ignored.")
+        return [ups.get(c, gr.skip()) for c in (model, current, model_md, *tab_outputs)] + [seed_u, n_u]
+
+    return deep_link
 
 
 def as_dict(update: Any) -> dict[str, Any]:

@@ -74,32 +74,9 @@ def _ema(train_cfg: dict[str, Any]) -> str:
     return f"EMA {train_cfg['ema_decay']} {warmup}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="the run folder (holds export/, log.csv)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--command", required=True, help="the command that trained it, for the card")
-    p.add_argument(
-        "--note", default="", help="a sentence about the run for the card (e.g. what else shared the machine)"
-    )
-    p.add_argument("--section", action="append", default=[], metavar="FILE.md",
-                   help="markdown appended to the card (measured tables, the recipe comparison); repeatable")
-    args = p.parse_args(argv)
-    run, out = Path(args.run), Path(args.out)
-    export = run / "export"
-    pipe = diffusion.load(export)
-    train_cfg = json.loads((export / "training_config.json").read_text())
-    with (run / "log.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= train_cfg["trained_steps"]]
-    images_seen = int(rows[-1]["step"]) * train_cfg["batch_size"]
-    wall_s = float(rows[-1]["elapsed_s"])  # logged to 1 ms (older logs: 0.1 s, where a few steps log 0.0)
-    rate = f"{images_seen / wall_s:.0f} images/s" if wall_s > 0 else "too fast to time"
-    # A run continued from another model (--init_from) counts that model's training too; read it before
-    # the export below may overwrite it (the bundled model is continued in place).
-    before = previous_training(train_cfg.get("init_from", ""))
-    train_cfg["previous_training"], train_cfg["wall_s"] = before, round(wall_s, 1)
-    pipe.save_pretrained(out, {"training_config.json": json.dumps(train_cfg, indent=2) + "\n"})
-    loss_curve(run / "log.csv", out / "loss.png", train_cfg["trained_steps"])
+def card_grid(pipe: diffusion.DiffusionPipeline, out: Path) -> tuple[str, str, float]:
+    """The card's picture, ``samples-ddim50-seed0.png`` (DDIM-50 from seed 0; a row per class for a class-conditional
+    model, at its recommended guidance): what it shows, the command that makes it, and its seconds."""
     start = time.perf_counter()
     grid_cmd = f"python -m diffusion.sample --model {out} --sampler ddim --steps 50 --seed 0"
     if pipe.classes is None:
@@ -115,11 +92,12 @@ def main(argv: list[str] | None = None) -> None:
         grid_cmd += f" --class-label all -n 8 --guidance-scale {scale:g} --out grid.png"
         grid_what = (f"a row per class ({', '.join(pipe.classes.names)}), the same 8 x_T in every row: DDIM, 50 "
                      f"steps, eta 0, seed 0, guidance {scale:g}")
-    sample_s = time.perf_counter() - start
     save_grid(images, out / "samples-ddim50-seed0.png", nrow=8)
-    last = rows[-1]
-    final_loss = sum(float(r["loss"]) for r in rows[-10:]) / min(10, len(rows))
-    n_params = sum(t.numel() for t in pipe.unet.parameters())
+    return grid_what, grid_cmd, time.perf_counter() - start
+
+
+def card_head(pipe: diffusion.DiffusionPipeline, out: Path, n_params: int, train_cfg: dict[str, Any]) -> tuple[str, str]:
+    """The card's front matter and introduction, and (class-conditional models) its conditioning row."""
     if pipe.classes is None:
         head = f"""---
 library_name: diffusers
@@ -158,6 +136,40 @@ repository's `diffusion.load("{out}")`; its `unet/` loads in diffusers' `UNet2DM
         conditioning = (f"| conditioning | {len(pipe.classes.names)} classes and a null label; each label replaced by the "
                         f"null label with probability {train_cfg['cond_drop_prob']:g}; the label table at "
                         f"{train_cfg.get('label_lr_scale', 1.0):g}x the learning rate |\n")
+    return head, conditioning
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="the run folder (holds export/, log.csv)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--command", required=True, help="the command that trained it, for the card")
+    p.add_argument(
+        "--note", default="", help="a sentence about the run for the card (e.g. what else shared the machine)"
+    )
+    p.add_argument("--section", action="append", default=[], metavar="FILE.md",
+                   help="markdown appended to the card (measured tables, the recipe comparison); repeatable")
+    args = p.parse_args(argv)
+    run, out = Path(args.run), Path(args.out)
+    export = run / "export"
+    pipe = diffusion.load(export)
+    train_cfg = json.loads((export / "training_config.json").read_text())
+    with (run / "log.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= train_cfg["trained_steps"]]
+    images_seen = int(rows[-1]["step"]) * train_cfg["batch_size"]
+    wall_s = float(rows[-1]["elapsed_s"])  # logged to 1 ms (older logs: 0.1 s, where a few steps log 0.0)
+    rate = f"{images_seen / wall_s:.0f} images/s" if wall_s > 0 else "too fast to time"
+    # A run continued from another model (--init_from) counts that model's training too; read it before
+    # the export below may overwrite it (the bundled model is continued in place).
+    before = previous_training(train_cfg.get("init_from", ""))
+    train_cfg["previous_training"], train_cfg["wall_s"] = before, round(wall_s, 1)
+    pipe.save_pretrained(out, {"training_config.json": json.dumps(train_cfg, indent=2) + "\n"})
+    loss_curve(run / "log.csv", out / "loss.png", train_cfg["trained_steps"])
+    grid_what, grid_cmd, sample_s = card_grid(pipe, out)
+    last = rows[-1]
+    final_loss = sum(float(r["loss"]) for r in rows[-10:]) / min(10, len(rows))
+    n_params = sum(t.numel() for t in pipe.unet.parameters())
+    head, conditioning = card_head(pipe, out, n_params, train_cfg)
     card = f"""{head}
 ![{grid_what}](samples-ddim50-seed0.png)
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from diffusion.files import atomic_write, temp_files
@@ -32,6 +31,7 @@ from diffusion.schedule import NoiseSchedule
 from diffusion.unet import UNet
 from training.config import TrainConfig, resolve_config
 from training.data import batches, load_images, load_labels
+from training.objective import diffusion_loss, drop_labels, ema_decay, lr_factor
 from training.run_files import (
     check_output_dirs,
     checkpoint_paths,
@@ -46,72 +46,6 @@ from training.run_files import (
     write_checkpoint,
     write_log,
 )
-
-# ----------------------------------------------------------------------------- training
-
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """The learning rate of optimiser step ``step`` (from 0) as a fraction of ``cfg.lr``: a linear warmup over
-    ``warmup_steps``, then constant (``lr_schedule=constant``, Ho et al. 2020) or a half cosine from ``lr`` down to
-    ``min_lr`` at step ``steps`` (``cosine``; Loshchilov & Hutter 2017, SGDR, without restarts)."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / (cfg.warmup_steps + 1)
-    if cfg.lr_schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    floor = cfg.min_lr / cfg.lr
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def ema_decay(cfg: TrainConfig, step: int) -> float:
-    """The EMA's decay after ``step`` updates: ``ema_decay``, or with ``ema_warmup`` min(ema_decay,
-    (1 + step) / (10 + step)), so that an early EMA is not mostly the initial weights."""
-    return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
-
-
-def loss_weights(schedule: NoiseSchedule, cfg: TrainConfig, t: torch.Tensor) -> torch.Tensor | None:
-    """Per-sample loss weights, or None for the unweighted loss (``loss_weighting=uniform``).
-
-    Min-SNR-gamma (Hang et al. 2023, Sec. 3.4): with SNR_t = abar_t / (1 - abar_t), the x0 error is weighted
-    by min(SNR_t, gamma); in terms of each prediction's own error that is
-    epsilon: min(SNR, gamma) / SNR,  x0 (``sample``): min(SNR, gamma),  v: min(SNR, gamma) / (SNR + 1).
-    """
-    if cfg.loss_weighting == "uniform":
-        return None
-    abar = schedule.alphas_cumprod.to(t.device)[t]
-    snr = abar / (1 - abar)
-    clipped = snr.clamp(max=cfg.min_snr_gamma)
-    per_prediction = {"epsilon": clipped / snr, "sample": clipped, "v_prediction": clipped / (snr + 1)}
-    return per_prediction[cfg.prediction_type].float()
-
-
-def drop_labels(cfg: TrainConfig, labels: torch.Tensor | None) -> torch.Tensor | None:
-    """Classifier-free guidance's training (Ho and Salimans 2022, Algorithm 1): each label replaced by the
-    null label (the number of classes) with probability ``cond_drop_prob``."""
-    if labels is None:
-        return None
-    drop = torch.rand(labels.shape, device=labels.device) < cfg.cond_drop_prob
-    return torch.where(drop, torch.full_like(labels, len(cfg.class_names())), labels)
-
-
-def diffusion_loss(
-    forward: Any, schedule: NoiseSchedule, cfg: TrainConfig, x0: torch.Tensor, autocast: Any,
-    labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """|| target - model(x_t, t[, label]) ||^2 (Ho et al. 2020, Algorithm 1; target eps, x0 or v), weighted per
-    sample by :func:`loss_weights` when ``loss_weighting`` asks for it."""
-    # (2) t ~ Uniform({1..T}), eps ~ N(0, I); (3) x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
-    t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)
-    noise = torch.randn_like(x0)
-    x_t = schedule.q_sample(x0, t, noise)
-    # (4) the regression loss, in fp32 whatever the autocast dtype
-    with autocast:
-        pred = forward(x_t, t) if labels is None else forward(x_t, t, labels)
-    target = schedule.training_target(cfg.prediction_type, x0, t, noise)
-    weights = loss_weights(schedule, cfg, t)
-    if weights is None:
-        return F.mse_loss(pred.float(), target)
-    per_sample = (pred.float() - target).square().flatten(1).mean(1)
-    return (weights * per_sample).mean()
 
 
 @dataclass
@@ -235,6 +169,29 @@ def export_checkpoint(cfg: TrainConfig, resume: str | None) -> dict[str, Any]:
     return {"step": step}
 
 
+def load_data(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """All training images in memory as uint8 (N, C, H, W), and their labels for a class-conditional run."""
+    images = load_images(cfg.dataset, cfg.data_root, "train", cfg.image_size, cfg.channels, cfg.download)
+    if images.shape[1:] != (cfg.channels, cfg.image_size, cfg.image_size):
+        raise ValueError(f"The dataset's images are {tuple(images.shape[1:])}, the config says "
+                         f"({cfg.channels}, {cfg.image_size}, {cfg.image_size}); set channels and image_size to match.")
+    labels = load_labels(cfg.dataset, cfg.data_root, "train", cfg.download) if cfg.class_conditional else None
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"The dataset has {len(images)} images but {len(labels)} labels; its files do not match.")
+    return images, labels
+
+
+def training_batch(cfg: TrainConfig, images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Algorithm 1's (1): x0 ~ q(x0), the batch ``idx`` scaled to [-1, 1]; random flips as in DDPM's CIFAR-10 runs."""
+    x0 = images[idx].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+    if cfg.random_flip:
+        flip = torch.rand(x0.shape[0], device=device) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+    if cfg.channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    return x0
+
+
 def train_step(cfg: TrainConfig, state: TrainState, forward: Any, schedule: NoiseSchedule, x0: torch.Tensor,
                autocast: Any, labels: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
     """Algorithm 1's steps (2)-(5) on one batch: the loss, a clipped AdamW step, the EMA. Returns the loss and
@@ -290,23 +247,13 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
         if procs.main:
             print(f"resumed from {found[0]} at step {state.step}")
 
-    # -- data: all images in memory as uint8, a seeded shuffle per epoch
-    images = load_images(cfg.dataset, cfg.data_root, "train", cfg.image_size, cfg.channels, cfg.download)
-    if images.shape[1:] != (cfg.channels, cfg.image_size, cfg.image_size):
-        raise ValueError(f"The dataset's images are {tuple(images.shape[1:])}, the config says "
-                         f"({cfg.channels}, {cfg.image_size}, {cfg.image_size}); set channels and image_size to match.")
-    labels = load_labels(cfg.dataset, cfg.data_root, "train", cfg.download) if cfg.class_conditional else None
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(f"The dataset has {len(images)} images but {len(labels)} labels; its files do not match.")
+    images, labels = load_data(cfg)
     data = batches(len(images), cfg.batch_size // procs.world, cfg.seed, state.step, procs.rank, procs.world)
     device = procs.device
-    net = (
-        torch.nn.parallel.DistributedDataParallel(
-            state.model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-        if procs.ddp
-        else state.model
-    )
+    net = state.model
+    if procs.ddp:
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
     forward = torch.compile(net) if cfg.compile else net
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
 
@@ -328,13 +275,7 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     try:
         while state.step < cfg.steps:
             _, idx = next(data)
-            # (1) x0 ~ q(x0), scaled to [-1, 1]; random flips as in DDPM's CIFAR-10 runs
-            x0 = images[idx].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-            if cfg.random_flip:
-                flip = torch.rand(x0.shape[0], device=device) < 0.5
-                x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
-            if cfg.channels_last:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
+            x0 = training_batch(cfg, images, idx, device)
             y = None if labels is None else labels[idx].to(device)
             loss_value, grad_norm = train_step(cfg, state, forward, schedule, x0, autocast, y)
             step = state.step
