@@ -346,9 +346,8 @@ def test_bad_configs_fail_clearly_before_any_work(images, tmp_path, case, capsys
 
 def test_unknown_config_file_lists_the_known_ones(capsys):
     assert main(["fashion_mnist"]) == 2
-    assert "No config file 'fashion_mnist'; give a path or one of: cifar10, fashion-mnist, mnist" in (
-        capsys.readouterr().err
-    )
+    known = "cifar10, fashion-mnist, fashion-mnist-cond, mnist"
+    assert f"No config file 'fashion_mnist'; give a path or one of: {known}" in capsys.readouterr().err
 
 
 def test_shipped_configs_resolve():
@@ -356,6 +355,9 @@ def test_shipped_configs_resolve():
         cfg = resolve_config(name, ["--steps=5", "--unet.layers_per_block=1", "--lr=1"])
         assert (cfg.dataset, cfg.steps, cfg.unet["layers_per_block"], cfg.lr) == (name, 5, 1, 1.0)
         cfg.unet_config()
+    cond = resolve_config("fashion-mnist-cond", [])  # the bundled class-conditional model's recipe
+    assert cond.class_conditional and cond.init_from == "checkpoints/fashion-mnist" and cond.label_lr_scale == 20
+    assert cond.unet_config().num_class_embeds == 11
 
 
 # ----------------------------------------------------------------------------- export
