@@ -23,8 +23,8 @@ from .compute import on_compute_thread
 from .errors import refused, shows_refusals
 from .handlers import Studio
 from .options import check_count
-from .runs import Throttle, running_note, time_left
-from .settings import DISPLAY_PX, MAX_SEED, MAX_UPLOAD_BYTES, PROGRESS_EVERY_S
+from .runs import Pace, running_note
+from .settings import DISPLAY_PX, MAX_SEED, MAX_UPLOAD_BYTES
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # real Fashion-MNIST test images, one per class
 CONSISTENCY_STEPS = (10, 20, 50, 100, 1000)
@@ -101,74 +101,36 @@ class Explore:
                     passes: int = 1) -> None:
         self.studio.store.check_work(pipe, images, evaluations, self.studio.store.name(model), passes)
 
-    def _drive(
-        self,
-        steps: Iterator[Step],
-        total: int,
-        done: int,
-        grand_total: int,
-        label: str,
-        progress: gr.Progress,
-        start: float,
-    ) -> Iterator[torch.Tensor | str]:
-        """Run a step iterator with progress (``done`` of ``grand_total`` steps before it). Yields now and then
-        (at most every ``PROGRESS_EVERY_S``: each is a message to the page) a :func:`running_note` for the result
-        line, which is also where Stop takes effect, and at the end the last step's x_prev. The library's
-        ValueErrors (a sample that turned non-finite...) are written for users: refusals here."""
-        tick, last = Throttle(PROGRESS_EVERY_S), None
+    @staticmethod
+    def _drive(steps: Iterator[Step], total: int, label: str, pace: Pace) -> Iterator[torch.Tensor | str]:
+        """Run a step iterator at the request's ``pace`` (:class:`studio.runs.Pace`: its beats are where Stop takes
+        effect). Yields a :func:`running_note` for the result line at each beat, and at the end the last step's
+        x_prev. The library's ValueErrors (a sample that turned non-finite...) are written for users: refusals."""
         yield running_note(label, 0, total, "starting")
         try:
-            for i, last in enumerate(steps, 1):
-                if tick(i == total):
-                    if i < total:
-                        yield running_note(label, i, total)
-                    # after the note: a data message hides the bar until the next progress message, so this order
-                    # keeps the bar up between ticks instead of blinking
-                    progress(
-                        (done + i) / grand_total,
-                        desc=f"{label} {i}/{total} · {time_left(done + i, grand_total, time.perf_counter() - start)}",
-                    )
+            for beat in pace.beats(steps, total, label):
+                yield running_note(label, beat.done, total)
         except ValueError as e:
             raise refused(str(e)) from None
-        assert last is not None
-        yield last.x_prev
+        assert pace.last is not None
+        yield pace.last.x_prev
 
-    def _decode(
-        self,
-        pipe: diffusion.DiffusionPipeline,
-        noise: torch.Tensor,
-        options: Any,
-        done: int,
-        grand: int,
-        label: str,
-        progress: gr.Progress,
-        start: float,
-        labels: dict[str, Any] | None = None,
-    ) -> Iterator[torch.Tensor | str]:
+    def _decode(self, pipe: diffusion.DiffusionPipeline, noise: torch.Tensor, options: Any, pace: Pace, label: str,
+                labels: dict[str, Any] | None = None) -> Iterator[torch.Tensor | str]:
         """DDIM-decode ``noise`` (under ``labels``: the pipeline's class_labels and guidance_scale); yields
         :meth:`_drive`'s notes for the result line, then the images in [0, 1]."""
         steps = pipe.denoise("ddim", noise=noise, options=options, **(labels or {}))
-        for item in self._drive(steps, options.num_inference_steps, done, grand, label, progress, start):
+        for item in self._drive(steps, options.num_inference_steps, label, pace):
             yield item if isinstance(item, str) else diffusion.to_unit(item).float().cpu()
 
-    def _encode(
-        self,
-        pipe: diffusion.DiffusionPipeline,
-        images: torch.Tensor,
-        options: Any,
-        done: int,
-        grand: int,
-        label: str,
-        progress: gr.Progress,
-        start: float,
-        labels: dict[str, Any] | None = None,
-    ) -> Iterator[torch.Tensor | str]:
+    def _encode(self, pipe: diffusion.DiffusionPipeline, images: torch.Tensor, options: Any, pace: Pace, label: str,
+                labels: dict[str, Any] | None = None) -> Iterator[torch.Tensor | str]:
         """DDIM-invert ``images`` (under ``labels``); yields notes (as :meth:`_decode`), then the latents x_T."""
         try:
             steps = pipe.invert_steps(images, options=options, **(labels or {}))
         except ValueError as e:
             raise refused(str(e)) from None
-        return self._drive(steps, options.num_inference_steps, done, grand, label, progress, start)
+        return self._drive(steps, options.num_inference_steps, label, pace)
 
     # -- Interpolate -------------------------------------------------------------------------------
 
@@ -205,12 +167,12 @@ class Explore:
             a, b = la.rows[0], lb.rows[0]
             mixed = pipe.classes.mix(a, b, w, pipe.unet.config.num_class_embeds) if a != b else a
             decode_labels = {"class_labels": mixed, "guidance_scale": la.scale}
-        start = time.perf_counter()
+        start, pace = time.perf_counter(), Pace(progress, grand)
         if use_images:
             (xa, note_a), (xb, note_b) = read_upload(image_a, pipe, "image A"), read_upload(image_b, pipe, "image B")
             x = torch.cat([xa, xb])
             encode = {} if la.rows is None else {"class_labels": [la.rows[0], lb.rows[0]], "guidance_scale": 1.0}
-            for z in self._encode(pipe, x, options, 0, grand, "Encoding the images", progress, start, encode):
+            for z in self._encode(pipe, x, options, pace, "Encoding the images", encode):
                 if isinstance(z, str):
                     yield gr.skip(), gr.skip(), z
             ends = z
@@ -223,9 +185,7 @@ class Explore:
             seeds = [check_count(s, "The seed", 0, MAX_SEED) for s in (seed_a, seed_b)]
             noise = latent_tasks.interpolation_latents(pipe, seeds, frames)
             how = f"seeds {seeds[0]} and {seeds[1]}"
-        done = K if use_images else 0
-        label = f"Decoding {frames} frames"
-        for images in self._decode(pipe, noise, options, done, grand, label, progress, start, decode_labels):
+        for images in self._decode(pipe, noise, options, pace, f"Decoding {frames} frames", decode_labels):
             if isinstance(images, str):
                 yield gr.skip(), gr.skip(), images
         folder = self.studio.outputs.new()
@@ -262,12 +222,12 @@ class Explore:
         self._check_work(pipe, model, 1, 2 * K)
         x, note = read_upload(image, pipe)
         labels = read_labels(pipe, class_label, 1.0, one_of_each=False).request()
-        start = time.perf_counter()
+        start, pace = time.perf_counter(), Pace(progress, 2 * K)
         yield None, None, None, running_note("Encoding", 0, K, "starting")  # the last run's pictures go
-        for z in self._encode(pipe, x, options, 0, 2 * K, "Encoding", progress, start, labels):
+        for z in self._encode(pipe, x, options, pace, "Encoding", labels):
             if isinstance(z, str):
                 yield gr.skip(), gr.skip(), gr.skip(), z
-        for recon in self._decode(pipe, z, options, K, 2 * K, "Decoding", progress, start, labels):
+        for recon in self._decode(pipe, z, options, pace, "Decoding", labels):
             if isinstance(recon, str):
                 yield gr.skip(), gr.skip(), gr.skip(), recon
         mse = latents.mse_per_dimension(x.cpu(), recon)
@@ -295,17 +255,15 @@ class Explore:
         x, note = read_upload(image, pipe)
         labels = read_labels(pipe, class_label, 1.0, one_of_each=False).request()
         self._check_work(pipe, model, 1, 2 * sum(ERROR_STEPS))
-        grand, done, start, errors = 2 * sum(ERROR_STEPS), 0, time.perf_counter(), {}
+        pace, errors = Pace(progress, 2 * sum(ERROR_STEPS)), {}
         for K in ERROR_STEPS:
             _, options = self._pipe(model, K)
-            for z in self._encode(pipe, x, options, done, grand, f"{K} steps: encoding", progress, start, labels):
+            for z in self._encode(pipe, x, options, pace, f"{K} steps: encoding", labels):
                 if isinstance(z, str):
                     yield gr.skip(), z
-            label = f"{K} steps: decoding"
-            for recon in self._decode(pipe, z, options, done + K, grand, label, progress, start, labels):
+            for recon in self._decode(pipe, z, options, pace, f"{K} steps: decoding", labels):
                 if isinstance(recon, str):
                     yield gr.skip(), recon
-            done += 2 * K
             errors[K] = latents.mse_per_dimension(x.cpu(), recon)
         paper = latents.PAPER_TABLE2
         table = "| steps | MSE per dimension | DDIM paper, CIFAR-10 |\n|---:|---:|---:|\n" + "\n".join(
@@ -336,16 +294,13 @@ class Explore:
         total = sum(o.num_inference_steps for o in plans)
         chosen = read_labels(pipe, class_label, guidance_scale, one_of_each=False)
         self._check_work(pipe, model, n, total, chosen.passes)
-        noise = pipe.initial_noise(n, seed)
-        done, rows = 0, []
+        noise, pace, rows = pipe.initial_noise(n, seed), Pace(progress, total), []
         for options in plans:
             K = options.num_inference_steps
-            for images in self._decode(pipe, noise, options, done, total, f"{K} steps", progress, start,
-                                       chosen.request()):
+            for images in self._decode(pipe, noise, options, pace, f"{K} steps", chosen.request()):
                 if isinstance(images, str):
                     yield gr.skip(), images
             rows.append(images)
-            done += K
         folder = self.studio.outputs.new()
         grid = torch.cat(rows)
         stem = f"{media.slug(self.studio.store.name(model))}_consistency_seed{seed}"

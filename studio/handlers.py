@@ -23,7 +23,7 @@ from .compute import on_compute_thread
 from .errors import refused, shows_refusals
 from .models import ModelStore
 from .options import check_count, evaluations, make_options, planned_timesteps, split_options, starts_too_late
-from .runs import Run, Throttle, compare_metrics, difference, metrics_markdown, running_note, time_left
+from .runs import Pace, Run, compare_metrics, difference, metrics_markdown, running_note
 from .settings import (
     APP_DIR,
     BUNDLED_MODELS,
@@ -33,7 +33,6 @@ from .settings import (
     MAX_IMAGES,
     MAX_SEED,
     PREVIEW_PX,
-    PROGRESS_EVERY_S,
     Settings,
 )
 
@@ -111,29 +110,19 @@ class Studio:
         self.store.check_work(pipe, n * rows, evaluations(pipe, sampler, opts), name, labels.passes)
         run = Run(pipe, sampler, opts, n, seed, record=True, model_name=name, labels=labels)
         folder = self.outputs.new()
-        show, tick = Throttle(self.settings.preview_every_s), Throttle(PROGRESS_EVERY_S)
+        pace = Pace(progress, run.total, self.settings.preview_every_s)
         progress(0, desc=f"{sampler.upper()}: starting")
         yield gr.skip(), gr.skip(), running_note(sampler.upper(), 0, run.total, "starting"), gr.skip()
         shown_at = 0
-        for step in run:
-            last = run.done == run.total
-            ticked = tick(last)
-            if show() and not last:
-                pic = media.save_png(
-                    media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX), folder / f"preview{run.done:04d}.png"
-                )
-                shown_at = run.done
-                info = running_note(sampler.upper(), run.done, run.total, f"preview: predicted x0 at step {shown_at}")
-                yield pic, gr.skip(), info, gr.skip()
-            elif ticked and not last:  # a cancel point (Stop takes effect at a yield), and the step count
-                info = running_note(sampler.upper(), run.done, run.total, f"preview: predicted x0 at step {shown_at}")
-                yield gr.skip(), gr.skip(), info, gr.skip()
-            if ticked:  # after the yield: a data message hides the bar until the next progress message
-                progress(
-                    run.done / run.total,
-                    desc=f"{sampler.upper()} step {run.done}/{run.total} · "
-                    f"{time_left(run.done, run.total, time.perf_counter() - start)}",
-                )
+        for beat in pace.beats(run, run.total, sampler.upper()):
+            pic = gr.skip()
+            if beat.preview:
+                pic = media.save_png(media.picture(diffusion.to_unit(beat.step.pred_x0), PREVIEW_PX),
+                                     folder / f"preview{beat.done:04d}.png")
+                shown_at = beat.done
+            # a tick without a preview still says the step count: a cancel point (Stop takes effect at a yield)
+            yield pic, gr.skip(), running_note(sampler.upper(), beat.done, run.total,
+                                               f"preview: predicted x0 at step {shown_at}"), gr.skip()
         assert run.images is not None
         stem = f"{media.slug(name)}_{sampler}_{run.done}steps_seed{seed}"
         if labels.rows is not None:
@@ -181,34 +170,21 @@ class Studio:
         total_steps = sum(o.num_inference_steps for o in opts.values())
         folder = self.outputs.new()
         runs: dict[str, Run] = {}
-        show, tick = Throttle(self.settings.preview_every_s), Throttle(PROGRESS_EVERY_S)
-        start, done = time.perf_counter(), 0
+        pace = Pace(progress, total_steps, self.settings.preview_every_s)
         for p in "ab":
             runs[p] = run = Run(pipe, samplers[p], opts[p], n, seed, labels=labels[p])
             guided = f", s = {labels[p].scale:g}" if labels[p].rows is not None else ""
             label = f"Panel {p.upper()} ({samplers[p].upper()}{guided})"
             if p == "a":  # the last comparison's pictures go: none of them belongs to this run
                 yield None, None, None, None, running_note(label, 0, run.total, "starting"), None
-            for step in run:
-                done += 1
-                ticked = tick(done == total_steps)
-                if show() and run.done < run.total:
-                    pic = media.save_png(
-                        media.picture(diffusion.to_unit(step.pred_x0), PREVIEW_PX),
-                        folder / f"preview-{p}{run.done:04d}.png",
-                    )
-                    md = running_note(label, run.done, run.total, f"t = {media.timestep_text(step.t)}")
+            for beat in pace.beats(run, run.total, label):
+                md = running_note(label, beat.done, run.total, f"t = {media.timestep_text(beat.step.t)}")
+                a_img = b_img = gr.skip()
+                if beat.preview:
+                    pic = media.save_png(media.picture(diffusion.to_unit(beat.step.pred_x0), PREVIEW_PX),
+                                         folder / f"preview-{p}{beat.done:04d}.png")
                     a_img, b_img = (pic, gr.skip()) if p == "a" else (gr.skip(), pic)
-                    yield a_img, b_img, gr.skip(), gr.skip(), md, gr.skip()
-                elif ticked and run.done < run.total:  # a cancel point (Stop takes effect at a yield)
-                    md = running_note(label, run.done, run.total, f"t = {media.timestep_text(step.t)}")
-                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), md, gr.skip()
-                if ticked:  # after the yield, as in sample(): the bar stays up
-                    progress(
-                        done / total_steps,
-                        desc=f"{label} step {run.done}/{run.total} · "
-                        f"{time_left(done, total_steps, time.perf_counter() - start)}",
-                    )
+                yield a_img, b_img, gr.skip(), gr.skip(), md, gr.skip()
             if p == "a" and run.images is not None:  # panel A's result stays up while B runs
                 pic = media.save_png(media.picture(run.images), folder / "a.png")
                 yield pic, gr.skip(), gr.skip(), gr.skip(), f"{label}: done in {run.seconds:.2f} s", gr.skip()

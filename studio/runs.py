@@ -7,7 +7,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import gradio as gr
 import numpy as np
@@ -19,7 +19,7 @@ from diffusion.trajectory import Trajectory
 
 from .class_controls import Labels
 from .errors import refused
-from .settings import MAX_TRAJECTORY_FRAMES, TRAJECTORY_BYTES, TRAJECTORY_IMAGES
+from .settings import MAX_TRAJECTORY_FRAMES, PROGRESS_EVERY_S, TRAJECTORY_BYTES, TRAJECTORY_IMAGES
 
 
 @dataclass
@@ -126,6 +126,44 @@ class Throttle:
             self.last = now
             return True
         return False
+
+
+@dataclass
+class Beat:
+    """A moment a run's loop shows something: ``done`` steps of the run so far, the step, and whether a preview
+    is due (else it is a progress tick)."""
+
+    done: int
+    step: Step
+    preview: bool
+
+
+class Pace:
+    """When the loops of one request show something, the one pacing every handler uses: a preview at most every
+    ``preview_every`` seconds (never without it), else a tick at most every ``PROGRESS_EVERY_S``. Each beat is a
+    message to the page and the point where Stop takes effect (Gradio cancels at a yield); the progress bar moves
+    after it, so the bar stays up between messages instead of blinking. Beats skip a run's last step: its result
+    follows. Several runs (Compare's panels, Explore's encode then decode) share one pace and one bar."""
+
+    def __init__(self, progress: Any, grand_total: int, preview_every: float | None = None) -> None:
+        self.progress, self.grand_total = progress, max(1, grand_total)
+        self.previews = Throttle(preview_every) if preview_every is not None else None
+        self.tick = Throttle(PROGRESS_EVERY_S)
+        self.done = 0  # steps of the request so far
+        self.start = time.perf_counter()
+        self.last: Step | None = None  # the last step seen
+
+    def beats(self, steps: Iterable[Step], total: int, label: str) -> Iterator[Beat]:
+        for i, step in enumerate(steps, 1):
+            self.done, self.last = self.done + 1, step
+            last = i == total
+            ticked = self.tick(last)
+            preview = self.previews is not None and self.previews() and not last
+            if preview or (ticked and not last):
+                yield Beat(i, step, preview)
+            if ticked:
+                left = time_left(self.done, self.grand_total, time.perf_counter() - self.start)
+                self.progress(self.done / self.grand_total, desc=f"{label} step {i}/{total} · {left}")
 
 
 def running_note(label: str, done: int, total: int, detail: str = "") -> str:

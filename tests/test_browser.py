@@ -5,6 +5,7 @@ looks at both panels, then the Denoising tab.
 Also the script that takes the screenshots in docs/::
 
     PYTHONPATH=. python tests/test_browser.py --model checkpoints/fashion-mnist --out docs   # from the repository root
+    PYTHONPATH=. python tests/test_browser.py --classes-only --out docs   # only the class-conditional model's
 """
 
 from __future__ import annotations
@@ -350,11 +351,41 @@ def screenshots(model: str, out: Path, compare_images: int = 4) -> list[Path]:
     return paths
 
 
+def class_screenshot(out: Path) -> Path:
+    """The Sample tab with the bundled class-conditional model: one of each class (a row per class, 8 images a
+    row from the same x_T) at guidance 3, chosen by a link."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from diffusion.machine import configure_threads
+
+    configure_threads()
+    demo, url = launch_studio(str(ROOT / "checkpoints" / "fashion-mnist"), compile=True)
+    path = out / "studio-classes.png"
+    try:
+        with sync_playwright() as p:
+            browser = open_browser(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(15 * 60_000)
+            page.goto(f"{url}?model=checkpoints/fashion-mnist-cond&class=all&guidance=3&n=8")
+            expect(page.locator("#s_class input")).to_have_value("One of each (a row per class)")
+            page.get_by_role("button", name="Generate").click()
+            expect(page.get_by_text("one of each class")).to_be_visible(timeout=15 * 60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=path, full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    return path
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Take the studio screenshots in docs/ with Chromium.")
     parser.add_argument("--model", default=os.environ.get("DEFAULT_MODEL", "checkpoints/fashion-mnist"))
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--compare-images", type=int, default=4)
+    parser.add_argument("--classes-only", action="store_true",
+                        help="only the class-conditional model's screenshot (docs/studio-classes.png)")
     args = parser.parse_args()
-    for path in screenshots(args.model, args.out, args.compare_images):
+    paths = [] if args.classes_only else screenshots(args.model, args.out, args.compare_images)
+    for path in [*paths, class_screenshot(args.out)]:
         print(path)

@@ -53,12 +53,12 @@ def test_runs_yield_a_cancel_point_at_every_progress_tick_between_previews(tiny_
     """Stop takes effect at a yield, so Sample and Compare yield at each progress tick, not only at the previews
     (pictures unchanged, the result line's step count updated): with ticks at every step and one preview, every
     step but the last yields."""
-    from studio import handlers
+    from studio import runs
 
     def step_only(o, line: int) -> bool:  # every output skipped but the result line
         return all(isinstance(v, type(gr.skip())) for i, v in enumerate(o) if i != line)
 
-    monkeypatch.setattr(handlers, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(runs, "PROGRESS_EVERY_S", 0.0)
     studio = make_studio(tiny_model, preview_every_s=1e9)
     outs = run_all(studio.sample(studio.default_model, "ddpm", 0, 1, steps=8))
     assert len(outs) == 9 and outs[1][0] is not None  # starting, the first step's preview, 6 cancel points, result
