@@ -53,8 +53,6 @@ def test_runs_yield_a_cancel_point_at_every_progress_tick_between_previews(tiny_
     """Stop takes effect at a yield, so Sample and Compare yield at each progress tick, not only at the previews
     (pictures unchanged, the result line's step count updated): with ticks at every step and one preview, every
     step but the last yields."""
-    from studio import runs
-
     def step_only(o, line: int) -> bool:  # every output skipped but the result line
         return all(isinstance(v, type(gr.skip())) for i, v in enumerate(o) if i != line)
 
