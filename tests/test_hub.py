@@ -19,6 +19,7 @@ from conftest import DIFFUSERS_TINY, GOOGLE_TINY, write_diffusers_checkpoint
 from hub_server import HubServer
 
 ROOT = Path(__file__).resolve().parents[1]
+CLASSES = {"names": ["a", "b", "c"], "null_label": 3, "guidance_scale": 2.0}
 
 # Loads each (repo, revision) and reports the UNet's output on a fixed input, or the error message.
 SCRIPT = r"""
@@ -31,8 +32,11 @@ for repo, revision in json.loads(sys.argv[1]):
         torch.manual_seed(0)
         c = pipe.unet.config
         x = torch.randn(2, c.in_channels, c.sample_size, c.sample_size)
+        labels = torch.tensor([1, 2]) if pipe.class_conditional else None
         with torch.no_grad():
-            results[f"{repo}@{revision}"] = {"out": pipe.unet(x, torch.tensor([3, 700])).tolist(), "sched": pipe.config}
+            out = pipe.unet(x, torch.tensor([3, 700]), labels).tolist()
+        classes = json.loads(pipe.classes.to_json()) if pipe.classes else None
+        results[f"{repo}@{revision}"] = {"out": out, "sched": pipe.config, "classes": classes}
     except diffusion.CheckpointError as e:
         results[f"{repo}@{revision}"] = {"error": str(e)}
     results[f"{repo}@{revision}"]["seconds"] = time.perf_counter() - start
@@ -56,8 +60,9 @@ def reference(unet) -> np.ndarray:
     torch.manual_seed(0)
     c = unet.config
     x = torch.randn(2, c.in_channels, c.sample_size, c.sample_size)
+    labels = torch.tensor([1, 2]) if c.num_class_embeds else None
     with torch.no_grad():
-        return unet(x, torch.tensor([3, 700])).sample.numpy()
+        return unet(x, torch.tensor([3, 700]), class_labels=labels).sample.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +90,22 @@ def hub(tmp_path_factory):
         sub = tmp / "sub"
         refs["sub"] = write_diffusers_checkpoint(sub, DIFFUSERS_TINY, layout="subfolder")
         server.add_folder("someone/ddpm-sub", sub)
+        cond = tmp / "cond"  # class-conditional, with the classes.json of this project beside model_index.json
+        refs["cond"] = write_diffusers_checkpoint(cond, {**DIFFUSERS_TINY, "num_class_embeds": 4}, layout="subfolder")
+        (cond / "classes.json").write_text(json.dumps(CLASSES))
+        server.add_folder("someone/ddpm-cond", cond)
         for rev, seed in (("main", 1), ("v1", 2)):
             refs[rev] = write_diffusers_checkpoint(tmp / rev, DIFFUSERS_TINY, layout="subfolder", seed=seed)
             server.add_folder("someone/versioned", tmp / rev, revision=rev)
         hf_home = tmp / "hf_home"
-        results = run_loads([("google-test/ddpm-flat", None), ("someone/ddpm-sub", None), ("someone/versioned", "v1"),
+        results = run_loads([("google-test/ddpm-flat", None), ("someone/ddpm-sub", None), ("someone/ddpm-cond", None),
+                             ("someone/versioned", "v1"),
                              ("someone/versioned", None), ("nobody/missing", None), ("someone/versioned", "nope")],
                             hf_home, server.url, offline=False)
         requests = list(server.requests)
     # The server is gone now: what follows can only come from the cache.
-    offline = run_loads([("google-test/ddpm-flat", None), ("someone/ddpm-sub", None), ("never/cached", None)],
+    offline = run_loads([("google-test/ddpm-flat", None), ("someone/ddpm-sub", None), ("someone/ddpm-cond", None),
+                         ("never/cached", None)],
                         hf_home, server.url, offline=True)
     unreachable = run_loads(
         [("someone/ddpm-sub", None), ("google-test/ddpm-flat", None)], tmp / "empty_home", server.url, offline=False
@@ -130,6 +141,15 @@ def test_subfolder_repo_loads(hub):
     r = hub["online"]["someone/ddpm-sub@None"]
     assert "error" not in r, r
     np.testing.assert_allclose(np.array(r["out"]), reference(hub["refs"]["sub"]), atol=1e-5)
+
+
+def test_class_conditional_repo_loads_with_its_classes_online_and_from_the_cache(hub):
+    for mode in ("online", "offline"):
+        r = hub[mode]["someone/ddpm-cond@None"]
+        assert "error" not in r, r
+        np.testing.assert_allclose(np.array(r["out"]), reference(hub["refs"]["cond"]), atol=1e-5)
+        assert r["classes"] == CLASSES
+    assert hub["online"]["someone/ddpm-sub@None"]["classes"] is None  # no classes.json: an unconditional model
 
 
 def test_revision_pinning(hub):
