@@ -26,7 +26,7 @@ import torch
 from diffusion.schedule import NoiseSchedule
 from diffusion.unet import UNet
 from training.config import resolve_config
-from training.train import diffusion_loss, ema_decay, lr_factor
+from training.objective import diffusion_loss, ema_decay, lr_factor
 
 
 def make_step(net, forward, cfg, device, precision):

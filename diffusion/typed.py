@@ -1,5 +1,5 @@
 """Values of typed fields from what people type: one coercion for sampler options (CLI ``--option``,
-studio widgets, scheduler configs) and training configs (``--key=value``)."""
+studio widgets, scheduler configs) and training configs (``--key=value``), and one range check (:class:`Range`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,48 @@ import math
 import os
 import types
 import typing
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take: ``low`` to ``high`` (``open_low`` / ``open_high``: that bound itself
+    excluded), the one range check of sampler options, training configs and the UNet's counts. A bound may be a
+    function of T, the model's training timesteps: it is checked once T is known (a sampler's timesteps). ``why``
+    is said with the refusal."""
+
+    low: float | Callable[[int], float] = -math.inf
+    high: float | Callable[[int], float] = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    why: str = ""
+
+    def check(self, name: str, value: float, T: int | None = None) -> None:
+        """Raise ValueError if ``value`` is out of range; bounds that need T are skipped while ``T`` is None."""
+        low = self.low(T) if callable(self.low) and T is not None else self.low
+        high = self.high(T) if callable(self.high) and T is not None else self.high
+        low = -math.inf if callable(low) else low
+        high = math.inf if callable(high) else high
+        if (value > low if self.open_low else value >= low) and (value < high if self.open_high else value <= high):
+            return
+        if math.isfinite(low) and math.isfinite(high) and (self.open_low or self.open_high):
+            need = f"in {'(' if self.open_low else '['}{low:g}, {high:g}{')' if self.open_high else ']'}"
+        elif math.isfinite(low) and math.isfinite(high):
+            need = f"between {low:g} and {high:g}"
+        elif self.open_low:
+            need = "positive" if low == 0 else f"greater than {low:g}"
+        elif low == 0:
+            need = "a non-negative integer" if isinstance(value, int) else "non-negative"
+        elif low == 1 and isinstance(value, int):
+            need = "a positive integer"
+        else:
+            need = f"at least {low:g}" if math.isfinite(low) else f"at most {high:g}"
+        why = f" ({self.why}{', T = ' + str(T) if T is not None and callable(self.high) else ''})" if self.why else ""
+        raise ValueError(f"{name} must be {need}{why}, got {value!r}.")
+
 
 TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}
 

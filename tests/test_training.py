@@ -27,7 +27,8 @@ from diffusion.files import TEMP_NAME, atomic_write
 from diffusion.unet import UNet
 from training.config import resolve_config
 from training.data import load_images
-from training.train import lr_factor, main, newest_valid_checkpoint, read_checkpoint, train
+from training.objective import lr_factor
+from training.train import main, newest_valid_checkpoint, read_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_UNET = {"block_out_channels": [16, 16], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
@@ -310,7 +311,7 @@ BAD_CONFIGS = {
     "no value": (["--lr"], "Cannot read '--lr': overrides look like --key=value"),
     "no dashes": (["lr=1e-4"], "Cannot read 'lr=1e-4'"),
     "unknown lr schedule": (["--lr_schedule=linear"], "lr_schedule='linear' is not one of 'constant', 'cosine'"),
-    "min_lr above lr": (["--lr=1e-4", "--min_lr=1e-3"], "min_lr must be in [0, lr=0.0001], got 0.001"),
+    "min_lr above lr": (["--lr=1e-4", "--min_lr=1e-3"], "min_lr must be between 0 and 0.0001 (at most lr), got 0.001"),
     "several problems at once": (
         ["--lr=0", "--beta_end=2", "--ema_decay=1"],
         "lr must be positive, got 0.0\n  - ema_decay must be in [0, 1), got 1.0\n  - need 0 < beta_start",
@@ -422,7 +423,7 @@ def test_lr_schedule_warms_up_then_holds_or_follows_a_half_cosine(images, tmp_pa
 def test_min_snr_weights_equal_the_formula(images, tmp_path, prediction):
     """Hang et al. 2023: min(SNR, gamma) on the x0 error, i.e. /SNR for epsilon, x1 for x0, /(SNR + 1) for v."""
     from diffusion.schedule import NoiseSchedule
-    from training.train import loss_weights
+    from training.objective import loss_weights
 
     schedule = NoiseSchedule.from_config()
     t = torch.tensor([0, 10, 100, 250, 500, 999])
@@ -554,7 +555,7 @@ def test_class_conditional_run_takes_labels_from_subfolders_and_exports_them(ima
 
 
 def test_drop_labels_uses_the_null_label_at_the_asked_rate(images, tmp_path):
-    from training.train import drop_labels
+    from training.objective import drop_labels
 
     cfg = tiny_config(images, tmp_path / "run", class_conditional=True, cond_drop_prob=0.2)
     torch.manual_seed(0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +12,23 @@ from typing import Any, Literal
 from diffusion.classes import ClassInfo, check_guidance
 from diffusion.samplers import get_sampler
 from diffusion.schedule import ALIASES, BETA_SCHEDULES, PREDICTIONS
-from diffusion.typed import coerce
+from diffusion.typed import Range, coerce
 from diffusion.unet import UNetConfig
 
 from .data import DATASETS, class_names
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+POSITIVE, NON_NEGATIVE, FRACTION = Range(0, open_low=True), Range(0), Range(0, 1, open_high=True)
+# The numeric fields' ranges (diffusion.typed.Range, the sampler options' check too); min_lr's depends on lr.
+TRAIN_RANGES = {
+    **dict.fromkeys(("lr", "steps", "batch_size", "image_size", "channels", "num_train_timesteps", "ckpt_every",
+                     "log_every", "keep_checkpoints", "sample_steps", "min_snr_gamma"), POSITIVE),
+    **dict.fromkeys(("warmup_steps", "weight_decay", "grad_clip", "sample_every"), NON_NEGATIVE),
+    "ema_decay": FRACTION,
+    "dropout": FRACTION,
+    "cond_drop_prob": Range(0, 1, open_high=True, why="0.1 to 0.2 is usual"),
+    "label_lr_scale": Range(0, open_low=True, why="1 to 20"),
+}
 
 
 @dataclass
@@ -115,35 +125,13 @@ class TrainConfig:
             )
         if self.loss_weighting not in ("uniform", "min_snr"):
             problems.append(f"loss_weighting={self.loss_weighting!r} is unknown; choose uniform or min_snr")
-        if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
-            problems.append(f"min_snr_gamma must be a positive number, got {self.min_snr_gamma}")
         if self.precision not in ("fp32", "bf16"):
             problems.append(f"precision={self.precision!r}: use fp32 or bf16 (fp16 overflows in diffusion training)")
-        for name in (
-            "lr",
-            "steps",
-            "batch_size",
-            "image_size",
-            "channels",
-            "num_train_timesteps",
-            "ckpt_every",
-            "log_every",
-            "keep_checkpoints",
-            "sample_steps",
-        ):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("warmup_steps", "weight_decay", "grad_clip", "sample_every"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must not be negative, got {getattr(self, name)}")
-        if not 0 <= self.min_lr <= self.lr:
-            problems.append(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        if not 0 <= self.ema_decay < 1:
-            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not (math.isfinite(self.label_lr_scale) and self.label_lr_scale > 0):
-            problems.append(f"label_lr_scale must be a positive number (1 to 20), got {self.label_lr_scale}")
-        if not 0 <= self.cond_drop_prob < 1:
-            problems.append(f"cond_drop_prob must be in [0, 1) (0.1 to 0.2 is usual), got {self.cond_drop_prob}")
+        for name, allowed in {**TRAIN_RANGES, "min_lr": Range(0, self.lr, why="at most lr")}.items():
+            try:
+                allowed.check(name, getattr(self, name))
+            except ValueError as e:
+                problems.append(str(e).rstrip("."))
         if self.class_conditional and self.cond_drop_prob == 0 and self.guidance_scale != 1:
             problems.append("cond_drop_prob=0 never trains the null label that guidance needs: set it to 0.1-0.2, "
                             "or guidance_scale=1")
@@ -151,8 +139,6 @@ class TrainConfig:
             check_guidance(self.guidance_scale)
         except ValueError as e:
             problems.append(str(e).rstrip("."))
-        if not 0 <= self.dropout < 1:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.beta_start < self.beta_end < 1:
             problems.append(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
         try:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..schedule import PREDICTIONS, NoiseSchedule, Prediction
-from ..typed import coerce
+from ..typed import Range, coerce
 
 Spacing = Literal["leading", "linspace", "trailing", "quad"]
 SPACINGS = typing.get_args(Spacing)
@@ -46,39 +46,6 @@ class Step:
     evaluations: int = 1  # model evaluations this step spent (Heun: 2, PNDM's Runge-Kutta steps: 4)
 
 
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric option may take: ``low`` to ``high`` (``open_low``: ``low`` itself excluded).
-    A bound may be a function of T, the model's training timesteps: it is checked once T is known
-    (:meth:`SamplerSpec.timesteps`). ``why`` is said with the refusal."""
-
-    low: float | Callable[[int], float] = -math.inf
-    high: float | Callable[[int], float] = math.inf
-    open_low: bool = False
-    why: str = ""
-
-    def check(self, name: str, value: float, T: int | None = None) -> None:
-        """Raise ValueError if ``value`` is out of range; bounds that need T are skipped while ``T`` is None."""
-        low = self.low(T) if callable(self.low) and T is not None else self.low
-        high = self.high(T) if callable(self.high) and T is not None else self.high
-        low = -math.inf if callable(low) else low
-        high = math.inf if callable(high) else high
-        if (value > low if self.open_low else value >= low) and value <= high:
-            return
-        if math.isfinite(low) and math.isfinite(high):
-            need = f"between {low:g} and {high:g}"
-        elif self.open_low:
-            need = "positive" if low == 0 else f"greater than {low:g}"
-        elif low == 0:
-            need = "a non-negative integer" if isinstance(value, int) else "non-negative"
-        elif low == 1 and isinstance(value, int):
-            need = "a positive integer"
-        else:
-            need = f"at least {low:g}" if math.isfinite(low) else f"at most {high:g}"
-        why = f" ({self.why}{', T = ' + str(T) if T is not None and callable(self.high) else ''})" if self.why else ""
-        raise ValueError(f"{name} must be {need}{why}, got {value!r}.")
-
-
 # The ranges of numeric options, by field name, whichever sampler takes them; a sampler's option that is
 # not here still has its type checked, and a float must be finite. An option that needs a range adds it here.
 OPTION_RANGES: dict[str, Range] = {
@@ -86,6 +53,8 @@ OPTION_RANGES: dict[str, Range] = {
     "steps_offset": Range(0, lambda T: T - 1, why="every timestep must stay in 0..T-1"),
     "eta": Range(0, 1, why="0: deterministic DDIM, 1: as noisy as DDPM"),
     "clip_sample_range": Range(0, open_low=True),
+    "sigma_min": Range(0, open_low=True),  # or None: the plan's own
+    "sigma_max": Range(0, open_low=True),
 }
 
 

@@ -28,11 +28,6 @@ class EulerOptions(NoiseLevelOptions):
     sigma_min: float | None = None
     sigma_max: float | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("sigma_min", "sigma_max"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive (or None: the plan's own), got {getattr(self, name)!r}.")
 
 
 @register("euler", EulerOptions, "Euler (Karras et al. 2022): 1st-order ODE steps in sigma, 1 evaluation per step",
