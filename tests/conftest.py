@@ -36,6 +36,9 @@ TINY_16 = dict(
     down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     layers_per_block=1, attention_head_dim=None,
 )
+# TINY_16 without attention: the fastest model whose outputs still depend on the timestep.
+TINY_PLAIN = {**TINY_16, "down_block_types": ("DownBlock2D", "DownBlock2D"),
+              "up_block_types": ("UpBlock2D", "UpBlock2D"), "attention_head_dim": 8}
 # Both config families of diffusers' UNet2DModel, small enough for CPU tests.
 GOOGLE_TINY = dict(
     sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64),

@@ -213,21 +213,9 @@ def test_trailing_spacing_takes_the_steps_asked_for(name, skip_prk):
 def test_trailing_61_is_diffusers_without_its_extra_step(name, step_kwargs):
     """Our DDPM / DDIM at N = 61 trailing equal diffusers' first 61 steps, which end on the data; diffusers'
     62nd step, at t = -1, reads alphas_cumprod[-1] (the noisiest alpha-bar) and leaves a different image."""
-    from conftest import random_diffusers_unet
+    from conftest import TINY_PLAIN, random_diffusers_unet
 
-    unet = random_diffusers_unet(
-        dict(
-            sample_size=8,
-            in_channels=1,
-            out_channels=1,
-            block_out_channels=(16, 16),
-            norm_num_groups=8,
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            layers_per_block=1,
-        ),
-        std=0.05,
-    )
+    unet = random_diffusers_unet(TINY_PLAIN, std=0.05)
 
     def model(x, t):
         with torch.no_grad():

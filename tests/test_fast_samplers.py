@@ -18,7 +18,7 @@ from diffusion.pipeline import to_unit
 from diffusion.samplers import SAMPLERS, get_sampler
 from diffusion.schedule import NoiseSchedule
 
-from conftest import TINY_16, random_diffusers_unet
+from conftest import TINY_16, TINY_PLAIN, random_diffusers_unet
 
 # Samples and every intermediate x agree to 1e-4. What is left is float32 rounding, mostly diffusers'
 # alpha-bar (a float32 cumulative product over 1000 betas, ours is float64): with its alpha-bar our
@@ -307,17 +307,7 @@ def test_pipeline_sample_equals_the_diffusers_loop(diffusers_checkpoint):
 
 
 def tiny_pipeline(config: dict) -> DiffusionPipeline:
-    cfg = UNetConfig(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(16, 16),
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-    )
-    return DiffusionPipeline(UNet(cfg), config)
+    return DiffusionPipeline(UNet(UNetConfig(**TINY_PLAIN)), config)
 
 
 def test_options_come_from_the_config_as_diffusers_from_config():
