@@ -1,9 +1,11 @@
-"""What classifier-free guidance costs: a guided request (the class and the null label in one batched UNet
-call per model evaluation, :func:`diffusion.classes.guided`) against an unguided one of the same size
-(guidance 1: the class only), measured in the same run, alternating, the median of the repeats.
+"""What classifier-free guidance costs: a guided request (the class and the null label,
+:func:`diffusion.classes.guided`) against an unguided one of the same size (guidance 1: the class only),
+measured in the same run, alternating, the median of the repeats; then one model evaluation of each form
+the guided halves can take: two calls of n images (what the pipeline does on a CPU) and one batched call
+of 2n (what it does on a GPU).
 
     python -m benchmarks.guidance_cost                  # the bundled conditional model, 64 images, DDIM 20 steps
-    python -m benchmarks.guidance_cost -n 1 --steps 50  # one image: the batched call costs least here
+    python -m benchmarks.guidance_cost -n 16 --steps 50 # the studio's default request size
 
 An unconditional model is measured as its class-conditional twin (the same UNet with a label table of 11
 rows): the cost does not depend on the weights. The ratio is what to read; the seconds depend on the CPU.
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.classes import ClassInfo
+from diffusion.classes import ClassInfo, guided
 from diffusion.cli import Parser, int_arg
 from diffusion.pipeline import DiffusionPipeline, load
 from diffusion.unet import UNet, UNetConfig
@@ -75,13 +77,41 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         for scale in times:
             times[scale].append(request(scale))
-    plain, guided = (statistics.median(times[s]) for s in (1.0, args.scale))
+    plain, guided_s = (statistics.median(times[s]) for s in (1.0, args.scale))
     print(f"{pipe.source}: {args.num_images} images, DDIM {args.steps} steps, {args.repeats} repeats (median), "
-          f"{torch.get_num_threads()} threads, {cpu_name()}")
-    print(f"guidance 1 (one pass):                 {plain:.3f} s")
-    print(f"guidance {args.scale:g} (two passes, one call):    {guided:.3f} s")
-    print(f"guided / unguided: {guided / plain:.2f}x (the issue's bound: 2.1x)")
+          f"{torch.get_num_threads()} threads, {pipe.device.type}, {cpu_name()}")
+    print(f"request, guidance 1 (one pass):        {plain:.3f} s")
+    print(f"request, guidance {args.scale:g} (two passes):       {guided_s:.3f} s")
+    print(f"guided / unguided request: {guided_s / plain:.2f}x")
+    evals = evaluation_forms(pipe, labels, args.scale, 10 * args.repeats)
+    print(f"one model evaluation: one pass {1000 * evals['one']:.1f} ms, two calls of n {1000 * evals['two']:.1f} ms "
+          f"({evals['two'] / evals['one']:.2f}x), one batched call of 2n {1000 * evals['batched']:.1f} ms "
+          f"({evals['batched'] / evals['one']:.2f}x)")
     return 0
+
+
+def evaluation_forms(pipe: DiffusionPipeline, labels: torch.Tensor, scale: float, repeats: int) -> dict[str, float]:
+    """Median seconds of one model evaluation: unguided, guided as two calls of n, guided as one call of 2n."""
+    x = pipe.initial_noise(len(labels), 0)
+    net, packed = pipe.unet, {}
+
+    def call(x: torch.Tensor, t: float, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), net.frozen_weights(packed):
+            return net(x, torch.tensor(t), y)
+
+    null = pipe.classes.null_label
+    forms = {"one": lambda: call(x, 500, labels.to(pipe.device)),
+             "two": lambda: guided(call, labels, null, scale, batched=False)(x, 500),
+             "batched": lambda: guided(call, labels, null, scale, batched=True)(x, 500)}
+    times: dict[str, list[float]] = {k: [] for k in forms}
+    for f in forms.values():
+        f()
+    for _ in range(repeats):
+        for name, f in forms.items():
+            start = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 if __name__ == "__main__":

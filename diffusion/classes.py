@@ -116,11 +116,12 @@ def check_guidance(scale: Any) -> float:
     return value
 
 
-def guided(net: Callable[..., torch.Tensor], labels: torch.Tensor, null_label: int | None, scale: float) -> Model:
+def guided(net: Callable[..., torch.Tensor], labels: torch.Tensor, null_label: int | None, scale: float,
+           batched: bool = True) -> Model:
     """(x_t, t) -> the guided output eps_null + s (eps_cond - eps_null) (Ho and Salimans 2022, Eq. 6 with
-    w = s - 1): one batched UNet call over the conditional and the null halves; one pass at s = 1 (the
-    conditional model) and at s = 0 (the unconditional one). ``net(x, t, labels)``: the UNet; ``labels``:
-    indices (B,) or weights over the label table (B, num_class_embeds)."""
+    w = s - 1): the conditional and the null halves in one batched UNet call (``batched``), or in two calls
+    of the request's size; one pass at s = 1 (the conditional model) and at s = 0 (the unconditional one).
+    ``net(x, t, labels)``: the UNet; ``labels``: indices (B,) or weights over the label table (B, num_class_embeds)."""
     scale = check_guidance(scale)
     if scale != 1 and null_label is None:
         raise ValueError(
@@ -138,8 +139,10 @@ def guided(net: Callable[..., torch.Tensor], labels: torch.Tensor, null_label: i
             return net(x, t, labels)
         if scale == 0:
             return net(x, t, null)
-        both = net(torch.cat([x, x]), t, torch.cat([labels, null]))
-        cond, uncond = both.chunk(2)
+        if batched:
+            cond, uncond = net(torch.cat([x, x]), t, torch.cat([labels, null])).chunk(2)
+        else:
+            cond, uncond = net(x, t, labels), net(x, t, null)
         return uncond + scale * (cond - uncond)
 
     return model

@@ -135,7 +135,9 @@ class DiffusionPipeline:
         if class_labels is None:
             return call
         null = self.classes.null_label if self.classes else None
-        return guided(call, class_labels, null, guidance_scale)
+        # One batched call of 2n images on a GPU; on the CPU two calls of n, where a batch of 2n can cost more than
+        # twice a batch of n (benchmarks/guidance_cost.py measures both ways).
+        return guided(call, class_labels, null, guidance_scale, batched=self.device.type != "cpu")
 
     def compile(self, build: bool = False, cache_dir: str | Path | None = None) -> bool:
         """Sample through the UNet's ahead-of-time compiled package (:mod:`diffusion.compiled`) from

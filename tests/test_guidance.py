@@ -9,7 +9,7 @@ import torch
 
 from diffusion import DiffusionPipeline
 from diffusion.classes import ClassInfo, check_guidance
-from diffusion.samplers import SAMPLERS
+from diffusion.samplers import SAMPLERS, get_sampler
 from diffusion.unet import UNet, UNetConfig, load_state_dict_strict
 
 from conftest import random_diffusers_unet
@@ -87,7 +87,9 @@ def final(pipe: DiffusionPipeline, sampler: str, **kw) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
-def test_every_sampler_takes_guidance_in_one_batched_call(pipe, sampler):
+def test_every_sampler_takes_guidance(pipe, sampler):
+    """Every sampler sees the guided output; on the CPU the class and null halves are two calls of n images
+    (one batched call of 2n on a GPU: the next test), one call at s = 0 and s = 1."""
     noise = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(1))
     kw = dict(noise=noise, seed=0, num_inference_steps=4, class_labels="ankle boot")
     guided = final(pipe, sampler, guidance_scale=3.0, **kw)
@@ -96,13 +98,31 @@ def test_every_sampler_takes_guidance_in_one_batched_call(pipe, sampler):
     assert (guided - cond).abs().max() > 1e-3 and (uncond - cond).abs().max() > 1e-3
     counting = DiffusionPipeline(CountingUNet(pipe.unet), SCHEDULER, classes=pipe.classes)
     assert torch.equal(final(counting, sampler, guidance_scale=3.0, **kw), guided)
-    assert counting.unet.batches and set(counting.unet.batches) == {4}  # conditional and null halves together
-    counting.unet.batches.clear()
-    final(counting, sampler, guidance_scale=1.0, **kw)
-    assert set(counting.unet.batches) == {2}  # s = 1: the conditional pass only
-    counting.unet.batches.clear()
-    final(counting, sampler, guidance_scale=0.0, **kw)
-    assert set(counting.unet.batches) == {2}  # s = 0: the null pass only
+    evaluations = len(get_sampler(sampler).timesteps(pipe.schedule, pipe.sampler_options(sampler,
+                                                                                          num_inference_steps=4)))
+    assert counting.unet.batches == [2] * (2 * evaluations)  # the class half, then the null half
+    for scale in (1.0, 0.0):  # one pass
+        counting.unet.batches.clear()
+        final(counting, sampler, guidance_scale=scale, **kw)
+        assert counting.unet.batches == [2] * evaluations
+
+
+def test_one_batched_call_gives_the_same_guidance(pipe):
+    """The batched form (a GPU's) makes one call of 2n images per evaluation, with the two calls' numbers."""
+    from diffusion.classes import guided
+
+    calls = []
+
+    def net(x, t, labels):
+        calls.append(len(x))
+        with torch.no_grad():
+            return pipe.unet(x, torch.tensor(t), labels)
+
+    x, labels = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(8)), torch.tensor([0, 1, 2])
+    batched = guided(net, labels, 3, 2.5, batched=True)(x, 400)
+    assert calls == [6]
+    two = guided(net, labels, 3, 2.5, batched=False)(x, 400)
+    assert calls == [6, 3, 3] and torch.allclose(batched, two, atol=1e-5)
 
 
 def test_guidance_zero_is_the_null_label(pipe):
