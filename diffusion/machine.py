@@ -47,8 +47,12 @@ def unet_flops(config: UNetConfig, batch: int = 1) -> tuple[float, dict[str, flo
     with torch.device("meta"):
         unet = UNet(config)
         x = torch.empty(batch, config.in_channels, config.sample_size, config.sample_size)
+        labels = None  # a class-conditional UNet needs labels: one per image, of the kind its config embeds
+        if config.class_conditional:
+            width = config.time_embed_dim if config.class_embed_type == "identity" else None
+            labels = torch.zeros(batch, width) if width else torch.zeros(batch, dtype=torch.long)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            unet(x, torch.tensor(500))
+            unet(x, torch.tensor(500), labels)
     per_op = {str(op): float(n) for op, n in counter.get_flop_counts()["Global"].items()}
     return float(counter.get_total_flops()), per_op
 

@@ -292,7 +292,8 @@ class UNet(nn.Module):
             return labels.to(self.dtype) @ self.class_embedding.weight  # weights over the table: mixed classes
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"class_labels must be whole-number class indices, got {labels.dtype}.")
-        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < cfg.num_class_embeds):
+        checkable = labels.numel() and labels.device.type != "meta"  # shapes only on "meta" (FLOP counting)
+        if checkable and not (0 <= int(labels.min()) and int(labels.max()) < cfg.num_class_embeds):
             raise ValueError(
                 f"class label {int(labels.max()) if labels.max() >= cfg.num_class_embeds else int(labels.min())} "
                 f"is out of range; this model knows labels 0 to {cfg.num_class_embeds - 1}.")

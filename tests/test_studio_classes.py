@@ -146,3 +146,14 @@ def test_class_controls_show_for_a_conditional_model_only(studio, tmp_path):
     assert shown["s_guidance"].value == 2.0 and shown["i_class_b"].value == "2"
     plain = controls_by_id(ui.build_app(make_studio(str(write_tiny_model(tmp_path / "plain")))))
     assert not any(plain[e].visible for e in ("s_class", "s_guidance", "c_class", "i_class_a", "k_guidance"))
+
+
+def test_a_conditional_model_costs_what_its_unconditional_twin_costs(cond_model, tmp_path):
+    """FLOPs are counted with labels for a class-conditional UNet (it needs them): the same budget as its twin."""
+    from diffusion.machine import flops_per_pixel
+
+    cond = make_studio(cond_model).store
+    plain = make_studio(str(write_tiny_model(tmp_path / "plain"))).store
+    c, p = (s.get(s.default) for s in (cond, plain))
+    assert flops_per_pixel(c.unet.config) == pytest.approx(flops_per_pixel(p.unet.config), rel=0.01)
+    assert cond.work_budget(c) == plain.work_budget(p)
