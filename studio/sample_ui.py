@@ -1,4 +1,4 @@
-"""The Sample tab and the Denoising tab that replays its last run: layout and events (``/sample`` in the API)."""
+"""The Sample tab (``/sample`` in the API) and the Denoising tab that replays its last run: layout and events."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ class SampleTab:
     guidance: gr.Slider
     seed: gr.Number
     n: gr.Slider
+    traj: gr.State  # the last run's trajectory, for the Denoising tab
+    run: Any  # the sampling event: the Denoising tab shows its trajectory on success
 
     def model_outputs(self) -> list[Any]:
         return [*self.opts.outputs(), self.class_label, self.guidance]
@@ -39,8 +41,8 @@ class SampleTab:
 
 def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: gr.Dropdown,
                load_event: dict[str, Any], model_event: dict[str, Any], gpu_task: Any) -> SampleTab:
-    """Build the Sample and Denoising tabs and wire them: Generate fetches the model in the "load" queue,
-    samples in the "model" queue (``/sample``), then the Denoising tab shows the run's trajectory."""
+    """Build the Sample tab and wire it: Generate fetches the model in the "load" queue, then samples in the
+    "model" queue (``/sample``); :func:`denoising_tab` shows the run's trajectory."""
     with gr.Tab("Sample", id="sample"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
@@ -72,8 +74,6 @@ def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: 
                 )
         traj = gr.State(None, time_to_live=STATE_TTL_S)
 
-    denoising = denoising_tab(studio, pipe, model, opts, traj)
-
     dice.click(None, None, seed, js=DICE_JS, **PRIVATE)
     fetch = go.click(studio.fetch, [model], None, show_progress="minimal", **load_event, **PRIVATE)
     run = fetch.success(
@@ -89,24 +89,20 @@ def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: 
         show_progress_on=[progress],
         **model_event,
     )
-    run.success(
-        studio.show_trajectory, [traj], denoising,
-        concurrency_id="media", concurrency_limit=1, show_progress="minimal", **PRIVATE,
-    )
     # the download button shows only while there is a grid to download
     run.success(lambda: gr.DownloadButton(visible=True), None, download, queue=False, **PRIVATE)
     run.failure(lambda: gr.DownloadButton(visible=False), None, download, queue=False, **PRIVATE)
     stop.click(stopped_note, [info], [info], cancels=[fetch, run], queue=False, **PRIVATE)
     busy_while_running(go, fetch, run, stop)
 
-    return SampleTab(opts, class_label, guidance, seed, n)
+    return SampleTab(opts, class_label, guidance, seed, n, traj, run)
 
 
 def denoising_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: gr.Dropdown,
-                  opts: OptionControls, traj: gr.State) -> list[Any]:
-    """The Denoising tab: the last run's x_t beside its predicted x0, a scrubber with play, the noise schedule
-    (planned from the Sample tab's settings until a run shows its own), animations and downloads. Returns the
-    outputs :meth:`Studio.show_trajectory` fills."""
+                  sample: SampleTab) -> None:
+    """The Denoising tab: the last Sample run's x_t beside its predicted x0, a scrubber with play, the noise
+    schedule (planned from the Sample tab's settings until a run shows its own), animations and downloads."""
+    opts, traj = sample.opts, sample.traj
     with gr.Tab("Denoising", id="denoising"):
         gr.Markdown(
             "The denoising of the last **Generate** run (up to 16 images): the noisy x_t the model saw and "
@@ -155,4 +151,7 @@ def denoising_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, mode
                  **PRIVATE)
     d_timer.tick(studio.advance, [d_frame, d_playing, traj], [d_frame, d_timer, d_play, d_playing], queue=False,
                  show_progress="hidden", **PRIVATE)
-    return [d_frame, d_xt, d_x0, d_readout, d_plot, d_gif, d_mp4, d_files]
+    sample.run.success(
+        studio.show_trajectory, [traj], [d_frame, d_xt, d_x0, d_readout, d_plot, d_gif, d_mp4, d_files],
+        concurrency_id="media", concurrency_limit=1, show_progress="minimal", **PRIVATE,
+    )

@@ -19,7 +19,7 @@ from .explore import Explore
 from .explore_ui import explore_tab
 from .handlers import Studio
 from .options import OptionControls, check_count
-from .sample_ui import sample_tab
+from .sample_ui import denoising_tab, sample_tab
 from .settings import MAX_IMAGES, MAX_SEED, MAX_UPLOAD_BYTES
 from .widgets import PRIVATE
 
@@ -82,6 +82,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tabs():
             sample = sample_tab(studio, pipe, model, load_event, model_event, gpu_task)
             compare = compare_tab(studio, pipe, model, load_event, model_event, gpu_task)
+            denoising_tab(studio, pipe, model, sample)
             explore = explore_tab(Explore(studio), pipe, model, load_event, model_event, gpu_task)
 
         samplers = [sample.opts.sampler, *compare.samplers()]
