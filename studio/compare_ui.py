@@ -12,10 +12,10 @@ import diffusion
 from .class_controls import class_picker, guidance_slider, picker_update, slider_update
 from .handlers import Studio
 from .options import OptionControls
-from .runs import stopped_note
 from .sample_ui import DICE_JS
 from .settings import MAX_IMAGES
-from .widgets import PRIVATE, busy_while_running, keep_in_range
+from .widgets import PRIVATE, keep_in_range
+from .wiring import Runner, stop_runs
 
 
 @dataclass
@@ -53,8 +53,8 @@ class CompareTab:
                 picker_update(pipe, one_of_each=False)]
 
 
-def compare_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: gr.Dropdown,
-                load_event: dict[str, Any], model_event: dict[str, Any], gpu_task: Any) -> CompareTab:
+def compare_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, runner: Runner) -> CompareTab:
+    """Build the Compare tab, wired by ``runner`` (``/compare``)."""
     with gr.Tab("Compare", id="compare"):
         gr.Markdown(
             "Both panels start from the **same x_T** (drawn from the seed). DDIM with eta 0 is deterministic; "
@@ -85,23 +85,16 @@ def compare_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model:
             metrics = gr.JSON(label="Metrics")
 
     dice.click(None, None, seed, js=DICE_JS, **PRIVATE)
-    fetch = go.click(studio.fetch, [model], None, show_progress="minimal", **load_event, **PRIVATE)
-    run = fetch.success(
-        gpu_task(studio.compare),
-        None,
-        [a.image, b.image, slider, diff, md, metrics],
-        inputs_kwargs=dict(
-            model=model, seed=seed, num_images=n, class_label=class_label,
-            a_sampler=a.opts.sampler, a_guidance_scale=a.guidance, **a.opts.kwargs(),
-            b_sampler=b.opts.sampler, b_guidance_scale=b.guidance, **b.opts.kwargs(),
-        ),
+    events = runner.wire(
+        go, stop, studio.compare, [a.image, b.image, slider, diff, md, metrics],
+        dict(seed=seed, num_images=n, class_label=class_label,
+             a_sampler=a.opts.sampler, a_guidance_scale=a.guidance, **a.opts.kwargs(),
+             b_sampler=b.opts.sampler, b_guidance_scale=b.guidance, **b.opts.kwargs()),
+        progress,
         api_name="compare",
         api_description="Two samplers (panel A and panel B options) from the same starting noise; a "
         "class-conditional model draws class_label in both, at a_guidance_scale and b_guidance_scale. Returns both "
         "grids, the pair for a slider, a difference map, the metrics as Markdown and as a dictionary.",
-        show_progress_on=[progress],
-        **model_event,
     )
-    stop.click(stopped_note, [md], [md], cancels=[fetch, run], queue=False, **PRIVATE)
-    busy_while_running(go, fetch, run, stop)
+    stop_runs(stop, [md], events)
     return CompareTab(a, b, class_label)

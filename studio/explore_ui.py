@@ -13,8 +13,15 @@ import diffusion
 
 from .class_controls import class_picker, guidance_slider, picker_update, slider_update
 from .explore import CONSISTENCY_STEPS, MAX_INTERPOLATION_FRAMES, Explore, example_images
-from .runs import stopped_note
-from .widgets import PRIVATE, busy_while_running, image_upload, keep_in_range
+from .widgets import (
+    PRIVATE,
+    image_upload,
+    keep_in_range,
+    progress_and_result,
+    result_picture,
+    run_and_stop_buttons,
+)
+from .wiring import Runner, stop_runs
 
 
 @dataclass
@@ -34,29 +41,8 @@ class ExploreTab:
         return [*first, *[slider_update(pipe) for _ in self.sliders]]
 
 
-@dataclass
-class Wiring:
-    """What every Explore sub-tab's events need: the handlers, the Model box, the queues, the GPU wrapper."""
-
-    explore: Explore
-    model: gr.Dropdown
-    load_event: dict[str, Any]
-    model_event: dict[str, Any]
-    gpu_task: Any
-
-    def fetched(self, button: gr.Button) -> Any:
-        """The button's click loads the model in the "load" queue; sampling is chained on its success."""
-        return button.click(self.explore.studio.fetch, [self.model], None, show_progress="minimal",
-                            **self.load_event, **PRIVATE)
-
-
-def explore_tab(
-    explore: Explore, pipe: diffusion.DiffusionPipeline | None, model: gr.Dropdown, load_event: dict[str, Any],
-    model_event: dict[str, Any], gpu_task: Any
-) -> ExploreTab:
-    """Build the tab and its three sub-tabs; sampling work runs in the "model" queue after the model is
-    fetched in the "load" queue, as Sample and Compare do."""
-    w = Wiring(explore, model, load_event, model_event, gpu_task)
+def explore_tab(explore: Explore, pipe: diffusion.DiffusionPipeline | None, runner: Runner) -> ExploreTab:
+    """Build the tab and its three sub-tabs, each wired by ``runner`` as Sample and Compare are."""
     with gr.Tab("Explore", id="explore"):
         gr.Markdown(
             "DDIM with eta 0 is deterministic, so the starting noise x_T is a **latent code** (Song et al. 2021, "
@@ -65,13 +51,14 @@ def explore_tab(
             elem_classes="studio-note",
         )
         with gr.Tabs():
-            i_classes, i_guidance = interpolate_tab(w, pipe)
-            r_class = reconstruct_tab(w, pipe)
-            k_class, k_guidance = consistency_tab(w, pipe)
+            i_classes, i_guidance = interpolate_tab(explore, pipe, runner)
+            r_class = reconstruct_tab(explore, pipe, runner)
+            k_class, k_guidance = consistency_tab(explore, pipe, runner)
     return ExploreTab([*i_classes, r_class, k_class], [i_guidance, k_guidance])
 
 
-def interpolate_tab(w: Wiring, pipe: diffusion.DiffusionPipeline | None) -> tuple[list[gr.Dropdown], gr.Slider]:
+def interpolate_tab(explore: Explore, pipe: diffusion.DiffusionPipeline | None,
+                    runner: Runner) -> tuple[list[gr.Dropdown], gr.Slider]:
     """Slerp between two seeds' x_T (or two images' latents), from class A to class B (``/interpolate``)."""
     class_b = str(min(7, len(pipe.classes.names) - 1)) if pipe is not None and pipe.classes is not None else "0"
     examples = example_images()
@@ -99,58 +86,30 @@ def interpolate_tab(w: Wiring, pipe: diffusion.DiffusionPipeline | None) -> tupl
                     [i_img_a, i_img_b],
                     label="Real Fashion-MNIST test images",
                 )
-        with gr.Row():
-            i_go = gr.Button("Interpolate", variant="primary")
-            i_stop = gr.Button("Stop", variant="stop")
-        i_progress = gr.Markdown("", elem_id="i-progress", min_height=44)  # the progress bar shows here
-        i_info = gr.Markdown(
-            "Spherical interpolation (slerp) between the two x_T, each frame decoded with DDIM.",
-            elem_id="i-info",
-            label="Result",
+        i_go, i_stop = run_and_stop_buttons("Interpolate")
+        i_progress, i_info = progress_and_result(
+            "i", "Spherical interpolation (slerp) between the two x_T, each frame decoded with DDIM."
         )
-        i_strip = gr.Image(
-            elem_classes="studio-picture",
-            label="Interpolation strip",
-            type="filepath",
-            format="png",
-            interactive=False,
-            elem_id="i-strip",
-            buttons=["download", "fullscreen"],
-        )
+        i_strip = result_picture("Interpolation strip", "i-strip")
         i_gif = gr.Image(
             elem_classes="studio-picture",
             label="As an animation (GIF)", type="filepath", interactive=False, elem_id="i-gif", height=220
         )
-    i_fetch = w.fetched(i_go)
-    i_event = i_fetch.success(
-        w.gpu_task(w.explore.interpolate),
-        None,
-        [i_strip, i_gif, i_info],
-        inputs_kwargs=dict(
-            model=w.model,
-            seed_a=i_seed_a,
-            seed_b=i_seed_b,
-            frames=i_frames,
-            steps=i_steps,
-            image_a=i_img_a,
-            image_b=i_img_b,
-            class_a=i_class_a,
-            class_b=i_class_b,
-            guidance_scale=i_guidance,
-        ),
+    events = runner.wire(
+        i_go, i_stop, explore.interpolate, [i_strip, i_gif, i_info],
+        dict(seed_a=i_seed_a, seed_b=i_seed_b, frames=i_frames, steps=i_steps, image_a=i_img_a, image_b=i_img_b,
+             class_a=i_class_a, class_b=i_class_b, guidance_scale=i_guidance),
+        i_progress,
         api_name="interpolate",
         api_description="Frames decoded with DDIM (eta 0) from noise slerped between two seeds' noise, or between "
         "two images' DDIM latents when both images are given; a class-conditional model goes from class_a to "
         "class_b at guidance_scale. Returns the strip, a GIF and a line about the run.",
-        show_progress_on=[i_progress],
-        **w.model_event,
     )
-    i_stop.click(stopped_note, [i_info], [i_info], cancels=[i_fetch, i_event], queue=False, **PRIVATE)
-    busy_while_running(i_go, i_fetch, i_event, i_stop)
+    stop_runs(i_stop, [i_info], events)
     return [i_class_a, i_class_b], i_guidance
 
 
-def reconstruct_tab(w: Wiring, pipe: diffusion.DiffusionPipeline | None) -> gr.Dropdown:
+def reconstruct_tab(explore: Explore, pipe: diffusion.DiffusionPipeline | None, runner: Runner) -> gr.Dropdown:
     """DDIM inversion and reconstruction of an image, and its error against steps (``/reconstruct``)."""
     examples = example_images()
     with gr.Tab("Invert and reconstruct", id="explore-reconstruct"):
@@ -168,15 +127,10 @@ def reconstruct_tab(w: Wiring, pipe: diffusion.DiffusionPipeline | None) -> gr.D
                 keep_in_range(r_steps, "DDIM steps")
                 r_class = class_picker(pipe, "r_class", "Class (encoded and decoded under it)",
                                        one_of_each=False)
-                with gr.Row():
-                    r_go = gr.Button("Invert and reconstruct", variant="primary")
-                    r_stop = gr.Button("Stop", variant="stop")
+                r_go, r_stop = run_and_stop_buttons("Invert and reconstruct")
             with gr.Column(scale=2):
-                r_progress = gr.Markdown("", elem_id="r-progress", min_height=44)
-                r_info = gr.Markdown(
-                    "Encode the image into x_T with DDIM run backwards, then decode x_T.",
-                    elem_id="r-info",
-                    label="Result",
+                r_progress, r_info = progress_and_result(
+                    "r", "Encode the image into x_T with DDIM run backwards, then decode x_T."
                 )
                 with gr.Row():
                     r_input = gr.Image(
@@ -194,44 +148,23 @@ def reconstruct_tab(w: Wiring, pipe: diffusion.DiffusionPipeline | None) -> gr.D
                 r_curve = gr.Button("Error against steps (10, 20, 50, 100)")
                 r_plot = gr.Plot(label="Reconstruction error")
                 r_table = gr.Markdown("", elem_id="r-table")  # below the plot: its headers fit on a line
-    r_fetch = w.fetched(r_go)
-    r_event = r_fetch.success(
-        w.gpu_task(w.explore.reconstruct),
-        None,
-        [r_input, r_latent, r_recon, r_info],
-        inputs_kwargs=dict(model=w.model, image=r_image, steps=r_steps, class_label=r_class),
+    events = runner.wire(
+        r_go, r_stop, explore.reconstruct, [r_input, r_latent, r_recon, r_info],
+        dict(image=r_image, steps=r_steps, class_label=r_class), r_progress,
         api_name="reconstruct",
         api_description="Encode an image into its DDIM latent x_T and decode it back. Returns the input at the "
         "model's size, x_T scaled to [0, 1], the reconstruction and a line with the error.",
-        show_progress_on=[r_progress],
-        **w.model_event,
     )
-    c_fetch = w.fetched(r_curve)
-    c_event = c_fetch.success(
-        w.gpu_task(w.explore.error_curve),
-        None,
-        [r_plot, r_table],
-        inputs_kwargs=dict(model=w.model, image=r_image, class_label=r_class),
-        show_progress_on=[r_progress],
-        **w.model_event,
-        **PRIVATE,
-    )
-    r_stop.click(
-        lambda info, table: (stopped_note(info), stopped_note(table)),
-        [r_info, r_table],
-        [r_info, r_table],
-        cancels=[r_fetch, r_event, c_fetch, c_event],
-        queue=False,
-        **PRIVATE,
-    )
-    busy_while_running(r_go, r_fetch, r_event, r_stop)
-    busy_while_running(r_curve, c_fetch, c_event, r_stop)
+    curve_events = runner.wire(r_curve, r_stop, explore.error_curve, [r_plot, r_table],
+                               dict(image=r_image, class_label=r_class), r_progress)
+    stop_runs(r_stop, [r_info, r_table], [*events, *curve_events])
     # the error curve belongs to the image it was measured on: a new image clears it
     r_image.change(lambda: (None, ""), None, [r_plot, r_table], queue=False, show_progress="hidden", **PRIVATE)
     return r_class
 
 
-def consistency_tab(w: Wiring, pipe: diffusion.DiffusionPipeline | None) -> tuple[gr.Dropdown, gr.Slider]:
+def consistency_tab(explore: Explore, pipe: diffusion.DiffusionPipeline | None,
+                    runner: Runner) -> tuple[gr.Dropdown, gr.Slider]:
     """One x_T decoded at several step counts (``/consistency``)."""
     with gr.Tab("Consistency", id="explore-consistency"):
         with gr.Row(equal_height=True):
@@ -247,38 +180,18 @@ def consistency_tab(w: Wiring, pipe: diffusion.DiffusionPipeline | None) -> tupl
         with gr.Row(equal_height=True):
             k_class = class_picker(pipe, "k_class", one_of_each=False)
             k_guidance = guidance_slider(pipe, "k_guidance")
-        with gr.Row():
-            k_go = gr.Button("Decode at each step count", variant="primary")
-            k_stop = gr.Button("Stop", variant="stop")
-        k_progress = gr.Markdown("", elem_id="k-progress", min_height=44)
-        k_info = gr.Markdown(
-            "The same x_T decoded with DDIM (eta 0) at each step count: the high-level "
-            "features stay (Sec. 5.2).",
-            elem_id="k-info",
-            label="Result",
+        k_go, k_stop = run_and_stop_buttons("Decode at each step count")
+        k_progress, k_info = progress_and_result(
+            "k", "The same x_T decoded with DDIM (eta 0) at each step count: the high-level features stay (Sec. 5.2)."
         )
-        k_grid = gr.Image(
-            elem_classes="studio-picture",
-            label="One row per step count",
-            type="filepath",
-            format="png",
-            interactive=False,
-            elem_id="k-grid",
-            buttons=["download", "fullscreen"],
-        )
-    k_fetch = w.fetched(k_go)
-    k_event = k_fetch.success(
-        w.gpu_task(w.explore.consistency),
-        None,
-        [k_grid, k_info],
-        inputs_kwargs=dict(model=w.model, seed=k_seed, num_images=k_n, counts=k_counts, class_label=k_class,
-                           guidance_scale=k_guidance),
+        k_grid = result_picture("One row per step count", "k-grid")
+    events = runner.wire(
+        k_go, k_stop, explore.consistency, [k_grid, k_info],
+        dict(seed=k_seed, num_images=k_n, counts=k_counts, class_label=k_class, guidance_scale=k_guidance),
+        k_progress,
         api_name="consistency",
         api_description="One seed's noise decoded with DDIM at several step counts, a row each. Returns the grid "
         "and a line about the run.",
-        show_progress_on=[k_progress],
-        **w.model_event,
     )
-    k_stop.click(stopped_note, [k_info], [k_info], cancels=[k_fetch, k_event], queue=False, **PRIVATE)
-    busy_while_running(k_go, k_fetch, k_event, k_stop)
+    stop_runs(k_stop, [k_info], events)
     return k_class, k_guidance

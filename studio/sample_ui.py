@@ -12,9 +12,9 @@ import diffusion
 from .class_controls import class_picker, guidance_slider, picker_update, slider_update
 from .handlers import NO_RUN, Studio
 from .options import OptionControls
-from .runs import stopped_note
 from .settings import MAX_IMAGES, STATE_TTL_S
-from .widgets import PRIVATE, busy_while_running, keep_in_range
+from .widgets import PRIVATE, keep_in_range, run_and_stop_buttons
+from .wiring import Runner, stop_runs
 
 DICE_JS = "() => Math.floor(Math.random() * 2147483647)"
 
@@ -39,10 +39,9 @@ class SampleTab:
         return [*self.opts.updates(pipe, sampler, only_model_fields=True), picker_update(pipe), slider_update(pipe)]
 
 
-def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: gr.Dropdown,
-               load_event: dict[str, Any], model_event: dict[str, Any], gpu_task: Any) -> SampleTab:
-    """Build the Sample tab and wire it: Generate fetches the model in the "load" queue, then samples in the
-    "model" queue (``/sample``); :func:`denoising_tab` shows the run's trajectory."""
+def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, runner: Runner) -> SampleTab:
+    """Build the Sample tab, wired by ``runner`` (``/sample``); :func:`denoising_tab` shows the run's
+    trajectory."""
     with gr.Tab("Sample", id="sample"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
@@ -55,9 +54,7 @@ def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: 
                 n = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="Number of images", elem_id="s_n",
                               info="per class with 'one of each'")
                 keep_in_range(n, "Number of images")
-                with gr.Row():
-                    go = gr.Button("Generate", variant="primary")
-                    stop = gr.Button("Stop", variant="stop")
+                go, stop = run_and_stop_buttons("Generate")
             with gr.Column(scale=2):
                 info = gr.Markdown(
                     "Press **Generate**: predicted-x0 previews stream in while it samples.", elem_id="s-info",
@@ -75,25 +72,21 @@ def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, model: 
         traj = gr.State(None, time_to_live=STATE_TTL_S)
 
     dice.click(None, None, seed, js=DICE_JS, **PRIVATE)
-    fetch = go.click(studio.fetch, [model], None, show_progress="minimal", **load_event, **PRIVATE)
-    run = fetch.success(
-        gpu_task(studio.sample),
-        None,
-        [image, download, info, traj],
-        inputs_kwargs=dict(model=model, sampler=opts.sampler, seed=seed, num_images=n, class_label=class_label,
-                           guidance_scale=guidance, **opts.kwargs()),
+    events = runner.wire(
+        go, stop, studio.sample, [image, download, info, traj],
+        dict(sampler=opts.sampler, seed=seed, num_images=n, class_label=class_label, guidance_scale=guidance,
+             **opts.kwargs()),
+        progress,
         api_name="sample",
         api_description="Sample images with a sampler of the library from the seed's noise; a class-conditional "
         "model draws class_label (an index, a name, or 'all' for a row per class) at guidance_scale. Returns the "
         "grid as shown, the PNG grid at its original size, and a line about the run.",
-        show_progress_on=[progress],
-        **model_event,
     )
+    run = events[1]
     # the download button shows only while there is a grid to download
     run.success(lambda: gr.DownloadButton(visible=True), None, download, queue=False, **PRIVATE)
     run.failure(lambda: gr.DownloadButton(visible=False), None, download, queue=False, **PRIVATE)
-    stop.click(stopped_note, [info], [info], cancels=[fetch, run], queue=False, **PRIVATE)
-    busy_while_running(go, fetch, run, stop)
+    stop_runs(stop, [info], events)
 
     return SampleTab(opts, class_label, guidance, seed, n, traj, run)
 

@@ -22,6 +22,7 @@ from .options import OptionControls, check_count
 from .sample_ui import denoising_tab, sample_tab
 from .settings import MAX_IMAGES, MAX_SEED, MAX_UPLOAD_BYTES
 from .widgets import PRIVATE
+from .wiring import Runner
 
 try:  # Hugging Face ZeroGPU: the decorator does nothing elsewhere; the package is absent off Spaces.
     import spaces  # type: ignore[import-not-found]
@@ -80,10 +81,11 @@ def build_app(studio: Studio) -> gr.Blocks:
             model_md = gr.Markdown(status, elem_classes="studio-note")
         current = gr.State(studio.default_model)
         with gr.Tabs():
-            sample = sample_tab(studio, pipe, model, load_event, model_event, gpu_task)
-            compare = compare_tab(studio, pipe, model, load_event, model_event, gpu_task)
+            runner = Runner(studio.fetch, model, load_event, model_event, gpu_task)
+            sample = sample_tab(studio, pipe, runner)
+            compare = compare_tab(studio, pipe, runner)
             denoising_tab(studio, pipe, model, sample)
-            explore = explore_tab(Explore(studio), pipe, model, load_event, model_event, gpu_task)
+            explore = explore_tab(Explore(studio), pipe, runner)
 
         samplers = [sample.opts.sampler, *compare.samplers()]
         tab_outputs = [*sample.model_outputs(), *compare.model_outputs(), *explore.model_outputs()]

@@ -1,5 +1,5 @@
 """Small pieces of the page the tabs share: an upload box that hands over the file unopened, a slider that says
-when a typed value is out of range, and a run button that cannot queue a second run behind its first."""
+when a typed value is out of range, the run and Stop buttons, the progress box and result line, a result picture."""
 
 from __future__ import annotations
 
@@ -56,15 +56,20 @@ def keep_in_range(slider: gr.Slider, label: str) -> None:
     )
 
 
-def busy_while_running(button: gr.Button, fetch: Any, run: Any, stop: gr.Button) -> None:
-    """``button`` is off from its click until its run ends (done, refused, failed to load the model, or
-    stopped), so that a second click cannot queue a duplicate run behind the first. ``fetch`` is the click's
-    model-loading event, ``run`` the sampling event chained on it, ``stop`` the tab's Stop button."""
+def run_and_stop_buttons(label: str) -> tuple[gr.Button, gr.Button]:
+    """A tab's run button and its Stop, side by side."""
+    with gr.Row():
+        return gr.Button(label, variant="primary"), gr.Button("Stop", variant="stop")
 
-    def on() -> gr.Button:
-        return gr.Button(interactive=True)
 
-    button.click(lambda: gr.Button(interactive=False), None, button, queue=False, **PRIVATE)
-    fetch.failure(on, None, button, queue=False, **PRIVATE)
-    run.then(on, None, button, queue=False, **PRIVATE)
-    stop.click(on, None, button, queue=False, **PRIVATE)
+def progress_and_result(prefix: str, text: str) -> tuple[gr.Markdown, gr.Markdown]:
+    """Where a run's progress bar shows (``{prefix}-progress``), and the result line below it
+    (``{prefix}-info``: what ran, or why it was refused, or where Stop stopped it)."""
+    progress = gr.Markdown("", elem_id=f"{prefix}-progress", min_height=44)
+    return progress, gr.Markdown(text, elem_id=f"{prefix}-info", label="Result")
+
+
+def result_picture(label: str, elem_id: str, **kwargs: Any) -> gr.Image:
+    """A picture a run makes: shown at the page's picture size, downloadable as the PNG made, full screen."""
+    return gr.Image(elem_classes="studio-picture", label=label, type="filepath", format="png", interactive=False,
+                    elem_id=elem_id, buttons=["download", "fullscreen"], **kwargs)

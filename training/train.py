@@ -232,6 +232,18 @@ def save_checkpoint(cfg: TrainConfig, state: TrainState, procs: Processes, run_d
         dist.barrier()
 
 
+def open_run_dir(cfg: TrainConfig, run_dir: Path, step: int) -> tuple[Any, list[dict[str, Any]]]:
+    """The main process's run folder: made, cleared of a killed run's temp files, the config written; its
+    TensorBoard writer (past ``step`` purged, as a resume rewrites what came after) and the loss log so far."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*temp_files(run_dir), *temp_files(run_dir / "checkpoints")]:  # a run killed mid-write
+        stale.unlink(missing_ok=True)
+    atomic_write(run_dir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n"))
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tb"), purge_step=step or None), read_log(run_dir, step)
+
+
 def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False) -> dict[str, Any]:
     """Set up, restore, then steps until ``cfg.steps`` with logs, sample grids and checkpoints, then export."""
     check_output_dirs(cfg, export_only)
@@ -257,17 +269,8 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
     forward = torch.compile(net) if cfg.compile else net
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
 
-    writer = None
     fresh = procs.main and not run_dir.exists()  # made by this run: removed again if it fails before a checkpoint
-    if procs.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in [*temp_files(run_dir), *temp_files(run_dir / "checkpoints")]:  # a run killed mid-write
-            stale.unlink(missing_ok=True)
-        atomic_write(run_dir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n"))
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step or None)
-        log_rows = read_log(run_dir, state.step)
+    writer, log_rows = open_run_dir(cfg, run_dir, state.step) if procs.main else (None, [])
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not procs.main,
                dynamic_ncols=True)
     t_last, seen, loss_sum, n_sum = time.perf_counter(), 0, 0.0, 0

@@ -1,0 +1,61 @@
+"""How every tab's run button and Stop are wired (:class:`Runner`, :func:`stop_runs`): model loading, then the
+work in one queue, the button off while it runs, Stop that cancels and says where it stopped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gradio as gr
+
+from .runs import stopped_note
+from .widgets import PRIVATE
+
+
+@dataclass
+class Runner:
+    """How every tab's run button is wired, the same way in each: the click loads the model in the "load"
+    queue (``fetch``); the work, chained on its success, runs in the "model" queue one at a time, through
+    ``gpu_task`` (ZeroGPU on Spaces), with its progress bar shown in the tab's progress box; the button is off
+    while it runs (:func:`busy_while_running`)."""
+
+    fetch: Callable[[str], Any]
+    model: gr.Dropdown
+    load_event: dict[str, Any]
+    model_event: dict[str, Any]
+    gpu_task: Callable[[Callable], Callable]
+
+    def wire(self, go: gr.Button, stop: gr.Button, fn: Callable, outputs: list[Any], inputs: dict[str, Any],
+             progress: gr.Markdown, api_name: str | None = None, api_description: str | None = None) -> list[Any]:
+        """``go`` runs ``fn(model=..., **inputs)`` into ``outputs``; an ``api_name`` makes it a named API
+        endpoint. Returns the two events (model loading, work) for :func:`stop_runs` to cancel."""
+        fetch = go.click(self.fetch, [self.model], None, show_progress="minimal", **self.load_event, **PRIVATE)
+        api = {"api_name": api_name, "api_description": api_description} if api_name else PRIVATE
+        run = fetch.success(self.gpu_task(fn), None, outputs, inputs_kwargs={"model": self.model, **inputs},
+                            show_progress_on=[progress], **self.model_event, **api)
+        busy_while_running(go, fetch, run, stop)
+        return [fetch, run]
+
+
+def stop_runs(stop: gr.Button, notes: list[gr.Markdown], events: list[Any]) -> None:
+    """``stop`` cancels ``events`` at once (outside the queue) and each result line in ``notes`` that showed
+    a run going says where it stopped (:func:`studio.runs.stopped_note`)."""
+
+    def stopped(*texts: str | None) -> Any:
+        return stopped_note(texts[0]) if len(texts) == 1 else tuple(stopped_note(t) for t in texts)
+
+    stop.click(stopped, notes, notes, cancels=events, queue=False, **PRIVATE)
+
+
+def busy_while_running(button: gr.Button, fetch: Any, run: Any, stop: gr.Button) -> None:
+    """``button`` is off from its click until its run ends (done, refused, failed to load the model, or
+    stopped), so that a second click cannot queue a duplicate run behind the first. ``fetch`` is the click's
+    model-loading event, ``run`` the sampling event chained on it, ``stop`` the tab's Stop button."""
+
+    def on() -> gr.Button:
+        return gr.Button(interactive=True)
+
+    button.click(lambda: gr.Button(interactive=False), None, button, queue=False, **PRIVATE)
+    fetch.failure(on, None, button, queue=False, **PRIVATE)
+    run.then(on, None, button, queue=False, **PRIVATE)
+    stop.click(on, None, button, queue=False, **PRIVATE)
