@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .samplers import Step
-from .samplers.base import ModelFn, select_timesteps
+from .samplers.base import ModelFn, explicit_timesteps, select_timesteps
 from .samplers.ddim import DDIMOptions, predict_x0_eps
 from .schedule import NoiseSchedule
 
@@ -44,12 +44,17 @@ def check_inversion_options(options: DDIMOptions) -> None:
 def inversion_timesteps(T: int, options: DDIMOptions) -> list[tuple[int, int]]:
     """(t_from, t_to) of every encoding step, in order: ``t_to`` ascends through the DDIM sampler's
     timesteps (diffusers' ``DDIMInverseScheduler.set_timesteps``: the same plans, reversed) and
-    ``t_from = t_to - T // K`` as its ``step`` computes it (negative: the image itself).
+    ``t_from = t_to - T // K`` as its ``step`` computes it (negative: the image itself); with an explicit
+    ``timesteps`` list, ``t_from`` is the previous listed level, as DDIM samples such a list.
 
     "trailing" keeps the K timesteps asked for where diffusers' float arange adds a K + 1-th, t = -1
     (K = 61 of T = 1000 is the first): diffusers would evaluate the model at t = -1 and step to
     alphas_cumprod[-1] there (see :func:`diffusion.samplers.base.trailing_timesteps`)."""
     check_inversion_options(options)
+    explicit = explicit_timesteps(T, options)
+    if explicit is not None:  # an explicit list: each step from the previous visited level, as DDIM samples it
+        up = explicit[::-1]
+        return [(up[i - 1] if i else -1, t) for i, t in enumerate(up)]
     K = options.num_inference_steps
     ts = select_timesteps(T, K, options.timestep_spacing, options.steps_offset)[::-1]
     return [(max(min(t - T // K, T - 1), -1), t) for t in ts]

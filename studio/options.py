@@ -21,9 +21,11 @@ PRIMARY_OPTIONS = ("num_inference_steps", "eta", "variance_type", "timestep_spac
 HIDDEN_OPTIONS = {
     "prediction_type",  # a property of the trained model: always the checkpoint's value
     "interpolation_type",  # one allowed value: there to refuse configs asking another
-    "sigma_min",
+    "sigma_min",  # Euler's and UniPC's ends of Karras / exponential / beta sigmas: the checkpoint's
     "sigma_max",
-}  # Euler's ends of Karras / exponential / beta sigmas: the checkpoint's
+    "disable_corrector",  # UniPC's list of uncorrected steps: the checkpoint's (or --option on the command line)
+    "timesteps",  # an explicit list of timesteps: the library's and the command line's (--option timesteps=999,500,0)
+}
 API_NAMES = {"num_inference_steps": "steps"}
 LABELS = {
     "num_inference_steps": "Steps",
@@ -39,6 +41,9 @@ LABELS = {
     "use_exponential_sigmas": "Exponential sigmas",
     "use_beta_sigmas": "Beta sigmas",
     "algorithm_type": "Algorithm",
+    "solver_order": "Solver order",
+    "solver_type": "Solver type",
+    "predict_x0": "Predict x0 (UniPC's data-prediction form)",
 }
 INFO = {
     "eta": "0: deterministic DDIM; 1: as noisy as DDPM",
@@ -50,6 +55,8 @@ INFO = {
     "use_exponential_sigmas": "log-uniform noise levels instead of the spacing's",
     "use_beta_sigmas": "Beta(0.6, 0.6) quantiles of the noise range (dense at both ends)",
     "algorithm_type": "dpmsolver++: the ODE solver; sde-dpmsolver++: its stochastic (SDE) version",
+    "solver_order": "how many past model outputs each multistep update combines",
+    "solver_type": "DPM-Solver++: midpoint or heun 2nd-order form; UniPC: bh1 (B(h) = h) or bh2 (B(h) = e^h - 1)",
 }
 
 

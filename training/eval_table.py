@@ -37,7 +37,7 @@ def table_rows() -> list[Row]:
             rows.append(
                 Row(f"ddim-eta{eta:g}-{steps}", "ddim", {"num_inference_steps": steps, "eta": eta}, steps == 1000)
             )
-    for sampler in ("dpm-solver++", "pndm", "euler", "heun"):
+    for sampler in ("dpm-solver++", "unipc", "deis", "pndm", "euler", "heun"):
         for nfe in (10, 20, 50):
             # PNDM as PLMS (skip_prk_steps): its Runge-Kutta warm-up alone spends 12 evaluations.
             options = {"skip_prk_steps": True} if sampler == "pndm" else {}

@@ -13,11 +13,13 @@ from .base import (
 )
 from .ddim import DDIMOptions, ddim
 from .ddpm import DDPMOptions, ddpm
+from .deis import DEISOptions, deis
 from .dpm_solver import DPMSolverOptions, dpm_solver
 from .euler import EulerOptions, euler
 from .euler_ancestral import EulerAncestralOptions, euler_ancestral
 from .heun import HeunOptions, heun
 from .pndm import PNDMOptions, pndm
+from .unipc import UniPCOptions, unipc
 
 __all__ = [
     "SAMPLERS",
@@ -31,16 +33,20 @@ __all__ = [
     "select_timesteps",
     "DDIMOptions",
     "DDPMOptions",
+    "DEISOptions",
     "DPMSolverOptions",
     "EulerOptions",
     "EulerAncestralOptions",
     "HeunOptions",
     "PNDMOptions",
+    "UniPCOptions",
     "ddim",
     "ddpm",
+    "deis",
     "dpm_solver",
     "euler",
     "euler_ancestral",
     "heun",
     "pndm",
+    "unipc",
 ]

@@ -106,6 +106,58 @@ class BaseOptions:
             object.__setattr__(self, name, check_option(type(self).__name__, name, hint, getattr(self, name)))
 
 
+def timestep_list(value: Any) -> tuple[int, ...]:
+    """An explicit list of timesteps from a list, a tuple or text ("999, 800, 600"): whole numbers from 0, strictly
+    descending (each one visited once, noisiest first), or ValueError saying what is wrong."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    try:
+        ts = tuple(int(float(v)) for v in items)
+        whole = all(float(v) == int(float(v)) for v in items)
+    except (TypeError, ValueError):
+        ts, whole = (), False
+    example = "e.g. timesteps=[999, 800, 600, 400, 200, 0]"
+    if not ts or not whole or min(ts) < 0:
+        raise ValueError(f"timesteps must list whole timesteps from 0 up, {example}; got {value!r}.")
+    if any(b >= a for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps must be in strictly descending order (noisiest first), {example}; got {list(ts)}.")
+    return ts
+
+
+@dataclass(frozen=True)
+class TimestepListOptions(BaseOptions):
+    """``timesteps``: an explicit list instead of the spacing (diffusers' ``set_timesteps(timesteps=[999, 800,
+    ...])``, the DDIM paper's hand-picked sub-sequences), checked by :func:`timestep_list`; it sets the number of
+    steps, and the spacing and ``steps_offset`` are not used."""
+
+    timesteps: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.timesteps is not None:
+            object.__setattr__(self, "timesteps", timestep_list(self.timesteps))
+            object.__setattr__(self, "num_inference_steps", len(self.timesteps))
+        super().__post_init__()
+
+
+def explicit_timesteps(T: int, options: BaseOptions) -> list[int] | None:
+    """The options' explicit ``timesteps`` checked against the model's T (None: use the spacing)."""
+    ts = getattr(options, "timesteps", None)
+    if ts is None:
+        return None
+    if ts[0] > T - 1:
+        raise ValueError(f"timesteps start at {ts[0]}, past the model's last trained timestep {T - 1}; "
+                         f"list timesteps from {T - 1} down.")
+    return list(ts)
+
+
+def visited_timesteps(T: int, options: BaseOptions) -> list[int]:
+    """The descending whole timesteps a DDPM or DDIM run visits: the explicit list, or the spacing's
+    (:func:`select_timesteps`)."""
+    explicit = explicit_timesteps(T, options)
+    if explicit is not None:
+        return explicit
+    return select_timesteps(T, options.num_inference_steps, options.timestep_spacing, options.steps_offset)
+
+
 @dataclass(frozen=True)
 class SamplerOptions(BaseOptions):
     """:class:`BaseOptions` and the clipping of the predicted x0, for the samplers whose diffusers
@@ -235,7 +287,7 @@ class SamplerSpec:
         if self.plan is not None:
             ts = self.plan(schedule, options)
         else:
-            ts = select_timesteps(T, options.num_inference_steps, options.timestep_spacing, options.steps_offset)
+            ts = visited_timesteps(T, options)
         check_timesteps(self.name, ts, T)
         return ts
 
@@ -295,6 +347,10 @@ __all__ = [
     "spaced_timesteps",
     "trailing_timesteps",
     "select_timesteps",
+    "timestep_list",
+    "TimestepListOptions",
+    "explicit_timesteps",
+    "visited_timesteps",
     "randn_like",
     "clip_x0",
     "register",

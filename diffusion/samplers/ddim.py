@@ -8,12 +8,13 @@ from typing import Iterator
 import torch
 
 from ..schedule import NoiseSchedule, to_x0_eps
-from .base import ModelFn, SamplerOptions, Step, clip_x0, randn_like, register, select_timesteps
+from .base import ModelFn, SamplerOptions, Step, TimestepListOptions, clip_x0, randn_like, register, visited_timesteps
 
 
 @dataclass(frozen=True)
-class DDIMOptions(SamplerOptions):
-    """Defaults are diffusers' ``DDIMScheduler`` with ``DDIMPipeline``'s 50 steps and eta 0."""
+class DDIMOptions(SamplerOptions, TimestepListOptions):
+    """Defaults are diffusers' ``DDIMScheduler`` with ``DDIMPipeline``'s 50 steps and eta 0; ``timesteps``: an
+    explicit sub-sequence (Song et al. 2021, Sec. 4.2: any increasing sub-sequence of 1..T works)."""
 
     num_inference_steps: int = 50
     eta: float = 0.0
@@ -39,14 +40,14 @@ def ddim(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DDIM
 
     The previous timestep is ``t - T // K`` for the leading/linspace/trailing spacings, as in
     diffusers' ``DDIMScheduler`` (so the same seed gives the same images), and the next visited
-    timestep for "quad", as in the DDIM paper's code.
+    timestep for "quad" and an explicit ``timesteps`` list, as in the DDIM paper's code.
     """
     o = options
     T = schedule.num_train_timesteps
-    ts = select_timesteps(T, o.num_inference_steps, o.timestep_spacing, o.steps_offset)
+    ts = visited_timesteps(T, o)
     final = schedule.final_abar(o.set_alpha_to_one)
     for i, t in enumerate(ts):
-        if o.timestep_spacing == "quad":
+        if o.timestep_spacing == "quad" or o.timesteps is not None:
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         else:
             t_prev = t - T // o.num_inference_steps

@@ -8,14 +8,15 @@ from typing import Iterator, Literal
 import torch
 
 from ..schedule import NoiseSchedule, to_x0_eps
-from .base import ModelFn, SamplerOptions, Step, clip_x0, randn_like, register, select_timesteps
+from .base import ModelFn, SamplerOptions, Step, TimestepListOptions, clip_x0, randn_like, register, visited_timesteps
 
 VarianceType = Literal["fixed_small", "fixed_large"]
 
 
 @dataclass(frozen=True)
-class DDPMOptions(SamplerOptions):
-    """Defaults are diffusers' ``DDPMScheduler`` with ``DDPMPipeline``'s 1000 steps."""
+class DDPMOptions(SamplerOptions, TimestepListOptions):
+    """Defaults are diffusers' ``DDPMScheduler`` with ``DDPMPipeline``'s 1000 steps; ``timesteps``: an explicit
+    list, as its ``set_timesteps(timesteps=...)``."""
 
     num_inference_steps: int = 1000
     variance_type: VarianceType = "fixed_small"
@@ -26,7 +27,7 @@ def ddpm(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DDPM
          generator: torch.Generator | None = None) -> Iterator[Step]:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), respaced as in Nichol & Dhariwal 2021."""
     o = options
-    ts = select_timesteps(schedule.num_train_timesteps, o.num_inference_steps, o.timestep_spacing, o.steps_offset)
+    ts = visited_timesteps(schedule.num_train_timesteps, o)
     for i, t in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         # (1) The respaced chain's own beta: beta'_t = 1 - abar_t / abar_prev.

@@ -7,17 +7,17 @@ import math
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
-import numpy as np
 import torch
 
 from ..schedule import NoiseSchedule, to_x0_eps
-from .base import DiffusersSpacing, ModelFn, Step, check_offset, check_steps, randn_like, register, spaced_timesteps
-from .noise_levels import NoiseLevelOptions, convert_sigmas, diffusers_sigmas, sigma_to_t, uses_noise_levels
-from .sigmas import final_sigma, sigmas_at
+from .base import DiffusersSpacing, ModelFn, Step, TimestepListOptions, randn_like, register
+from .multistep import log_snr, multistep_order, multistep_plan
+from .noise_levels import NoiseLevelOptions
+from .sigmas import final_sigma
 
 
 @dataclass(frozen=True)
-class DPMSolverOptions(NoiseLevelOptions):
+class DPMSolverOptions(NoiseLevelOptions, TimestepListOptions):
     """Defaults are diffusers' ``DPMSolverMultistepScheduler`` (DPM-Solver++(2M), midpoint, linspace
     spacing, first-order last step to sigma 0) with 20 steps: the number diffusers' documentation and
     its users pick for this scheduler (its pipelines default to 50 for every scheduler). No clipping
@@ -35,35 +35,9 @@ class DPMSolverOptions(NoiseLevelOptions):
 
 
 def dpm_solver_plan(schedule: NoiseSchedule, options: DPMSolverOptions) -> tuple[list[int], list[float]]:
-    """diffusers' ``DPMSolverMultistepScheduler.set_timesteps``: the timestep of each step's model evaluation
-    and its sigma = sigma_t / alpha_t, without the point the last step reaches.
-
-    By spacing, N + 1 points with the last (t = 0) dropped:
-    linspace: round(linspace(0, T - 1, N + 1))   leading: arange(N + 1) * (T // (N + 1)) + offset
-    trailing: round(arange(T, 0, -T / N)) - 1
-    With a sigma option, N sigmas over the whole trained range, sigma(T - 1) to sigma(0), whatever the spacing;
-    the model sees their timesteps rounded (Karras, except for "squaredcos_cap_v2" betas) or truncated
-    (diffusers' cast to int64), the update uses the sigmas themselves.
-    """
-    o, T = options, schedule.num_train_timesteps
-    N = o.num_inference_steps
-    check_steps(T, N)
-    if uses_noise_levels(o):
-        sigmas = convert_sigmas(diffusers_sigmas(schedule)[::-1], o)
-        t = sigma_to_t(schedule, sigmas)
-        if o.use_karras_sigmas and schedule.beta_schedule != "squaredcos_cap_v2":
-            t = t.round()
-        return [int(v) for v in t], [float(s) for s in sigmas]
-    if o.timestep_spacing == "trailing":
-        ts = spaced_timesteps(T, N, "trailing")
-    else:  # N + 1 points, the last (t = 0) dropped
-        ts = spaced_timesteps(T, N + 1, o.timestep_spacing, o.steps_offset)[:-1]
-    ts = [int(t) for t in ts]
-    if len(set(ts)) != len(ts):
-        raise ValueError(f"{o.timestep_spacing!r} spacing repeats timesteps at {N} steps of T={T}, where DPM-Solver++ "
-                         "divides by zero; use fewer steps or another spacing.")
-    check_offset(ts[0], T, o.steps_offset)
-    return ts, [float(s) for s in sigmas_at(schedule, np.array(ts))]
+    """diffusers' ``DPMSolverMultistepScheduler.set_timesteps`` (:func:`multistep_plan`; Karras timesteps are
+    rounded except for "squaredcos_cap_v2" betas, as there)."""
+    return multistep_plan(schedule, options, round_karras=schedule.beta_schedule != "squaredcos_cap_v2")
 
 
 def dpm_solver_timesteps(schedule: NoiseSchedule, options: DPMSolverOptions) -> list[int]:
@@ -98,16 +72,14 @@ def dpm_solver(
 
     It integrates the data prediction x_theta over lambda = log(alpha_t / sigma_t) with alpha_t = sqrt(abar_t),
     sigma_t = sqrt(1 - abar_t); the first step is first order (DDIM), and so is the last when it lands on
-    sigma = 0 (``final_sigmas_type="zero"``) or the run is short (``lower_order_final``, under 15 steps).
+    sigma = 0 (``final_sigmas_type="zero"``: the step's result is x_theta itself, the limit of the updates as
+    sigma_t -> 0) or the run is short (``lower_order_final``, under 15 steps).
     """
     o = options
     ts, ratios = dpm_solver_plan(schedule, o)
     # (1) sigma_t / alpha_t at each step (the spacing's, or Karras / exponential / beta sigmas), then the point
     #     the last step reaches (0: the data).
-    ratios = ratios + [final_sigma(schedule, o.final_sigmas_type)]
-    alpha = [1 / math.sqrt(1 + s * s) for s in ratios]  # alpha_t = sqrt(abar_t)
-    sigma = [s * a for s, a in zip(ratios, alpha)]  # sigma_t = sqrt(1 - abar_t)
-    lam = [math.log(a) - math.log(s) if s > 0 else math.inf for a, s in zip(alpha, sigma)]  # lambda_t
+    alpha, sigma, lam = log_snr(ratios + [final_sigma(schedule, o.final_sigmas_type)])
     sde = o.algorithm_type == "sde-dpmsolver++"
     x0s: list[torch.Tensor] = []  # data predictions of the steps so far, the newest last
     n = len(ts)
@@ -118,62 +90,48 @@ def dpm_solver(
         # (3) The SDE's noise z ~ N(0, I), drawn at every step (the last too), in float32 as diffusers draws it.
         z = randn_like(x.to(torch.float32), generator).to(x.dtype) if sde else None
         # (4) The order: 1 on the first step and on a last step to sigma = 0 or of a short run; up to solver_order.
-        lower_final = i == n - 1 and (
-            o.euler_at_final or (o.lower_order_final and n < 15) or o.final_sigmas_type == "zero"
-        )
-        lower_second = i == n - 2 and o.lower_order_final and n < 15
-        order = (
-            1
-            if o.solver_order == 1 or i < 1 or lower_final
-            else 2
-            if o.solver_order == 2 or i < 2 or lower_second
-            else 3
-        )
-        a_t, s_t, s_s = alpha[i + 1], sigma[i + 1], sigma[i]
-        h = lam[i + 1] - lam[i]  # inf when landing on the data
-        # (5) D0 = x_theta_i and, from order 2, its divided differences over lambda: r_k = h_{i-k} / h,
-        #     D1 = (x_theta_i - x_theta_{i-1}) / r0 (Algorithm 2), and for order 3 D1 extrapolated, D2.
-        d1 = d2 = None
-        if order == 2:
-            d1 = (1.0 / ((lam[i] - lam[i - 1]) / h)) * (x0s[-1] - x0s[-2])
-        elif order == 3:
-            r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
-            d1_0, d1_1 = (1.0 / r0) * (x0s[-1] - x0s[-2]), (1.0 / r1) * (x0s[-2] - x0s[-3])
-            d1, d2 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (1.0 / (r0 + r1)) * (d1_0 - d1_1)
-        if s_t == 0:
-            # (6) Landing on the data (a first-order step): the updates below tend to x_theta as sigma_t -> 0.
-            x_prev = x0
-        elif not sde:
-            # (7) ODE: x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D0 (DPM-Solver++1 = DDIM), plus for
-            #     2M -alpha_t (e^{-h} - 1) D1 / 2 (midpoint) or alpha_t ((e^{-h} - 1) / h + 1) D1 ("heun"; 3M too),
-            #     and for 3M -alpha_t ((e^{-h} - 1 + h) / h^2 - 1/2) D2.
-            phi = math.expm1(-h)  # e^{-h} - 1
-            x_prev = (s_t / s_s) * x - (a_t * phi) * x0
-            if d1 is not None:
-                x_prev = (
-                    x_prev
-                    + (-0.5 * (a_t * phi) if order == 2 and o.solver_type == "midpoint" else a_t * (phi / h + 1.0)) * d1
-                )
-            if d2 is not None:
-                x_prev = x_prev - (a_t * ((phi + h) / h**2 - 0.5)) * d2
-        else:
-            # (8) SDE: x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) D0 + sigma_t sqrt(1 - e^{-2h}) z,
-            #     plus for 2M alpha_t (1 - e^{-2h}) D1 / 2 (midpoint) or alpha_t ((1 - e^{-2h}) / (-2h) + 1) D1
-            #     ("heun"; 3M too), and for 3M alpha_t ((1 - e^{-2h} - 2h) / (2h)^2 - 1/2) D2.
-            psi = -math.expm1(-2 * h)  # 1 - e^{-2h}
-            x_prev = (s_t / s_s * math.exp(-h)) * x + (a_t * psi) * x0
-            if d1 is not None:
-                x_prev = (
-                    x_prev
-                    + (
-                        0.5 * (a_t * psi)
-                        if order == 2 and o.solver_type == "midpoint"
-                        else a_t * (psi / (-2 * h) + 1.0)
-                    )
-                    * d1
-                )
-            if d2 is not None:
-                x_prev = x_prev + (a_t * ((psi - 2 * h) / (2 * h) ** 2 - 0.5)) * d2
-            x_prev = x_prev + (s_t * math.sqrt(psi)) * z
+        order = multistep_order(o.solver_order, o.lower_order_final, i, n,
+                                o.euler_at_final or o.final_sigmas_type == "zero")
+        x_prev = x0 if sigma[i + 1] == 0 else dpm_update(o, x, x0s, lam[i - order + 1: i + 2], alpha[i + 1],
+                                                         sigma[i + 1], sigma[i], z)
         yield Step(i, t, ts[i + 1] if i + 1 < n else -1, x, x0, x_prev)
         x = x_prev
+
+
+def dpm_update(o: DPMSolverOptions, x: torch.Tensor, x0s: list[torch.Tensor], lam: list[float], a_t: float,
+               s_t: float, s_s: float, z: torch.Tensor | None) -> torch.Tensor:
+    """One DPM-Solver++ step of order ``len(lam) - 1`` from x_s to x_t (sigma_t > 0): ``x0s`` the data predictions
+    so far (newest last), ``lam`` lambda at the steps they came from and at t."""
+    order = len(lam) - 1
+    h = lam[-1] - lam[-2]
+    # (5) D0 = x_theta_i and, from order 2, its divided differences over lambda: r_k = h_{i-k} / h,
+    #     D1 = (x_theta_i - x_theta_{i-1}) / r0 (Algorithm 2), and for order 3 D1 extrapolated, D2.
+    x0, d1, d2 = x0s[-1], None, None
+    if order == 2:
+        d1 = (1.0 / ((lam[1] - lam[0]) / h)) * (x0s[-1] - x0s[-2])
+    elif order == 3:
+        r0, r1 = (lam[2] - lam[1]) / h, (lam[1] - lam[0]) / h
+        d1_0, d1_1 = (1.0 / r0) * (x0s[-1] - x0s[-2]), (1.0 / r1) * (x0s[-2] - x0s[-3])
+        d1, d2 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (1.0 / (r0 + r1)) * (d1_0 - d1_1)
+    midpoint = order == 2 and o.solver_type == "midpoint"
+    if z is None:
+        # (6) ODE: x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D0 (DPM-Solver++1 = DDIM), plus for
+        #     2M -alpha_t (e^{-h} - 1) D1 / 2 (midpoint) or alpha_t ((e^{-h} - 1) / h + 1) D1 ("heun"; 3M too),
+        #     and for 3M -alpha_t ((e^{-h} - 1 + h) / h^2 - 1/2) D2.
+        phi = math.expm1(-h)  # e^{-h} - 1
+        x_prev = (s_t / s_s) * x - (a_t * phi) * x0
+        if d1 is not None:
+            x_prev = x_prev + (-0.5 * (a_t * phi) if midpoint else a_t * (phi / h + 1.0)) * d1
+        if d2 is not None:
+            x_prev = x_prev - (a_t * ((phi + h) / h**2 - 0.5)) * d2
+        return x_prev
+    # (7) SDE: x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) D0 + sigma_t sqrt(1 - e^{-2h}) z,
+    #     plus for 2M alpha_t (1 - e^{-2h}) D1 / 2 (midpoint) or alpha_t ((1 - e^{-2h}) / (-2h) + 1) D1
+    #     ("heun"; 3M too), and for 3M alpha_t ((1 - e^{-2h} - 2h) / (2h)^2 - 1/2) D2.
+    psi = -math.expm1(-2 * h)  # 1 - e^{-2h}
+    x_prev = (s_t / s_s * math.exp(-h)) * x + (a_t * psi) * x0
+    if d1 is not None:
+        x_prev = x_prev + (0.5 * (a_t * psi) if midpoint else a_t * (psi / (-2 * h) + 1.0)) * d1
+    if d2 is not None:
+        x_prev = x_prev + (a_t * ((psi - 2 * h) / (2 * h) ** 2 - 0.5)) * d2
+    return x_prev + (s_t * math.sqrt(psi)) * z
