@@ -178,3 +178,30 @@ def test_bad_options_are_refused_clearly(name, options, message):
 
 def test_disable_corrector_from_the_command_line():
     assert get_sampler("unipc").make_options(disable_corrector="0, 3").disable_corrector == (0, 3)
+
+
+def test_unipc_and_deis_in_the_studio_and_the_command_line(studio, pipe, tiny_model, tmp_path, capsys):
+    """The studio offers both with their own choices (UniPC's bh1 / bh2, DEIS's logrho) and runs them, one model
+    evaluation a step; the command line samples with each."""
+    import gradio as gr
+    from PIL import Image
+
+    from diffusion.sample import main
+    from studio import options
+
+    from conftest import run_all
+
+    with gr.Blocks():
+        oc = options.OptionControls(pipe, "unipc")
+    assert [v for _, v in oc.controls["solver_type"].choices] == ["bh1", "bh2"]
+    assert "disable_corrector" not in oc.controls and "timesteps" not in oc.controls  # lists: library and CLI only
+    ups = dict(zip(oc.controls, oc.updates(pipe, "deis")[1:]))
+    assert ups["solver_type"]["choices"] == ["logrho"] and ups["solver_order"]["visible"]
+    assert not ups["predict_x0"]["visible"]
+    for sampler, extra in (("unipc", {"solver_type": "bh1"}), ("deis", {"solver_order": 3})):
+        *_, (image, grid, info, traj) = run_all(studio.sample(studio.default_model, sampler, 0, 2, steps=5, **extra))
+        assert "5 steps · 5 model evaluations" in info and Image.open(grid).size == (230, 116)
+        out = tmp_path / f"{sampler}.png"
+        assert main(["--model", tiny_model, "--sampler", sampler, "--steps", "6", "-n", "2", "--out", str(out),
+                     "--device", "cpu"]) == 0
+        assert out.exists()
