@@ -15,7 +15,7 @@ from .options import OptionControls
 from .sample_ui import DICE_JS
 from .settings import MAX_IMAGES
 from .widgets import PRIVATE, keep_in_range
-from .wiring import Runner, stop_runs
+from .wiring import Runner
 
 
 @dataclass
@@ -85,16 +85,15 @@ def compare_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, runner
             metrics = gr.JSON(label="Metrics")
 
     dice.click(None, None, seed, js=DICE_JS, **PRIVATE)
-    events = runner.wire(
+    runner.wire(
         go, stop, studio.compare, [a.image, b.image, slider, diff, md, metrics],
         dict(seed=seed, num_images=n, class_label=class_label,
              a_sampler=a.opts.sampler, a_guidance_scale=a.guidance, **a.opts.kwargs(),
              b_sampler=b.opts.sampler, b_guidance_scale=b.guidance, **b.opts.kwargs()),
-        progress,
+        progress, md,
         api_name="compare",
         api_description="Two samplers (panel A and panel B options) from the same starting noise; a "
         "class-conditional model draws class_label in both, at a_guidance_scale and b_guidance_scale. Returns both "
         "grids, the pair for a slider, a difference map, the metrics as Markdown and as a dictionary.",
     )
-    stop_runs(stop, [md], events)
     return CompareTab(a, b, class_label)

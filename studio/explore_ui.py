@@ -21,7 +21,7 @@ from .widgets import (
     result_picture,
     run_and_stop_buttons,
 )
-from .wiring import Runner, stop_runs
+from .wiring import Runner
 
 
 @dataclass
@@ -95,17 +95,16 @@ def interpolate_tab(explore: Explore, pipe: diffusion.DiffusionPipeline | None,
             elem_classes="studio-picture",
             label="As an animation (GIF)", type="filepath", interactive=False, elem_id="i-gif", height=220
         )
-    events = runner.wire(
+    runner.wire(
         i_go, i_stop, explore.interpolate, [i_strip, i_gif, i_info],
         dict(seed_a=i_seed_a, seed_b=i_seed_b, frames=i_frames, steps=i_steps, image_a=i_img_a, image_b=i_img_b,
              class_a=i_class_a, class_b=i_class_b, guidance_scale=i_guidance),
-        i_progress,
+        i_progress, i_info,
         api_name="interpolate",
         api_description="Frames decoded with DDIM (eta 0) from noise slerped between two seeds' noise, or between "
         "two images' DDIM latents when both images are given; a class-conditional model goes from class_a to "
         "class_b at guidance_scale. Returns the strip, a GIF and a line about the run.",
     )
-    stop_runs(i_stop, [i_info], events)
     return [i_class_a, i_class_b], i_guidance
 
 
@@ -148,16 +147,15 @@ def reconstruct_tab(explore: Explore, pipe: diffusion.DiffusionPipeline | None, 
                 r_curve = gr.Button("Error against steps (10, 20, 50, 100)")
                 r_plot = gr.Plot(label="Reconstruction error")
                 r_table = gr.Markdown("", elem_id="r-table")  # below the plot: its headers fit on a line
-    events = runner.wire(
+    runner.wire(
         r_go, r_stop, explore.reconstruct, [r_input, r_latent, r_recon, r_info],
-        dict(image=r_image, steps=r_steps, class_label=r_class), r_progress,
+        dict(image=r_image, steps=r_steps, class_label=r_class), r_progress, r_info,
         api_name="reconstruct",
         api_description="Encode an image into its DDIM latent x_T and decode it back. Returns the input at the "
         "model's size, x_T scaled to [0, 1], the reconstruction and a line with the error.",
     )
-    curve_events = runner.wire(r_curve, r_stop, explore.error_curve, [r_plot, r_table],
-                               dict(image=r_image, class_label=r_class), r_progress)
-    stop_runs(r_stop, [r_info, r_table], [*events, *curve_events])
+    runner.wire(r_curve, r_stop, explore.error_curve, [r_plot, r_table], dict(image=r_image, class_label=r_class),
+                r_progress, r_table)
     # the error curve belongs to the image it was measured on: a new image clears it
     r_image.change(lambda: (None, ""), None, [r_plot, r_table], queue=False, show_progress="hidden", **PRIVATE)
     return r_class
@@ -185,13 +183,12 @@ def consistency_tab(explore: Explore, pipe: diffusion.DiffusionPipeline | None,
             "k", "The same x_T decoded with DDIM (eta 0) at each step count: the high-level features stay (Sec. 5.2)."
         )
         k_grid = result_picture("One row per step count", "k-grid")
-    events = runner.wire(
+    runner.wire(
         k_go, k_stop, explore.consistency, [k_grid, k_info],
         dict(seed=k_seed, num_images=k_n, counts=k_counts, class_label=k_class, guidance_scale=k_guidance),
-        k_progress,
+        k_progress, k_info,
         api_name="consistency",
         api_description="One seed's noise decoded with DDIM at several step counts, a row each. Returns the grid "
         "and a line about the run.",
     )
-    stop_runs(k_stop, [k_info], events)
     return k_class, k_guidance

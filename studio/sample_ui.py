@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -14,7 +14,7 @@ from .handlers import NO_RUN, Studio
 from .options import OptionControls
 from .settings import MAX_IMAGES, STATE_TTL_S
 from .widgets import PRIVATE, keep_in_range, run_and_stop_buttons
-from .wiring import Runner, stop_runs
+from .wiring import Runner
 
 DICE_JS = "() => Math.floor(Math.random() * 2147483647)"
 
@@ -37,6 +37,16 @@ class SampleTab:
     def model_updates(self, pipe: diffusion.DiffusionPipeline, sampler: str) -> list[Any]:
         """For a newly chosen model: its scheduler's defaults, its classes (or none) and guidance."""
         return [*self.opts.updates(pipe, sampler, only_model_fields=True), picker_update(pipe), slider_update(pipe)]
+
+
+def show_download_with(download: gr.DownloadButton) -> Callable[[Any], None]:
+    """The download button shows only while there is a grid to download: after a run that made one."""
+
+    def listen(run: Any) -> None:
+        run.success(lambda: gr.DownloadButton(visible=True), None, download, queue=False, **PRIVATE)
+        run.failure(lambda: gr.DownloadButton(visible=False), None, download, queue=False, **PRIVATE)
+
+    return listen
 
 
 def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, runner: Runner) -> SampleTab:
@@ -72,21 +82,16 @@ def sample_tab(studio: Studio, pipe: diffusion.DiffusionPipeline | None, runner:
         traj = gr.State(None, time_to_live=STATE_TTL_S)
 
     dice.click(None, None, seed, js=DICE_JS, **PRIVATE)
-    events = runner.wire(
+    run = runner.wire(
         go, stop, studio.sample, [image, download, info, traj],
         dict(sampler=opts.sampler, seed=seed, num_images=n, class_label=class_label, guidance_scale=guidance,
              **opts.kwargs()),
-        progress,
+        progress, info, after=show_download_with(download),
         api_name="sample",
         api_description="Sample images with a sampler of the library from the seed's noise; a class-conditional "
         "model draws class_label (an index, a name, or 'all' for a row per class) at guidance_scale. Returns the "
         "grid as shown, the PNG grid at its original size, and a line about the run.",
     )
-    run = events[1]
-    # the download button shows only while there is a grid to download
-    run.success(lambda: gr.DownloadButton(visible=True), None, download, queue=False, **PRIVATE)
-    run.failure(lambda: gr.DownloadButton(visible=False), None, download, queue=False, **PRIVATE)
-    stop_runs(stop, [info], events)
 
     return SampleTab(opts, class_label, guidance, seed, n, traj, run)
 

@@ -1,5 +1,5 @@
-"""How every tab's run button and Stop are wired (:class:`Runner`, :func:`stop_runs`): model loading, then the
-work in one queue, the button off while it runs, Stop that cancels and says where it stopped."""
+"""How every tab's run button and Stop are wired (:class:`Runner`): model loading, then the work in one queue,
+the button off while it runs, Stop that cancels and says where it stopped."""
 
 from __future__ import annotations
 
@@ -26,25 +26,22 @@ class Runner:
     gpu_task: Callable[[Callable], Callable]
 
     def wire(self, go: gr.Button, stop: gr.Button, fn: Callable, outputs: list[Any], inputs: dict[str, Any],
-             progress: gr.Markdown, api_name: str | None = None, api_description: str | None = None) -> list[Any]:
-        """``go`` runs ``fn(model=..., **inputs)`` into ``outputs``; an ``api_name`` makes it a named API
-        endpoint. Returns the two events (model loading, work) for :func:`stop_runs` to cancel."""
+             progress: gr.Markdown, note: gr.Markdown, api_name: str | None = None,
+             api_description: str | None = None,
+             after: Callable[[Any], Any] | None = None) -> Any:
+        """``go`` runs ``fn(model=..., **inputs)`` into ``outputs`` (an ``api_name`` makes it a named API endpoint);
+        ``stop`` cancels it at once (outside the queue), and the result line ``note``, if it showed the run going,
+        says where it stopped (:func:`studio.runs.stopped_note`). ``after(run)`` adds the tab's own listeners to the
+        work's event (Sample's download button). Returns the work's event."""
         fetch = go.click(self.fetch, [self.model], None, show_progress="minimal", **self.load_event, **PRIVATE)
         api = {"api_name": api_name, "api_description": api_description} if api_name else PRIVATE
         run = fetch.success(self.gpu_task(fn), None, outputs, inputs_kwargs={"model": self.model, **inputs},
                             show_progress_on=[progress], **self.model_event, **api)
+        if after is not None:  # before Stop's and the button's listeners, the order the tabs always had: with a
+            after(run)  # .failure listener after them, a queued run Stop cancels showed a bare "Error" more often
+        stop.click(stopped_note, [note], [note], cancels=[fetch, run], queue=False, **PRIVATE)
         busy_while_running(go, fetch, run, stop)
-        return [fetch, run]
-
-
-def stop_runs(stop: gr.Button, notes: list[gr.Markdown], events: list[Any]) -> None:
-    """``stop`` cancels ``events`` at once (outside the queue) and each result line in ``notes`` that showed
-    a run going says where it stopped (:func:`studio.runs.stopped_note`)."""
-
-    def stopped(*texts: str | None) -> Any:
-        return stopped_note(texts[0]) if len(texts) == 1 else tuple(stopped_note(t) for t in texts)
-
-    stop.click(stopped, notes, notes, cancels=events, queue=False, **PRIVATE)
+        return run
 
 
 def busy_while_running(button: gr.Button, fetch: Any, run: Any, stop: gr.Button) -> None:

@@ -252,6 +252,40 @@ def conditional_url():
     demo.close()
 
 
+def test_stop_on_a_queued_run_in_chromium(conditional_url):
+    """Stop on a run still waiting in the queue behind another tab's cancels it: its result line stays as it was,
+    its button is back, and the other tab's run goes on to its end. Its progress box is not checked: it sometimes
+    shows a bare "Error" afterwards (Gradio's cancel of a queued job racing its completion message; seen with the
+    studio's earlier wiring too), a known fault written up in the issue notes."""
+
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = open_browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{conditional_url}?model=checkpoints/fashion-mnist-cond")
+            expect(page.locator("#s_class")).to_be_visible(timeout=TIMEOUT_MS)
+            page.get_by_role("tab", name="Explore").click()
+            page.locator("#i_steps input[type=number]").fill("20")
+            page.locator("#i_steps input[type=number]").press("Enter")
+            page.get_by_role("button", name="Interpolate").click()
+            expect(page.locator("#i-info")).to_contain_text("Decoding 9 frames", timeout=TIMEOUT_MS)
+            page.get_by_role("tab", name="Sample").click()
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#s-progress")).to_contain_text("queue", timeout=TIMEOUT_MS)
+            page.get_by_role("button", name="Stop").first.click()
+            page.wait_for_timeout(1500)
+            expect(page.locator("#s-info")).to_contain_text("Press Generate", timeout=100)
+            expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+            page.get_by_role("tab", name="Explore").click()
+            expect(page.locator("#i-info")).to_contain_text("9 frames", timeout=TIMEOUT_MS)
+            expect(page.locator("#i-info")).not_to_contain_text("Decoding", timeout=TIMEOUT_MS)  # it ran to its end
+        finally:
+            browser.close()
+
+
 def test_pick_a_class_and_a_guidance_in_chromium(conditional_url, tmp_path):
     """A link chooses the bundled class-conditional model, a class and a guidance scale; the visitor then picks
     another class in the picker and generates: the project's classifier agrees that the images are of it."""
