@@ -319,7 +319,8 @@ def train(cfg: TrainConfig, resume: str | None = None, export_only: bool = False
         out = export(cfg, state.ema, Path(cfg.export_dir or run_dir / "export"), state.step)
         print(f"done: step {state.step}; EMA model exported to {out}")
         print(f"sample it:  python -m diffusion.sample --model {out} --sampler ddim --steps 50 -n 16 --out samples.png")
-    if procs.ddp:
+    if procs.ddp:  # every rank waits for the main one's export, then all leave together (a rank that tore its
+        dist.barrier()  # group down while rank 0 still exported was once aborted: "terminate called", exit -6)
         dist.destroy_process_group()
     return {"step": state.step, "model": state.model, "ema": state.ema}
 
