@@ -106,17 +106,24 @@ class BaseOptions:
             object.__setattr__(self, name, check_option(type(self).__name__, name, hint, getattr(self, name)))
 
 
-def timestep_list(value: Any) -> tuple[int, ...]:
-    """An explicit list of timesteps from a list, a tuple or text ("999, 800, 600"): whole numbers from 0, strictly
-    descending (each one visited once, noisiest first), or ValueError saying what is wrong."""
+def whole_numbers(value: Any) -> tuple[int, ...] | None:
+    """A list, a tuple or text ("999, 800" or "0 3") of whole numbers from 0, as a tuple; None if it is not one
+    (the callers say what they wanted: :func:`timestep_list`, UniPC's ``disable_corrector``)."""
     items = value.replace(",", " ").split() if isinstance(value, str) else value
     try:
-        ts = tuple(int(float(v)) for v in items)
+        numbers = tuple(int(float(v)) for v in items)
         whole = all(float(v) == int(float(v)) for v in items)
     except (TypeError, ValueError):
-        ts, whole = (), False
+        return None
+    return numbers if whole and all(n >= 0 for n in numbers) else None
+
+
+def timestep_list(value: Any) -> tuple[int, ...]:
+    """An explicit list of timesteps (:func:`whole_numbers`), strictly descending (each one visited once, noisiest
+    first), or ValueError saying what is wrong."""
+    ts = whole_numbers(value)
     example = "e.g. timesteps=[999, 800, 600, 400, 200, 0]"
-    if not ts or not whole or min(ts) < 0:
+    if not ts:
         raise ValueError(f"timesteps must list whole timesteps from 0 up, {example}; got {value!r}.")
     if any(b >= a for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be in strictly descending order (noisiest first), {example}; got {list(ts)}.")
@@ -347,6 +354,7 @@ __all__ = [
     "spaced_timesteps",
     "trailing_timesteps",
     "select_timesteps",
+    "whole_numbers",
     "timestep_list",
     "TimestepListOptions",
     "explicit_timesteps",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..schedule import NoiseSchedule, to_x0_eps
-from .base import DiffusersSpacing, ModelFn, Step, TimestepListOptions, register
+from .base import DiffusersSpacing, ModelFn, Step, TimestepListOptions, register, whole_numbers
 from .multistep import log_snr, multistep_plan
 from .noise_levels import NoiseLevelOptions
 from .sigmas import final_sigma
@@ -56,13 +56,8 @@ class UniPCOptions(NoiseLevelOptions, TimestepListOptions):
 
 def _step_list(value: object) -> tuple[int, ...]:
     """``disable_corrector`` from a config's list, a CLI's "0,1" or a tuple: whole step indices >= 0."""
-    items = [v for v in value.replace(",", " ").split()] if isinstance(value, str) else value
-    try:
-        steps = tuple(int(v) for v in items)  # type: ignore[union-attr]
-        ok = all(float(v) == int(v) for v in items)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        steps, ok = (), False
-    if not ok or any(s < 0 for s in steps):
+    steps = whole_numbers(value)
+    if steps is None:
         raise ValueError(f"disable_corrector must list step indices (whole numbers from 0), e.g. [0, 1]; "
                          f"got {value!r}.")
     return steps
