@@ -15,6 +15,9 @@ offline, a Frechet distance (FD) and classifier IS on the features of a small Fa
     # A class-conditional model at guidance 0, 1, 2, 3, 5 and 7.5 (DDIM-50, every class in turn, the same noise):
     python -m training.evaluate --guidance --model checkpoints/fashion-mnist-cond --steps 50 -n 2000 \\
         --out runs/eval/guidance
+    # The sampler arena: samplers against model evaluations from the same noise (plot, table, CSV in OUT):
+    python -m training.evaluate --arena ddim dpm-solver++ unipc deis:solver_order=3 --evaluations 5 10 20 \
+        --model checkpoints/fashion-mnist -n 256 --out runs/arena
     # Several GPUs: each process samples its share of the batches, process 0 scores them.
     torchrun --nproc_per_node 8 -m training.evaluate --model ... -n 50000 --out ...
 
@@ -32,6 +35,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -88,6 +92,34 @@ def compare_samples(scorer: Scorer, a: str, b: str, out: Path, rounds: int = 200
     return 0
 
 
+def run_arena(args: argparse.Namespace, pipe: Any, scorer: Scorer | None, out: Path) -> int:
+    """``--arena``: the rows of :class:`training.arena.Arena` with a progress bar, each printed as it is scored,
+    then the files of :func:`training.arena_report.write`."""
+    from tqdm import tqdm
+
+    from . import arena_report
+    from .arena import Arena, ArenaSpec, Contender, Tick
+
+    if dist_rank()[1] > 1:
+        raise ValueError("--arena runs in one process; start it without torchrun.")
+    spec = ArenaSpec(tuple(Contender.parse(c) for c in args.arena), tuple(args.evaluations), args.num_samples,
+                     args.seed, args.batch_size, args.guidance_scale, args.rounds, args.reference_steps)
+    arena = Arena(pipe, spec, scorer, Path(args.cache))
+    with tqdm(total=spec.n * arena.work(), unit="image-eval", unit_scale=True) as bar:
+        for event in arena.run():
+            if isinstance(event, Tick):
+                bar.set_description(event.label[:60], refresh=False)
+                bar.update(event.done - bar.n)
+            else:
+                fd = f" FD={event['fd']:.4f}±{event['fd_std']:.4f}" if "fd" in event else ""
+                bar.write(f"{event['label']} @ {event['model_evaluations']} evaluations: RMSE={event['rmse']:.5f}"
+                          f"±{event['rmse_std']:.5f}{fd} ({event['seconds']:.1f} s)")
+    files = arena_report.write(arena, args.model, out)
+    print(arena_report.markdown(arena))
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -129,12 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of sampling: is FD(A) < FD(B) beyond the noise? A paired bootstrap over two rows' "
         "samples.npz (or their row folders) from the same noise, written to OUT/compare.json",
     )
-    p.add_argument("--rounds", type=int_arg(2), default=200, help="with --compare and --guidance: bootstrap rounds")
+    p.add_argument("--rounds", type=int_arg(2), default=200,
+                   help="with --compare, --guidance and --arena: bootstrap rounds")
     p.add_argument("--guidance", action="store_true",
                    help="a class-conditional model at each --guidance-scales value (rows from the same noise, every "
                    "class in turn), FD compared with guidance 1 by the paired bootstrap: OUT/guidance.json and .md")
     p.add_argument("--guidance-scales", default=",".join(f"{s:g}" for s in GUIDANCE_SCALES),
                    help="with --guidance: the scales, comma-separated")
+    p.add_argument("--arena", nargs="+", default=None, metavar="SAMPLER[:KEY=VALUE...]",
+                   help="the sampler arena: up to 4 samplers (with options, e.g. unipc:solver_order=3) at each of "
+                   "--evaluations, from the same noise; RMSE to the converged ODE solution and, for 28x28 grey "
+                   "images, the classifier's FD / precision / recall: OUT/arena.json, .csv, .md, .png, strip.png")
+    p.add_argument("--evaluations", nargs="+", type=int_arg(1, 1000), default=[5, 10, 20, 50],
+                   help="with --arena: the budgets of model evaluations per sample")
+    p.add_argument("--reference-steps", type=int_arg(10, 1000), default=200,
+                   help="with --arena: steps of the converged solution (UniPC, order 3, trailing)")
+    p.add_argument("--cache", default="runs/arena-cache",
+                   help="with --arena: folder of cached converged solutions (per model and noise)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="a class-conditional model's guidance for one run (default: its classes.json's)")
     return p
@@ -170,6 +213,8 @@ def run(argv: list[str] | None = None) -> int:
                 "--model is required (a model folder or Hub repo id), unless --score scores existing images."
             )
         pipe = load(args.model, args.revision, local_files_only=args.offline, device=device)
+        if args.arena:
+            return run_arena(args, pipe, scorer if args.metric == "classifier" else None, out)
         scorer.check(pipe.image_shape, min(args.n_long, args.num_samples) if args.table else args.num_samples)
         if args.guidance:
             scales = tuple(float(x) for x in args.guidance_scales.split(","))

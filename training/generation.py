@@ -1,5 +1,6 @@
 """Sampling for evaluation: the same noise for every row (batch b from seed + b), shared across torchrun
-processes, one row's samples and timings, and the step count that fits an evaluation budget."""
+processes (:class:`BatchSampler`), one row's samples and timings, and the step count that fits an evaluation
+budget."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from diffusion.files import atomic_write
 from diffusion.images import to_uint8
 from diffusion.pipeline import DiffusionPipeline, to_unit
-from diffusion.samplers import get_sampler
+from diffusion.samplers import Step, get_sampler
 
 from . import classifier as clf
 from .scoring import Scorer
@@ -43,38 +44,65 @@ def asked_labels(pipe: DiffusionPipeline, n: int) -> torch.Tensor | None:
     return torch.arange(n) % len(pipe.classes.names)
 
 
+class BatchSampler:
+    """The n samples of one evaluation row as batches b = rank, rank + world, ... of ``batch_size``, batch b from
+    the noise of a generator seeded with seed + b; a class-conditional model's samples are of :func:`asked_labels`
+    at ``guidance_scale``. Iterate it for (b, step, last) at every step of every batch, through
+    :meth:`DiffusionPipeline.denoise`; ``seconds`` counts the time spent in the sampler (not the caller's between
+    steps), ``evaluations`` the model evaluations per sample of the last batch."""
+
+    def __init__(self, pipe: DiffusionPipeline, sampler: str, options: Any, n: int, batch_size: int, seed: int,
+                 rank: int = 0, world: int = 1, guidance_scale: float | None = None) -> None:
+        self.pipe, self.sampler, self.options = pipe, sampler, options
+        self.n, self.batch_size, self.seed, self.guidance_scale = n, batch_size, seed, guidance_scale
+        self.batches = [b for b in range(-(-n // batch_size)) if b % world == rank]
+        self.labels = asked_labels(pipe, n)
+        self.seconds = 0.0
+        self.evaluations = 0
+
+    def __iter__(self) -> Iterator[tuple[int, Step, bool]]:
+        """(batch, step, whether it is the batch's last step), for every step of every batch."""
+        pipe, device = self.pipe, self.pipe.device
+        for b in self.batches:
+            size = min(self.batch_size, self.n - b * self.batch_size)
+            generator = torch.Generator(device).manual_seed(self.seed + b)
+            x = torch.randn((size, *pipe.image_shape), generator=generator, device=device, dtype=pipe.unet.dtype)
+            asked = {} if self.labels is None else {
+                "class_labels": self.labels[b * self.batch_size:b * self.batch_size + size],
+                "guidance_scale": self.guidance_scale}
+            steps = pipe.denoise(self.sampler, noise=x, generator=generator, options=self.options, **asked)
+            self.evaluations = 0
+            step = self._next(steps)
+            while step is not None:
+                following = self._next(steps)  # one step ahead, to say which step is the last
+                self.evaluations += step.evaluations
+                yield b, step, following is None
+                step = following
+
+    def _next(self, steps: Iterator[Step]) -> Step | None:
+        start = time.perf_counter()
+        step = next(steps, None)
+        if self.pipe.device.type == "cuda":
+            torch.cuda.synchronize(self.pipe.device)
+        self.seconds += time.perf_counter() - start
+        return step
+
+
 def generate(pipe: DiffusionPipeline, sampler: str, options: Any, n: int, batch_size: int, seed: int,
              rank: int = 0, world: int = 1, progress: bool = True,
              guidance_scale: float | None = None) -> tuple[dict[int, np.ndarray], dict[str, float]]:
-    """Batches b = rank, rank + world, ... of the n samples as uint8 (B, H, W, C), and timings; a
-    class-conditional model's samples are of :func:`asked_labels` at ``guidance_scale``.
+    """The batches of :class:`BatchSampler` as uint8 (B, H, W, C), and timings.
 
     Returns ({batch index: images}, {"seconds", "evaluations" (model evaluations per sample)})."""
-    labels = asked_labels(pipe, n)
-    batches = [b for b in range(-(-n // batch_size)) if b % world == rank]
-    device = pipe.device
+    run = BatchSampler(pipe, sampler, options, n, batch_size, seed, rank, world, guidance_scale)
     out: dict[int, np.ndarray] = {}
-    evaluations = 0
-    start = time.perf_counter()
-    bar = tqdm(
-        total=len(batches), desc=f"{sampler} {options.num_inference_steps} steps", unit="batch", disable=not progress
-    )
-    for b in batches:
-        size = min(batch_size, n - b * batch_size)
-        generator = torch.Generator(device).manual_seed(seed + b)
-        x = torch.randn((size, *pipe.image_shape), generator=generator, device=device, dtype=pipe.unet.dtype)
-        evaluations = 0
-        step = None
-        asked = {} if labels is None else {"class_labels": labels[b * batch_size:b * batch_size + size],
-                                           "guidance_scale": guidance_scale}
-        for step in pipe.denoise(sampler, noise=x, generator=generator, options=options, **asked):
-            evaluations += step.evaluations
-        out[b] = to_uint8(to_unit(step.x_prev))
-        bar.update(1)
-    bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, {"seconds": time.perf_counter() - start, "evaluations": evaluations}
+    with tqdm(total=len(run.batches), desc=f"{sampler} {options.num_inference_steps} steps", unit="batch",
+              disable=not progress) as bar:
+        for b, step, last in run:
+            if last:
+                out[b] = to_uint8(to_unit(step.x_prev))
+                bar.update(1)
+    return out, {"seconds": run.seconds, "evaluations": run.evaluations}
 
 
 def steps_for_evaluations(pipe: DiffusionPipeline, sampler: str, evaluations: int, **options: Any) -> int:

@@ -102,18 +102,29 @@ class Scorer:
             return {}
         if self.metric == "inception":
             return inception_metrics(images, self.reference, cuda=self.device.startswith("cuda"))
-        model, reference, real = self.classifier_reference()
+        model, _, _ = self.classifier_reference()
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
         feats, logits = clf.extract(model, pixels)
-        mu, sigma = feature_statistics(feats)
-        is_mean, is_std = inception_score(logits)
+        return self.classifier_scores(feats, logits, pixels, labels)
+
+    def classifier_scores(self, feats: torch.Tensor, logits: torch.Tensor, pixels: torch.Tensor,
+                          labels: torch.Tensor | None = None) -> dict[str, float]:
+        """The classifier metric's scores from the samples' features, logits and uint8 (N, C, H, W) pixels. The
+        FD needs more samples than features (:meth:`check` says so before sampling; the arena, which runs
+        smaller sets, gets no ``fd`` then), the IS 10 (its splits)."""
+        _, reference, real = self.classifier_reference()
         # Precision/recall compare sets of equal size (Kynkaanniemi et al. 2019):
         # a fixed random subset of the reference.
         if len(real) > len(feats):
             real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:len(feats)]]
-        precision, recall = precision_recall(feats, real)
-        scores = {"fd": frechet_distance(mu, sigma, reference["mu"], reference["sigma"]), "is": is_mean,
-                  "is_std": is_std, "precision": precision, "recall": recall, "blank": blank_fraction(pixels)}
+        scores: dict[str, float] = {}
+        if len(feats) > feats.shape[1]:
+            mu, sigma = feature_statistics(feats)
+            scores["fd"] = frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
+        if len(logits) >= 10:
+            scores["is"], scores["is_std"] = inception_score(logits)
+        scores["precision"], scores["recall"] = precision_recall(feats, real)
+        scores["blank"] = blank_fraction(pixels)
         if labels is not None:
             scores["accuracy"] = (logits.argmax(1).cpu() == labels.cpu()).double().mean().item()
         return scores

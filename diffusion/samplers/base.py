@@ -105,6 +105,12 @@ class BaseOptions:
         for name, hint in _hints(type(self)).items():
             object.__setattr__(self, name, check_option(type(self).__name__, name, hint, getattr(self, name)))
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the sampler draws fresh noise as it runs (DDPM, DDIM with eta > 0, SDE solvers): its sample is
+        then not the probability-flow ODE's solution for its x_T, however many steps it takes."""
+        return False
+
 
 def whole_numbers(value: Any) -> tuple[int, ...] | None:
     """A list, a tuple or text ("999, 800" or "0 3") of whole numbers from 0, as a tuple; None if it is not one

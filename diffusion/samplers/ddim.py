@@ -21,6 +21,10 @@ class DDIMOptions(SamplerOptions, TimestepListOptions):
     set_alpha_to_one: bool = True
     use_clipped_model_output: bool = False
 
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
 
 def predict_x0_eps(out: torch.Tensor, x: torch.Tensor, abar_t: torch.Tensor,
                    options: DDIMOptions) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,10 @@ class DDPMOptions(SamplerOptions, TimestepListOptions):
     num_inference_steps: int = 1000
     variance_type: VarianceType = "fixed_small"
 
+    @property
+    def stochastic(self) -> bool:
+        return True
+
 
 @register("ddpm", DDPMOptions, "DDPM ancestral sampling (Ho et al. 2020), fixed-small or fixed-large variance")
 def ddpm(model: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, options: DDPMOptions,

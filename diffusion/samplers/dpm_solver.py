@@ -33,6 +33,10 @@ class DPMSolverOptions(NoiseLevelOptions, TimestepListOptions):
     euler_at_final: bool = False
     final_sigmas_type: Literal["zero", "sigma_min"] = "zero"
 
+    @property
+    def stochastic(self) -> bool:
+        return self.algorithm_type == "sde-dpmsolver++"
+
 
 def dpm_solver_plan(schedule: NoiseSchedule, options: DPMSolverOptions) -> tuple[list[int], list[float]]:
     """diffusers' ``DPMSolverMultistepScheduler.set_timesteps`` (:func:`multistep_plan`; Karras timesteps are

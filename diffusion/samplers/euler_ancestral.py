@@ -24,6 +24,10 @@ class EulerAncestralOptions(BaseOptions):
     num_inference_steps: int = 50
     timestep_spacing: DiffusersSpacing = "linspace"
 
+    @property
+    def stochastic(self) -> bool:
+        return True
+
 
 @register(
     "euler-ancestral",
