@@ -140,12 +140,12 @@ class ModelStore:
                 self._flops[pipe.unet] = 2.0 * sum(p.numel() for p in pipe.unet.parameters())
         return self._flops[pipe.unet]
 
-    def work_budget(self, pipe: diffusion.DiffusionPipeline) -> int:
+    def work_budget(self, pipe: diffusion.DiffusionPipeline, base: int | None = None) -> int:
         """The most pixel-steps (images x pixels x model evaluations) one request may ask of this model:
-        ``max_work`` for models costing up to the bundled one's FLOPs per pixel, less in proportion for
-        costlier ones, 50x more on a GPU."""
+        ``max_work`` (or ``base``: the Arena's) for models costing up to the bundled one's FLOPs per pixel, less
+        in proportion for costlier ones, 50x more on a GPU."""
         scale = min(1.0, REFERENCE_FLOPS / max(1.0, self.flops(pipe)))
-        budget = self.settings.max_work * scale * (GPU_BUDGET_FACTOR if pipe.device.type == "cuda" else 1)
+        budget = (base or self.settings.max_work) * scale * (GPU_BUDGET_FACTOR if pipe.device.type == "cuda" else 1)
         return max(1000, int(budget // 1000 * 1000))
 
     def check_work(self, pipe: diffusion.DiffusionPipeline, n: int, evaluations: int, name: str = "this model",

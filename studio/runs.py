@@ -166,12 +166,13 @@ class Pace:
                 self.progress(self.done / self.grand_total, desc=f"{label} step {i}/{total} · {left}")
 
 
-def running_note(label: str, done: int, total: int, detail: str = "") -> str:
-    """The result line while a run goes: "DDPM: step 45 / 1000 · t = 955". :func:`stopped_note` reads it."""
-    return f"{label}: step {done} / {total}{f' · {detail}' if detail else ''}"
+def running_note(label: str, done: int, total: int, detail: str = "", unit: str = "step") -> str:
+    """The result line while a run goes: "DDPM: step 45 / 1000 · t = 955" (the Arena counts rows: "Arena: row 2 /
+    6"). :func:`stopped_note` reads it."""
+    return f"{label}: {unit} {done} / {total}{f' · {detail}' if detail else ''}"
 
 
-RUNNING = re.compile(r"(?P<label>[^\n]+?): step (?P<done>\d+) / (?P<total>\d+)")
+RUNNING = re.compile(r"(?P<label>[^\n]+?): (?P<unit>step|row) (?P<done>\d+) / (?P<total>\d+)")
 
 
 def stopped_note(info: str | None) -> Any:
@@ -180,10 +181,9 @@ def stopped_note(info: str | None) -> Any:
     m = RUNNING.match(info or "")
     if m is None:
         return gr.skip()
-    return (
-        f"**Stopped** at step {m['done']} of {m['total']} ({m['label']}). What shows above is from that step, "
-        "not a result; press the button again to start over."
-    )
+    shown = ("the rows scored before it" if m["unit"] == "row" else "from that step, not a result")
+    return (f"**Stopped** at {m['unit']} {m['done']} of {m['total']} ({m['label']}). What shows above is {shown}; "
+            "press the button again to start over.")
 
 
 def time_left(done: int, total: int, elapsed: float) -> str:

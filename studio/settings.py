@@ -48,6 +48,8 @@ class Settings:
     default_model: str = BUNDLED_MODEL  # DEFAULT_MODEL: a model folder or Hub repo id
     allow_local: bool = False  # ALLOW_LOCAL_MODELS=1: accept any local folder typed in the Model box
     max_work: int = 16_000_000  # MAX_WORK: pixel-steps one CPU request may cost (bundled-model FLOPs)
+    arena_work: int = 64_000_000  # ARENA_WORK: pixel-steps one Arena run may cost (it samples many rows)
+    arena_cache: str = ""  # ARENA_CACHE: folder of the Arena's converged solutions (default: in the temp folder)
     max_models: int = 3  # MAX_MODELS: models kept loaded (least recently used out)
     queue_size: int = 20  # QUEUE_SIZE
     preview_every_s: float = 0.5  # PREVIEW_EVERY: stream an x0 preview at most this often (each costs CPU)
@@ -62,6 +64,8 @@ class Settings:
             default_model=os.environ.get("DEFAULT_MODEL", "").strip() or BUNDLED_MODEL,
             allow_local=os.environ.get("ALLOW_LOCAL_MODELS", "") == "1",
             max_work=env_number("MAX_WORK", int, cls.max_work, 1000, 10**12, " pixel-steps"),
+            arena_work=env_number("ARENA_WORK", int, cls.arena_work, 1000, 10**13, " pixel-steps"),
+            arena_cache=os.environ.get("ARENA_CACHE", "").strip(),
             max_models=env_number("MAX_MODELS", int, cls.max_models, 1, 32),
             queue_size=env_number("QUEUE_SIZE", int, cls.queue_size, 1, 10_000),
             preview_every_s=env_number("PREVIEW_EVERY", float, cls.preview_every_s, 0.05, 60, " seconds"),

@@ -13,6 +13,8 @@ import gradio as gr
 from diffusion.classes import check_guidance
 from diffusion.samplers import SAMPLERS
 
+from .arena import ArenaRuns
+from .arena_ui import ArenaTab, arena_tab
 from .class_controls import ONE_OF_EACH
 from .compare_ui import compare_tab
 from .explore import Explore
@@ -80,12 +82,13 @@ def build_app(studio: Studio) -> gr.Blocks:
             )
             model_md = gr.Markdown(status, elem_classes="studio-note")
         current = gr.State(studio.default_model)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             runner = Runner(studio.fetch, model, load_event, model_event, gpu_task)
             sample = sample_tab(studio, pipe, runner)
             compare = compare_tab(studio, pipe, runner)
             denoising_tab(studio, pipe, model, sample)
             explore = explore_tab(Explore(studio), pipe, runner)
+            arena = arena_tab(ArenaRuns(studio), runner)
 
         samplers = [sample.opts.sampler, *compare.samplers()]
         tab_outputs = [*sample.model_outputs(), *compare.model_outputs(), *explore.model_outputs()]
@@ -113,19 +116,21 @@ def build_app(studio: Studio) -> gr.Blocks:
             oc.sampler.input(sampler_changed(oc), [model, oc.sampler], oc.outputs(), queue=False,
                              show_progress="hidden", **PRIVATE)
 
-        deep_link = deep_link_handler(studio, [model, current, model_md, *tab_outputs], sample, on_model)
-        demo.load(deep_link, None, [model, current, model_md, *tab_outputs, sample.seed, sample.n],
-                  show_progress="hidden", **load_event, **PRIVATE)
+        deep_link = deep_link_handler(studio, [model, current, model_md, *tab_outputs], sample, arena, on_model)
+        demo.load(deep_link, None, [model, current, model_md, *tab_outputs, sample.seed, sample.n, tabs,
+                                    *arena.link_outputs()], show_progress="hidden", **load_event, **PRIVATE)
 
     demo.queue(max_size=studio.settings.queue_size, default_concurrency_limit=1)
     demo.studio = studio  # type: ignore[attr-defined]  # for tests and scripts
     return demo
 
 
-def deep_link_handler(studio: Studio, targets: list[Any], sample: Any, on_model: Callable[..., list]) -> Callable:
+def deep_link_handler(studio: Studio, targets: list[Any], sample: Any, arena: ArenaTab,
+                      on_model: Callable[..., list]) -> Callable:
     """The page-load handler of links such as ``?model=checkpoints/fashion-mnist-cond&class=sneaker&guidance=3
     &seed=3&sampler=ddpm&steps=100&eta=0.5&n=4``: it chooses the model (as the Model box does) and pre-fills the
-    Sample tab. ``targets``: the model box, its state, its note, then every tab's model-dependent controls."""
+    Sample tab; ``tab=arena&arena={...}`` (:func:`studio.arena.link`) opens the Arena tab with its settings.
+    ``targets``: the model box, its state, its note, then every tab's model-dependent controls."""
     model, current, model_md, *tab_outputs = targets
 
     def deep_link(request: gr.Request) -> list:
@@ -160,7 +165,16 @@ def deep_link_handler(studio: Studio, targets: list[Any], sample: Any, on_model:
                         **{**as_dict(ups.get(sample.guidance)), "value": check_guidance(q["guidance"])})
         except (ValueError, gr.Error):
             gr.Warning("Some link parameters were not understood and were ignored.")
-        return [ups.get(c, gr.skip()) for c in (model, current, model_md, *tab_outputs)] + [seed_u, n_u]
+        tabs = ("sample", "compare", "denoising", "explore", "arena")
+        tab = gr.Tabs(selected=q["tab"]) if q.get("tab") in tabs else gr.skip()
+        arena_ups = [gr.skip()] * len(arena.link_outputs())
+        if "arena" in q:
+            try:
+                arena_ups = arena.link_updates(q["arena"])
+            except (ValueError, TypeError, AttributeError):
+                gr.Warning("The link's arena settings were not understood; the Arena tab keeps its own.")
+        return ([ups.get(c, gr.skip()) for c in (model, current, model_md, *tab_outputs)] + [seed_u, n_u, tab]
+                + arena_ups)
 
     return deep_link
 

@@ -51,6 +51,9 @@ DIFFUSERS_TINY = dict(
     down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     layers_per_block=1,
 )
+# A very small 1x28x28 UNet: evaluation's metrics need more samples (> 128 features) than the parity tests.
+SMALL_28 = {**DIFFUSERS_TINY, "sample_size": 28, "block_out_channels": (8, 16), "norm_num_groups": 4,
+            "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
 
 
 def random_diffusers_unet(config: dict, seed: int = 0, std: float = 0.02):

@@ -20,10 +20,7 @@ from training.arena import REFERENCE, Arena, ArenaSpec, Contender, Tick
 from training.metrics import frechet_difference
 from training.scoring import DEFAULT_CLASSIFIER, Scorer
 
-from conftest import DIFFUSERS_TINY, write_diffusers_checkpoint
-
-SMALL_28 = {**DIFFUSERS_TINY, "sample_size": 28, "block_out_channels": (8, 16), "norm_num_groups": 4,
-            "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
+from conftest import SMALL_28, write_diffusers_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +105,8 @@ def test_reference_is_the_reference_samplers_run_and_is_cached(model, tmp_path):
     assert not other_seed.reference_cached()
     with torch.no_grad():
         next(pipe.unet.parameters()).add_(1e-3)
-    assert not Arena(pipe, spec, None, tmp_path).reference_cached()
+    changed = Arena(pipe, spec, None, tmp_path)
+    assert changed.reference_key != arena.reference_key and not changed.reference_cached()
 
 
 def test_a_stopped_arena_caches_no_reference(model, tmp_path):

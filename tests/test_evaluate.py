@@ -26,12 +26,9 @@ from training.metrics import (
     precision_recall,
 )
 
-from conftest import DIFFUSERS_TINY, write_diffusers_checkpoint
+from conftest import SMALL_28, write_diffusers_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-# A very small 1x28x28 UNet: the metrics need more samples (> 128 features) than the parity tests.
-SMALL_28 = {**DIFFUSERS_TINY, "sample_size": 28, "block_out_channels": (8, 16), "norm_num_groups": 4,
-            "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
 
 
 def random_spd(d: int, seed: int) -> np.ndarray:

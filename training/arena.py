@@ -15,6 +15,7 @@ One :class:`Arena` serves ``python -m training.evaluate --arena`` and the studio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -204,8 +205,10 @@ class Arena:
         """UNet passes per model evaluation: 2 under guidance other than 0 and 1 (the class and the null label)."""
         return 2 if self.guidance is not None and self.guidance not in (0.0, 1.0) else 1
 
+    @functools.cached_property
     def reference_key(self) -> str:
-        """What the reference solution depends on: the weights, the noise, the labels and the reference's plan."""
+        """What the reference solution depends on: the weights, the noise, the labels and the reference's plan
+        (hashed once: the weights do not change during an arena)."""
         h = hashlib.sha256()
         for name, t in sorted(self.pipe.unet.state_dict().items()):
             h.update(name.encode())
@@ -217,7 +220,7 @@ class Arena:
         return h.hexdigest()[:24]
 
     def _reference_path(self) -> Path | None:
-        return None if self.cache is None else self.cache / f"reference-{self.reference_key()}.safetensors"
+        return None if self.cache is None else self.cache / f"reference-{self.reference_key}.safetensors"
 
     def reference_cached(self) -> bool:
         path = self._reference_path()
@@ -351,10 +354,10 @@ class Arena:
                 "reference": {"sampler": REFERENCE.sampler, "options": dataclasses.asdict(ref.options),
                               "model_evaluations": ref.evaluations},
                 "guidance_scale": self.guidance, "metric": self.scorer.describe() if self.scorer else None,
-                "device": _device_name(self.pipe), "rows": self.rows}
+                "device": device_name(self.pipe), "rows": self.rows}
 
 
-def _device_name(pipe: DiffusionPipeline) -> str:
+def device_name(pipe: DiffusionPipeline) -> str:
     if pipe.device.type == "cuda":
         return torch.cuda.get_device_name(pipe.device)
     return f"cpu ({torch.get_num_threads()} threads)"

@@ -12,7 +12,7 @@ import torch
 
 from diffusion.files import atomic_write
 
-from .arena import Arena
+from .arena import Arena, device_name
 
 METRICS = {"rmse": "RMSE to the converged solution", "fd": "FD (classifier features)"}
 CSV_FIELDS = ("name", "label", "sampler", "options", "budget", "steps", "model_evaluations", "stochastic", "n",
@@ -45,7 +45,7 @@ def plot(arena: Arena, path: Path) -> Path:
                                     yerr=[r[f"{metric}_std"] for r in have], marker="o", capsize=3,
                                     linestyle="--" if dashed else "-", color=colours[k % len(colours)],
                                     label=contender.label + (" (stochastic)" if dashed else ""))
-    device = arena.result("")["device"]
+    device = device_name(arena.pipe)
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
     for i, metric in enumerate(metrics):
         for j, x in enumerate(("model evaluations per sample", f"seconds for {arena.spec.n} samples ({device})")):
