@@ -37,6 +37,10 @@ def runs(model, tmp_path_factory) -> ArenaRuns:
     return ArenaRuns(make_studio(model, arena_cache=str(tmp_path_factory.mktemp("cache"))))
 
 
+def cache_of(runs: ArenaRuns) -> str:
+    return runs.studio.settings.arena_cache
+
+
 def test_the_tabs_rows_are_the_command_lines(runs, model, tmp_path):
     outs = list(runs.run(model, 3, 64, [2, 4], progress=no_progress, sampler_1="ddim", options_1="",
                          sampler_2="unipc", options_2="solver_order=2", sampler_3="", options_3="x"))
@@ -50,7 +54,7 @@ def test_the_tabs_rows_are_the_command_lines(runs, model, tmp_path):
     args = shlex.split(command)[3:]
     assert args[:2] == ["--arena", "ddim"] and "--batch-size" in args
     out = tmp_path / "cli"
-    assert ev.main([*args[:-2], "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    assert ev.main([*args[:-2], "--out", str(out), "--cache", cache_of(runs)]) == 0  # the studio's reference
     cli = json.loads((out / "arena.json").read_text())["rows"]
     page = json.loads(Path(files[0]).read_text())["rows"]
     assert [r["name"] for r in page] == ["ddim@2", "ddim@4", "unipc:solver_order=2@2", "unipc:solver_order=2@4"]

@@ -52,9 +52,10 @@ def plot(arena: Arena, path: Path) -> Path:
             ax = axes[i][j]
             ax.set_xscale("log")
             ax.set_yscale("log")
-            for axis in (ax.xaxis, ax.yaxis):  # 0.05, not 5 x 10^-2
+            for axis in (ax.xaxis, ax.yaxis):  # ticks at 1, 2, 5 x 10^k, written 0.05, not 5 x 10^-2
+                axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
                 axis.set_major_formatter(plain)
-                axis.set_minor_formatter(plain)
+                axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             if j == 0:
                 ax.set_xticks(sorted({r["model_evaluations"] for r in arena.rows}))
             ax.set_xlabel(x)
