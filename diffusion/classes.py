@@ -116,6 +116,12 @@ def check_guidance(scale: Any) -> float:
     return value
 
 
+def passes(scale: float | None) -> int:
+    """UNet passes per model evaluation at guidance ``scale`` (None: no labels): 2 under guidance (the class and the
+    null label), 1 at s = 0 and s = 1 (:func:`guided` calls the UNet once there) and without labels."""
+    return 1 if scale is None or scale in (0.0, 1.0) else 2
+
+
 def guided(net: Callable[..., torch.Tensor], labels: torch.Tensor, null_label: int | None, scale: float,
            batched: bool = True) -> Model:
     """(x_t, t) -> the guided output eps_null + s (eps_cond - eps_null) (Ho and Salimans 2022, Eq. 6 with

@@ -12,6 +12,7 @@ import torch
 
 import diffusion
 from diffusion.classes import check_guidance
+from diffusion.classes import passes as unet_passes
 
 from .errors import refused
 from .widgets import keep_in_range
@@ -75,7 +76,7 @@ class Labels:
     @property
     def passes(self) -> int:
         """UNet passes per model evaluation: 2 when guided (the conditional and the null halves)."""
-        return 2 if self.rows is not None and self.scale not in (0.0, 1.0) else 1
+        return unet_passes(None if self.rows is None else self.scale)
 
     def words(self, pipe: diffusion.DiffusionPipeline) -> str:
         """" · class Sneaker · guidance 3", or "" for an unconditional model."""

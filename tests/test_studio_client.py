@@ -38,17 +38,21 @@ def test_every_event_handler_that_uses_torch_runs_on_the_compute_thread(studio):
     no_torch = {"fetch", "toggle_play", "advance"}  # fetch: files on the caller, the model built there
     demo = ui.build_app(studio)
     fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
-    methods = [f.fn for f in fns if type(getattr(f.fn, "__self__", None)).__name__ in ("Studio", "Explore")]
+    methods = [f.fn for f in fns
+               if type(getattr(f.fn, "__self__", None)).__name__ in ("Studio", "Explore", "ArenaRuns")]
     names = {m.__name__ for m in methods}
-    assert {"sample", "compare", "show_frame", "interpolate", "reconstruct", "consistency"} <= names
+    assert {"sample", "compare", "show_frame", "interpolate", "reconstruct", "consistency", "run"} <= names
     off = [m.__name__ for m in methods if m.__name__ not in no_torch and not getattr(m, "runs_on_compute_thread", 0)]
     assert off == []
 
 
-def test_client_sees_two_named_endpoints(served):
+def test_client_sees_the_named_endpoints(served):
     client, _, _ = served
     info = client.view_api(return_format="dict", print_info=False)
-    assert set(info["named_endpoints"]) == {"/sample", "/compare", "/interpolate", "/reconstruct", "/consistency"}
+    assert set(info["named_endpoints"]) == {"/sample", "/compare", "/interpolate", "/reconstruct", "/consistency",
+                                            "/arena"}
+    arena = [p["parameter_name"] for p in info["named_endpoints"]["/arena"]["parameters"]]
+    assert {"seed", "num_samples", "evaluations", "sampler_1", "options_1", "sampler_4", "options_4"} <= set(arena)
     names = [p["parameter_name"] for p in info["named_endpoints"]["/sample"]["parameters"]]
     assert names[:4] == ["model", "sampler", "seed", "num_images"] and {
         "steps",
@@ -157,6 +161,23 @@ def test_served_app_keeps_gradio_cache_bounded(served, monkeypatch):
     assert after <= before + 2, new[-20:]  # results are served in place, not copied
     client.close()
 
+
+
+def test_client_arena(served):
+    """``/arena`` returns the plot, the strip, the table, the result line and the files; the rows are in the JSON."""
+    import json
+
+    from gradio_client.exceptions import AppError
+
+    client, _, _ = served
+    plot, strip, table, info, files = client.predict(sampler_1="ddim", sampler_2="unipc", options_2="solver_order=2",
+                                                     evaluations=[2, 3], num_samples=64, seed=0, api_name="/arena")
+    assert Path(plot).is_file() and Path(strip).is_file() and "**4 rows**" in info
+    rows = json.loads(Path(files[0]).read_text())["rows"]
+    assert [r["name"] for r in rows] == ["ddim@2", "ddim@3", "unipc:solver_order=2@2", "unipc:solver_order=2@3"]
+    assert "| UNIPC solver_order=2 | 3 | 3 |" in table  # a 16 x 16 model: RMSE only, no classifier columns
+    with pytest.raises(AppError, match="Choose at least one sampler"):
+        client.predict(sampler_1="", sampler_2="", evaluations=[2], num_samples=64, api_name="/arena")
 
 
 def test_client_explore_endpoints(served, tmp_path):

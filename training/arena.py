@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
+from diffusion.classes import passes as unet_passes
 from diffusion.files import atomic_write
 from diffusion.images import to_uint8, to_unit
 from diffusion.pipeline import DiffusionPipeline
@@ -202,8 +203,8 @@ class Arena:
 
     @property
     def passes(self) -> int:
-        """UNet passes per model evaluation: 2 under guidance other than 0 and 1 (the class and the null label)."""
-        return 2 if self.guidance is not None and self.guidance not in (0.0, 1.0) else 1
+        """UNet passes per model evaluation (2 under guidance: the class and the null label)."""
+        return unet_passes(self.guidance)
 
     @functools.cached_property
     def reference_key(self) -> str:
