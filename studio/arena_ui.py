@@ -32,7 +32,7 @@ NOTE = (
 class ArenaTab:
     samplers: list[gr.Dropdown]
     options: list[gr.Textbox]
-    evaluations: gr.CheckboxGroup
+    evaluations: gr.Dropdown
     n: gr.Slider
     seed: gr.Number
 
@@ -68,9 +68,9 @@ def arena_tab(runs: ArenaRuns, runner: Runner) -> ArenaTab:
                     options.append(gr.Textbox("", label=f"Options {i + 1}", placeholder="e.g. solver_order=3",
                                               elem_id=f"arena-options-{i + 1}", max_lines=1))
         with gr.Row(equal_height=True):
-            evaluations = gr.CheckboxGroup(list(EVALUATION_CHOICES), value=[5, 10, 20], scale=4,
-                                           label="Model evaluations per sample (each a row per sampler)",
-                                           elem_id="arena-evaluations")
+            evaluations = gr.Dropdown(list(EVALUATION_CHOICES), value=[5, 10, 20], multiselect=True,
+                                      allow_custom_value=True, scale=4, elem_id="arena-evaluations",
+                                      label="Model evaluations per sample (each a row per sampler; type others)")
             n = gr.Slider(MIN_SAMPLES, MAX_SAMPLES, value=MIN_SAMPLES, step=1, label="Samples (N)", scale=2,
                           elem_id="arena-n")
             keep_in_range(n, "Samples")
