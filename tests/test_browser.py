@@ -6,6 +6,7 @@ Also the script that takes the screenshots in docs/::
 
     PYTHONPATH=. python tests/test_browser.py --model checkpoints/fashion-mnist --out docs   # from the repository root
     PYTHONPATH=. python tests/test_browser.py --classes-only --out docs   # only the class-conditional model's
+    PYTHONPATH=. python tests/test_browser.py --arena-only --out docs     # only the Arena tab's (~10 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -460,6 +461,31 @@ def class_screenshot(out: Path) -> Path:
     return path
 
 
+def arena_screenshot(out: Path) -> Path:
+    """The Arena tab with the bundled model: DDIM, UniPC, DPM-Solver++ and DDPM at 5, 10 and 20 model evaluations,
+    200 samples each (enough for the FD), chosen by a link."""
+    import json
+    import urllib.parse
+
+    from playwright.sync_api import expect
+
+    from diffusion.machine import configure_threads
+
+    configure_threads()
+    demo, url = launch_studio(str(ROOT / "checkpoints" / "fashion-mnist"), compile=True)
+    path = out / "studio-arena.png"
+    spec = {"contenders": ["ddim", "unipc", "dpm-solver++", "ddpm"], "budgets": [5, 10, 20], "n": 200, "seed": 0}
+    try:
+        with chromium_page(f"{url}?tab=arena&arena={urllib.parse.quote(json.dumps(spec))}") as page:
+            page.get_by_role("button", name="Run the arena").click()
+            expect(page.locator("#arena-info")).to_contain_text("12 rows", timeout=60 * 60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=path, full_page=True)
+    finally:
+        demo.close()
+    return path
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Take the studio screenshots in docs/ with Chromium.")
     parser.add_argument("--model", default=os.environ.get("DEFAULT_MODEL", "checkpoints/fashion-mnist"))
@@ -467,7 +493,12 @@ if __name__ == "__main__":
     parser.add_argument("--compare-images", type=int, default=4)
     parser.add_argument("--classes-only", action="store_true",
                         help="only the class-conditional model's screenshot (docs/studio-classes.png)")
+    parser.add_argument("--arena-only", action="store_true", help="only the Arena tab's (docs/studio-arena.png)")
     args = parser.parse_args()
-    paths = [] if args.classes_only else screenshots(args.model, args.out, args.compare_images)
-    for path in [*paths, class_screenshot(args.out)]:
-        print(path)
+    if args.arena_only:
+        print(arena_screenshot(args.out))
+    else:
+        paths = [] if args.classes_only else [*screenshots(args.model, args.out, args.compare_images),
+                                              arena_screenshot(args.out)]
+        for path in [*paths, class_screenshot(args.out)]:
+            print(path)
