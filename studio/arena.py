@@ -75,13 +75,20 @@ class ArenaRuns:
         budget = self.studio.store.work_budget(pipe, self.studio.settings.arena_work)
         if work > budget:
             fits = budget // (h * w * arena.work() * arena.passes)
-            cached = "" if arena.reference_cached() else (
-                f", the converged solution's {arena.reference_plan.evaluations} included (once per model and noise)")
+            reference = 0 if arena.reference_cached() else arena.reference_plan.evaluations
+            cached = f", the converged solution's {reference} included (once per model and noise)" if reference else ""
+            if MIN_SAMPLES * h * w * (reference + 1) * arena.passes > budget:
+                advice = (f"{name} costs too much for the arena within this budget (its converged solution alone is "
+                          f"{reference} evaluations of {MIN_SAMPLES} samples or more): run `python -m "
+                          "training.evaluate --arena` from the command line, or raise ARENA_WORK where you host it.")
+            elif fits >= MIN_SAMPLES:
+                advice = f"Use at most {fits} samples, or fewer samplers or numbers of evaluations."
+            else:
+                advice = "Use fewer samplers or numbers of evaluations."
             raise refused(
                 f"This arena is {spec.n} samples × {arena.work()} model evaluations each{cached} × {h}×{w} pixels = "
-                f"{work:,} pixel-steps, above the arena's budget of {budget:,} for {name}. Use "
-                + (f"at most {fits} samples, or " if fits >= MIN_SAMPLES else "")
-                + "fewer samplers or numbers of evaluations.", title="Too much work")
+                f"{work:,} pixel-steps, above the arena's budget of {budget:,} for {name}. {advice}",
+                title="Too much work")
 
     @on_compute_thread
     @shows_refusals(line=3, outputs=OUTPUTS)

@@ -93,6 +93,10 @@ def test_too_much_work_is_refused_before_sampling(model, tmp_path):
     runs = ArenaRuns(make_studio(model, arena_work=1_000_000, arena_cache=str(tmp_path)))
     said = next(runs.run(model, 0, 1000, [50, 100], progress=no_progress, sampler_1="ddim"))
     assert "above the arena's budget of 1,000,000" in said[3] and "the converged solution's 200 included" in said[3]
+    assert "costs too much for the arena within this budget" in said[3]  # 64 samples of the reference alone: 10 M
+    runs = ArenaRuns(make_studio(model, arena_work=20_000_000, arena_cache=str(tmp_path)))
+    said = next(runs.run(model, 0, 1000, [50, 100], progress=no_progress, sampler_1="ddim"))
+    assert "Use at most 72 samples, or fewer samplers" in said[3]  # 20 M // (784 pixels x 350 evaluations)
     assert not list(tmp_path.iterdir())
 
 
