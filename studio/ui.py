@@ -165,8 +165,8 @@ def deep_link_handler(studio: Studio, targets: list[Any], sample: Any, arena: Ar
                         **{**as_dict(ups.get(sample.guidance)), "value": check_guidance(q["guidance"])})
         except (ValueError, gr.Error):
             gr.Warning("Some link parameters were not understood and were ignored.")
-        tabs = ("sample", "compare", "denoising", "explore", "arena")
-        tab = gr.Tabs(selected=q["tab"]) if q.get("tab") in tabs else gr.skip()
+        tab_ids = ("sample", "compare", "denoising", "explore", "arena")
+        tab = gr.Tabs(selected=q["tab"]) if q.get("tab") in tab_ids else gr.skip()
         arena_ups = [gr.skip()] * len(arena.link_outputs())
         if "arena" in q:
             try:
