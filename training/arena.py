@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
 import torch
 
@@ -186,6 +186,7 @@ class Arena:
         self.rows: list[dict[str, Any]] = []
         self.first_images: dict[str, torch.Tensor] = {}  # a row's first images, [0, 1] (k, C, H, W)
         self.reference_images: torch.Tensor | None = None
+        self.done = 0  # sample-evaluations spent by the current run
         self._rounds: dict[str, dict[str, torch.Tensor]] = {}  # row -> metric -> its value in each bootstrap round
         g = torch.Generator().manual_seed(0)  # frechet_difference's draws
         self.draws = [torch.randint(0, spec.n, (spec.n,), generator=g) for _ in range(spec.rounds)]
@@ -235,35 +236,29 @@ class Arena:
     def run(self) -> Iterator[Tick | dict[str, Any]]:
         """Sample and score every row in turn: ticks of progress, and each row (a dict) as it is scored. Closing
         the iterator stops the run at the next step (a reference not finished is not cached)."""
-        n = self.spec.n
-        total, done = n * self.work(), 0
+        total, self.done = self.spec.n * self.work(), 0
         self.reference_images = self._load_reference()
         if self.reference_images is None:
             label = f"reference ({REFERENCE.label}, {self.spec.reference_steps} steps; once per model and noise)"
-            for done, images in self._sample(self.reference_plan, done, total, label):
-                if isinstance(images, Tick):
-                    yield images
-            self.reference_images = images
-            self._save_reference(images)
+            self.reference_images, _ = yield from self._sample(self.reference_plan, total, label)
+            self._save_reference(self.reference_images)
         for plan in self.plans:
-            images: Any = None
-            for done, images in self._sample(plan, done, total, f"{plan.contender.label} · {plan.budget} evaluations"):
-                if isinstance(images, Tick):
-                    yield images
-            yield self._score(plan, images)
+            label = f"{plan.contender.label} · {plan.budget} evaluations"
+            images, seconds = yield from self._sample(plan, total, label)
+            yield self._score(plan, images, seconds)
 
-    def _sample(self, plan: Plan, done: int, total: int, label: str) -> Iterator[tuple[int, Any]]:
-        """(done, Tick) at every step, then (done, images): the row's samples in [0, 1], float32 on the CPU."""
+    def _sample(self, plan: Plan, total: int, label: str) -> Generator[Tick, None, tuple[torch.Tensor, float]]:
+        """A tick at every step; returns the row's samples in [0, 1] (float32, on the CPU) and the seconds spent in
+        the sampler."""
         run = BatchSampler(self.pipe, plan.contender.sampler, plan.options, self.spec.n, self.spec.batch_size,
                            self.spec.seed, guidance_scale=self.guidance)
         finals: dict[int, torch.Tensor] = {}
         for b, step, last in run:
-            done += len(step.x_prev) * step.evaluations
+            self.done += len(step.x_prev) * step.evaluations
             if last:
                 finals[b] = to_unit(step.x_prev).float().cpu()
-            yield done, Tick(done, total, label)
-        self._seconds = run.seconds
-        yield done, torch.cat([finals[b] for b in sorted(finals)])
+            yield Tick(self.done, total, label)
+        return torch.cat([finals[b] for b in sorted(finals)]), run.seconds
 
     def _load_reference(self) -> torch.Tensor | None:
         path = self._reference_path()
@@ -289,11 +284,11 @@ class Arena:
         ]:
             old.unlink(missing_ok=True)
 
-    def _score(self, plan: Plan, images: torch.Tensor) -> dict[str, Any]:
+    def _score(self, plan: Plan, images: torch.Tensor, seconds: float) -> dict[str, Any]:
         """The row: what ran, its time, RMSE to the reference and, with a scorer, FD / precision / recall; each
         with its bootstrap spread; then every row of the same budget is compared with that budget's best."""
         assert self.reference_images is not None
-        n, seconds = self.spec.n, self._seconds
+        n = self.spec.n
         mse = ((images - self.reference_images) ** 2).flatten(1).mean(1).double()
         rounds = {"rmse": torch.stack([mse[i].mean().sqrt() for i in self.draws])}
         row: dict[str, Any] = {
